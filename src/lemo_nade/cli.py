@@ -1,0 +1,233 @@
+"""Command line: parses, builds a config, calls the library. Exit codes: 0 ok,
+1 failure, 2 bad input (one line on stderr, never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from lemo_nade import rules
+from lemo_nade.architects import ArchitectError
+from lemo_nade.config import ConfigError, build_config, load_toml, parse_set
+from lemo_nade.datasets import DatasetError
+from lemo_nade.rules import RulesInputError
+from lemo_nade.store import StoreError
+
+app = typer.Typer(
+    help="LeMo-NADe: discover neural network architectures with an LLM and an expert system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _bad_input(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def friendly(func: F) -> F:
+    """Turn known bad-input errors into one line and exit code 2; other errors into exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BAD_INPUT as exc:
+            raise _bad_input(str(exc)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; continue with: lemo-nade resume RUN_DIR")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("LEMO_NADE_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]failed:[/] {type(exc).__name__}: {exc} "
+                "(set LEMO_NADE_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: expected a JSON object like '{{\"A1\": 0.8}}'")
+    return value
+
+
+@app.command("run")
+@friendly
+def run_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="digits (built-in), cifar10, cifar100, npz:PATH.")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
+    llm: Annotated[str | None, typer.Option(help="Architect: offline (default, no LLM).")] = None,
+    setting: Annotated[
+        int | None, typer.Option(help="Paper Table 4 priority setting 1-5 (default 1).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="Candidates to try (default 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for split, training, architect.")] = None,
+    parent: Annotated[
+        str | None, typer.Option(help="Which candidate feeds the next: last (paper) or best.")
+    ] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop after this much time.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are made.")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any config key, e.g. --set thresholds.TA2=0.9 (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Start a discovery run (paper Algorithm 1) and print the per-iteration table."""
+    from lemo_nade.search import create_run
+
+    flags = {
+        "dataset": dataset, "data_dir": data_dir, "llm": llm, "setting": setting,
+        "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "seed": seed, "parent": parent, "max_hours": max_hours,
+    }  # fmt: skip
+    file_layer = load_toml(config) if config else {}
+    cfg = build_config(file_layer, flags, parse_set(set_ or []))
+    run_dir = create_run(cfg, runs_dir)
+    _search(run_dir, as_json)
+
+
+@app.command("resume")
+@friendly
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `lemo-nade run`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Continue an interrupted run with its stored config, seeds and state."""
+    _search(run_dir, as_json)
+
+
+def _search(run_dir: Path, as_json: bool) -> None:
+    from lemo_nade.console import LiveProgress, print_table
+    from lemo_nade.search import run_search
+
+    if not as_json:
+        out.print(f"run directory: [bold]{run_dir}[/]")
+    with LiveProgress(err if as_json else out, run_dir) as live:
+        result = run_search(run_dir, progress=live.progress)
+    if as_json:
+        _print_show_json(run_dir)
+        return
+    print_table(out, result.records)
+    out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+    if result.best is None:
+        raise typer.Exit(1)
+
+
+@app.command("show")
+@friendly
+def show_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print a run's per-iteration table and its summary (paper Table 3 shape)."""
+    from lemo_nade.console import print_summary, print_table
+    from lemo_nade.store import RunStore
+
+    if as_json:
+        _print_show_json(run_dir)
+        return
+    with RunStore.open(run_dir) as store:
+        from lemo_nade.config import config_from_json
+
+        records = store.iterations()
+        status, reason = store.status()
+        config = config_from_json(store.config_json())
+    print_table(out, records)
+    print_summary(out, records, config, status, reason)
+
+
+def _print_show_json(run_dir: Path) -> None:
+    from lemo_nade.config import config_from_json
+    from lemo_nade.report import iteration_rows, run_summary
+    from lemo_nade.store import RunStore
+
+    with RunStore.open(run_dir) as store:
+        records = store.iterations()
+        status, reason = store.status()
+        config = config_from_json(store.config_json())
+        run_id = store.run_id
+    doc = {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "status": status,
+        "stop_reason": reason,
+        "config": config.model_dump(),
+        "summary": run_summary(records, config),
+        "iterations": iteration_rows(records),
+    }
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+@app.command("rules")
+@friendly
+def rules_cmd(
+    metrics: Annotated[
+        str, typer.Option(help='Measured metrics as JSON: {"A1":..,"A2":..,"E1":..,"E2":..,"F":..}')
+    ],
+    setting: Annotated[int, typer.Option(help="Paper Table 4 priority setting 1-5.")] = 1,
+    priorities: Annotated[
+        str | None, typer.Option(help='Override priorities as JSON, e.g. {"PF":0.5}.')
+    ] = None,
+    thresholds: Annotated[
+        str | None, typer.Option(help='Override thresholds as JSON, e.g. {"TA1":0.9}.')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what the expert system (Algorithms 2 and 3) instructs for given metrics."""
+    cfg = build_config(
+        {"setting": setting},
+        {"priorities": _json_arg(priorities, "priorities")},
+        {"thresholds": _json_arg(thresholds, "thresholds")},
+    )
+    values = _json_arg(metrics, "metrics")
+    unknown = sorted(set(values) - set(rules.METRIC_KEYS))
+    if unknown:
+        raise ConfigError(f"metrics: unknown key {unknown[0]!r}; allowed: A1, A2, E1, E2, F")
+    raw, resolved = rules.instructions_for(
+        values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+    )
+    if as_json:
+        sys.stdout.write(json.dumps({"raw": raw, "resolved": resolved}) + "\n")
+        return
+    from lemo_nade.console import print_rules
+
+    print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
+
+
+def main() -> None:
+    app()

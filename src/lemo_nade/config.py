@@ -1,0 +1,191 @@
+"""Run configuration: frozen, validated (pydantic v2), loadable from TOML, with the
+paper's Table 4 priority settings and its appendix thresholds as defaults.
+
+Pure: no torch. Precedence: defaults < ``--setting`` < TOML file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Paper, Table 4: user-defined priorities for the five experiment settings.
+SETTINGS: dict[int, dict[str, float]] = {
+    1: {"PA1": 0.4, "PA2": 0.6, "PE1": 0.0, "PE2": 0.0, "PF": 0.0},
+    2: {"PA1": 0.3, "PA2": 0.3, "PE1": 0.2, "PE2": 0.2, "PF": 0.0},
+    3: {"PA1": 0.0, "PA2": 1.0, "PE1": 0.0, "PE2": 0.0, "PF": 0.0},
+    4: {"PA1": 0.0, "PA2": 0.0, "PE1": 0.5, "PE2": 0.5, "PF": 0.0},
+    5: {"PA1": 0.3, "PA2": 0.4, "PE1": 0.0, "PE2": 0.0, "PF": 0.3},
+}
+DEFAULT_SETTING = 1
+
+
+class ConfigError(ValueError):
+    """Bad configuration. ``str()`` is one line naming the key and what is allowed."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Priorities(_Frozen):
+    """Table 1 priorities: how much each unmet target counts in Algorithm 2."""
+
+    PA1: float = Field(ge=0, le=10, description="training accuracy")
+    PA2: float = Field(ge=0, le=10, description="validation accuracy")
+    PE1: float = Field(ge=0, le=10, description="training energy")
+    PE2: float = Field(ge=0, le=10, description="validation (inference) energy")
+    PF: float = Field(ge=0, le=10, description="FPS")
+
+
+class Thresholds(_Frozen):
+    """Table 1 thresholds. Defaults: the paper's appendix (Fig. 3 configuration).
+
+    OT and UT are not given in the paper; our defaults: overfitting when training
+    accuracy exceeds validation accuracy by more than 5 points (OT 0.05),
+    underfitting when validation exceeds training by more than 2 points (UT 0.02).
+    """
+
+    TA1: float = Field(0.95, gt=0, le=1, description="training accuracy (fraction)")
+    TA2: float = Field(0.92, gt=0, le=1, description="validation accuracy (fraction)")
+    TE1: float = Field(1e-3, gt=0, description="training energy (kWh)")
+    TE2: float = Field(1e-5, gt=0, description="validation energy (kWh)")
+    TF: float = Field(20000.0, gt=0, description="inference FPS")
+    OT: float = Field(0.05, ge=0, le=1, description="overfitting gap A1 - A2")
+    UT: float = Field(0.02, ge=0, le=1, description="underfitting gap A2 - A1")
+
+
+class Weights(_Frozen):
+    """Eq. 1 weights. The paper gives no values; accuracy dominates by default."""
+
+    AW: float = Field(1.0, ge=0, description="accuracy weight")
+    FW: float = Field(0.5, ge=0, description="normalised FPS weight")
+    EW: float = Field(0.5, ge=0, description="normalised energy weight")
+
+
+class RunConfig(_Frozen):
+    """Everything that determines a run. Stored with the run; ``resume`` reuses it."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    llm: str = "offline"
+    iterations: int = Field(10, ge=1, le=100_000)
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(512, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    plateau_patience: int = Field(5, ge=1, le=1000)
+    augment: bool = False
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    setting: int | None = Field(DEFAULT_SETTING, ge=1, le=5)
+    priorities: Priorities
+    thresholds: Thresholds = Thresholds()
+    weights: Weights = Weights()
+    parent: Literal["last", "best"] = "last"
+    max_params: int = Field(25_000_000, ge=1000, description="offline architect's size cap")
+    max_hours: float | None = Field(None, gt=0)
+    candidate_timeout_s: float = Field(600.0, gt=0)
+    memory_limit_mb: int | None = Field(None, ge=256)
+    threads: int = Field(0, ge=0, le=1024)
+    cpu_power_w_per_core: float = Field(10.0, gt=0, le=1000)
+    pue: float = Field(1.58, ge=1, le=5)
+    co2_lbs_per_kwh: float = Field(0.954, ge=0, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _priorities_from_setting(cls, data: Any) -> Any:
+        """``setting`` supplies the priorities; explicitly given keys override it."""
+        if not isinstance(data, dict):
+            return data
+        setting = data.get("setting", DEFAULT_SETTING)
+        explicit = data.get("priorities") or {}
+        if not isinstance(explicit, dict):
+            return data
+        base = SETTINGS.get(setting, {}) if isinstance(setting, int) else {}
+        return {**data, "priorities": {**base, **explicit}}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config: file {path} not found; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML ({exc})") from None
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``thresholds.TA1=0.9``); VALUE is read as TOML, else a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of plain dicts; ``None`` values in override are ignored (unset flags)."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(*layers: dict[str, Any]) -> RunConfig:
+    """Validate the merged layers; raise ConfigError with one line on the first problem."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge(data, layer)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(err["loc"][:-1])
+        allowed = ", ".join(model.model_fields)
+        return f"{loc}: unknown key; allowed: {allowed}"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return model
+
+
+def config_json(config: RunConfig) -> str:
+    return config.model_dump_json(indent=2)
+
+
+def config_from_json(text: str) -> RunConfig:
+    return RunConfig.model_validate_json(text)

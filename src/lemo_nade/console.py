@@ -1,0 +1,166 @@
+"""Terminal rendering with rich: the live per-iteration display and the tables.
+
+Everything shown here also exists as JSON (``lemo-nade show --json``), built from
+the same rows in ``report``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from lemo_nade import rules
+from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.records import Proposal, ProposalRequest
+from lemo_nade.report import iteration_row, iteration_rows, run_summary
+from lemo_nade.search import Progress as SearchProgress
+from lemo_nade.store import IterationRecord, RunStore
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+class LiveProgress:
+    """A progress bar over iterations plus one line per finished candidate."""
+
+    def __init__(self, console: Console, run_dir: Path) -> None:
+        with RunStore.open(run_dir) as store:
+            config = config_from_json(store.config_json())
+            done = len(store.iterations())
+        self.console = console
+        self.total = config.iterations
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("starting", total=self.total, completed=done)
+        self.progress = SearchProgress(
+            on_start=self._start, on_evaluating=self._evaluating, on_end=self._end
+        )
+
+    def __enter__(self) -> LiveProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.bar.stop()
+
+    def _start(self, idx: int, request: ProposalRequest) -> None:
+        todo = " ".join(code for code, _ in request.instructions) or "initial model"
+        self.bar.update(self.task, description=f"iteration {idx}: proposing ({todo})")
+
+    def _evaluating(self, idx: int, proposal: Proposal) -> None:
+        self.bar.update(self.task, description=f"iteration {idx}: training and measuring")
+
+    def _end(self, record: IterationRecord, best: IterationRecord | None) -> None:
+        row = iteration_row(record, best.idx if best else None)
+        mark = " [bold green]★ best[/]" if row["best"] else ""
+        if row["status"] == "ok":
+            line = (
+                f"{row['iteration']:>4}  ok  A1 {row['A1']:.3f}  A2 {row['A2']:.3f}  "
+                f"P {row['P']:,}  F {row['F']:,.0f}  CM {row['CM']:.3f}{mark}  "
+                f"next: {' '.join(row['instructions_out']) or '-'}"
+            )
+        else:
+            line = f"{row['iteration']:>4}  [red]{row['status']}[/]  {row['error'] or ''}"
+        self.console.print(line, highlight=False, soft_wrap=True)
+        self.bar.advance(self.task)
+
+
+def print_table(console: Console, records: list[IterationRecord]) -> None:
+    table = Table(title="Iterations (★ = best by CM, Eq. 1)")
+    for name in ("#", "parent", "status", "A1", "A2", "params", "FPS", "E1 kWh", "E2 kWh", "CM"):
+        table.add_column(name, justify="right" if name not in ("status",) else "left")
+    table.add_column("instructions in", overflow="fold")
+    for row in iteration_rows(records):
+        table.add_row(
+            ("★ " if row["best"] else "") + str(row["iteration"]),
+            _fmt(row["parent"]),
+            row["status"],
+            _fmt(row["A1"]),
+            _fmt(row["A2"]),
+            f"{row['P']:,}" if row["P"] is not None else "-",
+            _fmt(row["F"], ",.0f"),
+            _fmt(row["E1_kwh"], ".2e"),
+            _fmt(row["E2_kwh"], ".2e"),
+            _fmt(row["CM"]),
+            " ".join(row["instructions_in"]) or "(initial)",
+            style="bold green" if row["best"] else None,
+        )
+    console.print(table)
+
+
+def print_summary(
+    console: Console,
+    records: list[IterationRecord],
+    config: RunConfig,
+    status: str,
+    reason: str | None,
+) -> None:
+    s = run_summary(records, config)
+    source = s["energy_source"] or "-"
+    label = " (ESTIMATE)" if source == "estimate" else ""
+    console.print(f"status: {status} ({reason or '-'}); iterations: {s['iterations']}; "
+                  f"invalid candidates: {_fmt(s['invalid_rate'], '.0%')}")
+    console.print(
+        f"best: iteration {_fmt(s['best_iteration'])}, CM {_fmt(s['best_cm'])}, "
+        f"validation accuracy {_fmt(s['best_validation_accuracy'])}, "
+        f"params {_fmt(s['best_params'])}, FPS {_fmt(s['best_fps'], ',.0f')}"
+    )
+    console.print(
+        f"search: {s['search_hours']:.4f} h, {s['search_kwh_pue']:.3e} kWh-PUE{label}, "
+        f"{s['search_co2_lbs']:.3e} lbs CO2e  [dim](energy source: {source}; "
+        f"PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)[/]",
+        highlight=False,
+    )
+
+
+def print_rules(
+    console: Console,
+    raw: dict[str, float],
+    resolved: list[tuple[str, float]],
+    fired: list[rules.Rule],
+) -> None:
+    console.print("rules fired: " + (", ".join(f"line {r.line}: {r.text}" for r in fired) or "none"))
+    table = Table(title="Algorithm 2 (raw) → Algorithm 3 (resolved)")
+    table.add_column("instruction")
+    table.add_column("meaning")
+    table.add_column("raw", justify="right")
+    table.add_column("resolved", justify="right")
+    kept = dict(resolved)
+    for code in rules.INSTRUCTIONS:
+        table.add_row(
+            code,
+            rules.DESCRIPTIONS[code],
+            f"{raw[code]:g}",
+            f"{kept[code]:g}" if code in kept else "-",
+        )
+    console.print(table)
+    console.print("next prompt, in order: " + ("; ".join(rules.describe(resolved)) or "(none)"))

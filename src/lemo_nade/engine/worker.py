@@ -1,0 +1,204 @@
+"""The sandboxed child: ``python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON``.
+
+Reads an :class:`~lemo_nade.records.EvalJob`, runs the candidate's code, and writes an
+:class:`~lemo_nade.records.Evaluation` (``to_dict`` shape) to RESULT_JSON atomically.
+Every way a candidate can fail becomes a status in that file; the exit code is 0
+whenever a result was written. Only :mod:`lemo_nade.sandbox` should start this: it is
+where ``exec`` of generated code is acceptable, because it runs in a throw-away process
+with a scrubbed environment, resource limits and a temporary working directory.
+
+Error texts are short (the candidate's own frames and the exception, at most
+:data:`ERROR_LINES` lines) because they are fed back to an LLM.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import linecache
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lemo_nade.engine import measure
+from lemo_nade.engine.data import Split, load, make_split
+from lemo_nade.engine.train import TrainingDiverged, train
+from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
+from lemo_nade.sandbox import looks_like_oom
+
+CANDIDATE_FILE = "candidate.py"  # the name candidate frames carry in tracebacks
+ERROR_LINES = 15
+ERROR_CHARS = 2000
+
+
+class StageFailed(Exception):
+    """A candidate failed in a known way; carries the status and the LLM-facing text."""
+
+    def __init__(self, status: Status, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON", file=sys.stderr)
+        return 2
+    faulthandler.enable()  # a segfault in native code still leaves a trace in the log
+    job = EvalJob.from_dict(json.loads(Path(args[0]).read_text()))
+    evaluation = run_job(job, log=lambda line: print(line, flush=True))
+    write_result(Path(args[1]), evaluation)
+    return 0
+
+
+def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluation:
+    """Build, shape-check, train and measure ``job.code`` in this process; never raises
+    for anything the candidate does."""
+    start = time.perf_counter()
+    try:
+        metrics = _evaluate(job, log)
+    except StageFailed as failed:
+        return Evaluation(
+            failed.status, error=failed.error, wall_time_s=time.perf_counter() - start
+        )
+    return Evaluation(Status.OK, metrics, wall_time_s=time.perf_counter() - start)
+
+
+def write_result(path: Path, evaluation: Evaluation) -> None:
+    """Write tmp + rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(evaluation.to_dict()))
+    os.replace(tmp, path)
+
+
+def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
+    torch.set_num_threads(job.threads or os.cpu_count() or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with _stage(Status.FAILED_BUILD, "building the model (running the code, then Net())"):
+        namespace = load_candidate(job.code)
+        torch.manual_seed(job.seed)  # reproducible initial weights
+        model = _build(namespace)
+        weight_decay = _weight_decay(namespace)
+    with _stage(Status.FAILED_TRAIN, "loading the dataset"):
+        split = make_split(load(job.dataset, job.data_dir), job.val_fraction, job.split_seed)
+        split = split.to(device)
+    with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
+        check_shape(model.to(device), split)
+    power = (job.cpu_power_w_per_core, job.ram_power_w_per_gb)
+    with _stage(Status.FAILED_TRAIN, "training"), measure.energy_span(*power, device) as e1:
+        result = train(model, split, job, weight_decay, log)
+    with _stage(Status.FAILED_TRAIN, "measuring"):
+        # paper Algorithm 1: A1 <- Model.eval(train_set); [E2, A2] <- Model.eval(val)
+        a1, train_loss = measure.accuracy_and_loss(
+            model, split.x_train, split.y_train, job.batch_size, split.normalize
+        )
+        with measure.energy_span(*power, device) as e2:
+            a2, val_loss = measure.accuracy_and_loss(
+                model, split.x_val, split.y_val, job.batch_size, split.normalize
+            )
+        fps = measure.frames_per_second(model, split.x_val, job.batch_size, split.normalize)
+    return Metrics(
+        A1=a1,
+        A2=a2,
+        E1=e1.energy_kwh,
+        E2=e2.energy_kwh,
+        F=fps,
+        P=measure.parameter_count(model),
+        train_loss=train_loss,
+        val_loss=val_loss,
+        train_time_s=e1.wall_s,
+        eval_time_s=e2.wall_s,
+        epochs_run=result.epochs_run,
+        train_images=len(split.x_train),
+        val_images=len(split.x_val),
+        energy_source="estimate",
+        device=device.type,
+    )
+
+
+def load_candidate(code: str) -> dict[str, Any]:
+    """Run the candidate's source as a fresh module; its lines show up in tracebacks."""
+    linecache.cache[CANDIDATE_FILE] = (len(code), None, code.splitlines(True), CANDIDATE_FILE)
+    namespace: dict[str, Any] = {"__name__": "candidate", "__file__": CANDIDATE_FILE}
+    exec(compile(code, CANDIDATE_FILE, "exec"), namespace)
+    return namespace
+
+
+def _build(namespace: dict[str, Any]) -> nn.Module:
+    net = namespace.get("Net")
+    if not callable(net):
+        raise TypeError("the code defines no class Net")
+    model = net()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Net() must be a torch.nn.Module; got {type(model).__name__}")
+    return model
+
+
+def _weight_decay(namespace: dict[str, Any]) -> float:
+    """The optional module constant ``WEIGHT_DECAY`` (Adam's L2 term), as the offline
+    architect writes it; absent means 0."""
+    value = namespace.get("WEIGHT_DECAY", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"WEIGHT_DECAY must be a number; got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError(f"WEIGHT_DECAY must be in [0, 1); got {value}")
+    return float(value)
+
+
+def check_shape(model: nn.Module, split: Split) -> None:
+    """Forward two random images of the dataset's shape; the output must be [2, classes]."""
+    shape = (2, *split.x_train.shape[1:])
+    x = torch.randn(shape, device=split.x_train.device)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    expected = [2, split.num_classes]
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != expected:
+        raise StageFailed(
+            Status.FAILED_SHAPE,
+            f"Net output for an input of shape {list(shape)} is {got}; expected {expected} "
+            "(batch, classes: raw logits)",
+        )
+
+
+@contextmanager
+def _stage(status: Status, doing: str) -> Iterator[None]:
+    """Turn any exception in the block into ``StageFailed`` with the right status."""
+    try:
+        yield
+    except StageFailed:
+        raise
+    except TrainingDiverged as exc:
+        raise StageFailed(Status.FAILED_NAN, f"{doing}: {exc}") from None
+    except BaseException as exc:  # the candidate may raise anything, SystemExit included
+        oom = isinstance(exc, MemoryError) or (
+            isinstance(exc, RuntimeError) and looks_like_oom(str(exc))
+        )
+        raise StageFailed(
+            Status.OOM if oom else status, f"{doing} failed:\n{short_error(exc)}"
+        ) from None
+
+
+def short_error(exc: BaseException) -> str:
+    """The candidate's own frames (or the innermost two) and the exception line(s)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    shown = [f for f in frames if f.filename == CANDIDATE_FILE] or frames[-2:]
+    text = "".join(traceback.format_list(shown))
+    text += "".join(traceback.format_exception_only(type(exc), exc))
+    lines = text.rstrip().splitlines()[-ERROR_LINES:]
+    return "\n".join(lines)[-ERROR_CHARS:]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

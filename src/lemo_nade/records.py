@@ -1,0 +1,179 @@
+"""Plain records passed between the loop, the architects, the sandbox and the store.
+
+Pure: no torch. Everything here round-trips through JSON (``to_dict``/``from_dict``)
+because it crosses a process boundary (sandbox) or goes into SQLite (store).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """How a candidate ended. Failures are states, stored like successes (optuna's TrialState)."""
+
+    OK = "ok"
+    FAILED_SYNTAX = "failed_syntax"  # the source does not parse
+    FAILED_POLICY = "failed_policy"  # the static policy (AST) rejected it
+    FAILED_BUILD = "failed_build"  # importing the code or Net() raised
+    FAILED_SHAPE = "failed_shape"  # forward on a dummy batch raised or gave the wrong shape
+    FAILED_NAN = "failed_nan"  # training loss became NaN/inf
+    FAILED_TRAIN = "failed_train"  # any other exception during training or measuring
+    TIMEOUT = "timeout"  # wall-clock limit hit; the process group was killed
+    OOM = "oom"  # out of memory (MemoryError, CUDA OOM, or the memory rlimit)
+    CRASHED = "crashed"  # the child died without a result (signal, hard exit)
+
+    @property
+    def ok(self) -> bool:
+        return self is Status.OK
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one evaluated candidate measured. Units are in the names.
+
+    ``A1``/``A2``/``E1``/``E2``/``F``/``P`` are the paper's symbols (Table 1):
+    A1 training accuracy, A2 validation accuracy (fractions 0..1), E1 energy of
+    training and E2 energy of evaluating the validation set (kWh, *device*
+    energy before PUE), F inference frames per second, P parameter count.
+    ``energy_source`` says how E1/E2 were obtained: ``estimate`` (CPU time x a
+    documented per-core power), ``rapl`` or ``nvml`` (measured).
+    """
+
+    A1: float
+    A2: float
+    E1: float
+    E2: float
+    F: float
+    P: int
+    train_loss: float = float("nan")
+    val_loss: float = float("nan")
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    epochs_run: int = 0
+    train_images: int = 0  # size of the training split E1 was spent on
+    val_images: int = 0  # size of the validation split E2 was spent on (per-image energy)
+    energy_source: str = "estimate"
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def for_rules(self) -> dict[str, float]:
+        """The five values Algorithm 2 reads."""
+        return {"A1": self.A1, "A2": self.A2, "E1": self.E1, "E2": self.E2, "F": self.F}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of running one candidate in the sandbox."""
+
+    status: Status
+    metrics: Metrics | None = None
+    error: str = ""  # one-paragraph error text (last lines of the traceback), fed back to the LLM
+    wall_time_s: float = 0.0
+    log_tail: str = ""  # capped stdout/stderr of the child
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "metrics": self.metrics.to_dict() if self.metrics else None,
+            "error": self.error,
+            "wall_time_s": self.wall_time_s,
+            "log_tail": self.log_tail,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        metrics = data.get("metrics")
+        return cls(
+            status=Status(data["status"]),
+            metrics=Metrics.from_dict(metrics) if metrics else None,
+            error=data.get("error", ""),
+            wall_time_s=float(data.get("wall_time_s", 0.0)),
+            log_tail=data.get("log_tail", ""),
+        )
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a candidate must fit: the contract every architect writes code for."""
+
+    dataset: str
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """Everything an architect may use to propose the next candidate.
+
+    ``parent_code`` is None on the first iteration. ``instructions`` are the
+    resolved instructions (Algorithm 3 output) in priority order. ``last_error``
+    is set when the previous candidate failed, so an LLM can repair it.
+    ``failed_code`` is that failed candidate's code (the parent is the last good one).
+    ``parent_state`` is the architect's own structured state of the parent
+    (e.g. the offline architect's architecture as JSON); opaque to the loop.
+    """
+
+    iteration: int
+    task: TaskSpec
+    parent_code: str | None
+    parent_metrics: Metrics | None
+    instructions: tuple[tuple[str, float], ...]
+    last_error: str | None = None
+    parent_state: dict[str, Any] | None = None
+    seed: int = 0
+    failed_code: str | None = None  # the code that produced ``last_error``, when it failed
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An architect's answer: model source (``class Net(nn.Module)``) and provenance."""
+
+    code: str
+    state: dict[str, Any] | None = None  # structured form, when the architect has one
+    notes: str = ""  # what was done, e.g. the edits applied, for the report
+    usage: dict[str, Any] = field(default_factory=dict)  # tokens, latency, cost (LLM architects)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """What the sandboxed child needs to build, train and measure one candidate.
+
+    The search protocol defaults are the paper's (Sec. 4.1): Adam, lr 1e-3,
+    batch 512, LR reduced when validation loss has not improved for
+    ``plateau_patience`` epochs. ``split_seed`` fixes the 9:1 stratified
+    train/validation split so every candidate of a run sees the same split.
+    """
+
+    code: str
+    dataset: str
+    data_dir: str | None
+    epochs: int
+    batch_size: int = 512
+    lr: float = 1e-3
+    plateau_patience: int = 5
+    plateau_factor: float = 0.1
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    augment: bool = False
+    threads: int = 0  # 0: let torch decide
+    cpu_power_w_per_core: float = 10.0  # for the energy *estimate*; see engine.measure
+    ram_power_w_per_gb: float = 0.375  # codecarbon's constant: 3 W per 8 GB
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalJob:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,91 @@
+"""Tables of a run as plain rows (for JSON, CSV, Markdown and the terminal).
+
+Pure: no torch. Energy figures carry their source (``estimate``/``rapl``/``nvml``)
+next to them, and the paper's Eq. 2-3 conversions say which PUE and carbon
+intensity they used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lemo_nade.config import RunConfig
+from lemo_nade.score import co2_lbs, energy_to_kwh_pue
+from lemo_nade.search import best_of, elapsed_s
+from lemo_nade.store import IterationRecord
+
+
+def _num(value: float | None) -> float | None:
+    """JSON has no NaN/inf: report them as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str, Any]:
+    m = rec.evaluation.metrics
+    return {
+        "iteration": rec.idx,
+        "parent": rec.parent_idx,
+        "status": rec.evaluation.status.value,
+        "best": rec.idx == best_idx,
+        "A1": _num(m.A1) if m else None,
+        "A2": _num(m.A2) if m else None,
+        "P": m.P if m else None,
+        "F": _num(m.F) if m else None,
+        "E1_kwh": _num(m.E1) if m else None,
+        "E2_kwh": _num(m.E2) if m else None,
+        "energy_source": m.energy_source if m else None,
+        "CM": _num(rec.cm),
+        "instructions_in": [code for code, _ in rec.prompt_instructions],
+        "instructions_out": [code for code, _ in rec.resolved_instructions],
+        "wall_time_s": round(rec.finished_at - rec.started_at, 3),
+        "error": rec.evaluation.error.strip().splitlines()[-1] if rec.evaluation.error else None,
+        "notes": rec.notes,
+    }
+
+
+def iteration_rows(records: list[IterationRecord]) -> list[dict[str, Any]]:
+    best = best_of(records)
+    return [iteration_row(r, best.idx if best else None) for r in records]
+
+
+def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, Any]:
+    """One row shaped like the paper's Tables 3/5/6, for the search phase.
+
+    Search energy is the sum of the candidates' E1 + E2 (device kWh) times PUE
+    (Eq. 2 applied to energies); it excludes the LLM's own energy, like the paper.
+    """
+    good = [r for r in records if r.evaluation.metrics is not None]
+    energy_kwh = sum((r.evaluation.metrics.E1 + r.evaluation.metrics.E2) for r in good if r.evaluation.metrics)
+    sources = sorted({r.evaluation.metrics.energy_source for r in good if r.evaluation.metrics})
+    best = best_of(records)
+    bm = best.evaluation.metrics if best else None
+    search_kwh_pue = energy_to_kwh_pue(energy_kwh, config.pue)
+    infer_kwh_pue = None
+    if bm is not None and bm.val_images > 0:
+        infer_kwh_pue = energy_to_kwh_pue(bm.E2 / bm.val_images, config.pue)
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r.evaluation.status.value] = statuses.get(r.evaluation.status.value, 0) + 1
+    return {
+        "iterations": len(records),
+        "statuses": statuses,
+        "invalid_rate": (len(records) - len(good)) / len(records) if records else None,
+        "best_iteration": best.idx if best else None,
+        "best_cm": _num(best.cm) if best else None,
+        "best_validation_accuracy": _num(bm.A2) if bm else None,
+        "best_params": bm.P if bm else None,
+        "best_fps": _num(bm.F) if bm else None,
+        "search_hours": elapsed_s(records) / 3600,
+        "search_kwh_pue": search_kwh_pue,
+        "search_co2_lbs": co2_lbs(search_kwh_pue, config.co2_lbs_per_kwh),
+        "inference_kwh_pue_per_image": infer_kwh_pue,
+        "inference_co2_lbs_per_image": (
+            co2_lbs(infer_kwh_pue, config.co2_lbs_per_kwh) if infer_kwh_pue is not None else None
+        ),
+        "energy_source": ",".join(sources) if sources else None,
+        "pue": config.pue,
+        "co2_lbs_per_kwh": config.co2_lbs_per_kwh,
+    }

@@ -1,0 +1,152 @@
+"""The expert system: the paper's rule book (Table 2), Algorithm 2 (NNGES) and
+Algorithm 3 (RESOLVE_CONFLICT), kept as data so they can be read, printed and tested.
+
+Pure: no torch. Values are the sums of user priorities (PA1 … PF) of the rules
+that fired, exactly as Algorithm 2 adds them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+# Table 2, in the rule book's order. Algorithm 3's sort is stable, so this order
+# breaks ties between instructions with equal values.
+INSTRUCTIONS: tuple[str, ...] = (
+    "ACL", "ASC", "ADL", "RCL", "RSC", "RDL", "AD", "AMK",
+    "AWI", "AR", "RK", "RD", "AMN", "RN", "RR",
+)  # fmt: skip
+
+DESCRIPTIONS: dict[str, str] = {
+    "ACL": "Add convolutional layer",
+    "ASC": "Add skip connection",
+    "ADL": "Add dense layer",
+    "RCL": "Reduce convolutional layer",
+    "RSC": "Reduce skip connection",
+    "RDL": "Reduce dense layer",
+    "AD": "Add dropout layer",
+    "AMK": "Add more kernel",
+    "AWI": "Add weight initializer",
+    "AR": "Add regularization",
+    "RK": "Reduce number of kernel",
+    "RD": "Reduce dropout layer",
+    "AMN": "Add more neurons",
+    "RN": "Reduce neurons",
+    "RR": "Reduce regularization",
+}
+
+# Table 2's "conflicting instructions" column (AWI has none). Symmetric.
+CONFLICTS: dict[str, str] = {
+    "ACL": "RCL", "RCL": "ACL",
+    "ASC": "RSC", "RSC": "ASC",
+    "ADL": "RDL", "RDL": "ADL",
+    "AD": "RD", "RD": "AD",
+    "AMK": "RK", "RK": "AMK",
+    "AR": "RR", "RR": "AR",
+    "AMN": "RN", "RN": "AMN",
+}  # fmt: skip
+
+METRIC_KEYS: tuple[str, ...] = ("A1", "A2", "E1", "E2", "F")
+PRIORITY_KEYS: tuple[str, ...] = ("PA1", "PA2", "PE1", "PE2", "PF")
+THRESHOLD_KEYS: tuple[str, ...] = ("TA1", "TA2", "TE1", "TE2", "TF", "OT", "UT")
+
+Values = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``if`` of Algorithm 2: when ``condition`` holds, add ``priority`` to each instruction."""
+
+    line: int  # the ``if`` line in the paper's Algorithm 2
+    text: str  # the condition as the paper writes it
+    condition: Callable[[Values, Values], bool]  # (metrics, thresholds) -> fired
+    instructions: tuple[str, ...]  # in the paper's order of the additions
+    priority: str  # which user priority is added
+
+
+# Algorithm 2, lines 3-48, in order. Note lines 33 and 40: the overfitting rule adds
+# PA1 and the underfitting rule adds PA2, as the paper writes them.
+RULES: tuple[Rule, ...] = (
+    Rule(3, "A1 < TA1", lambda m, t: m["A1"] < t["TA1"], ("ACL", "ADL", "AMK", "ASC"), "PA1"),
+    Rule(9, "A2 < TA2", lambda m, t: m["A2"] < t["TA2"], ("ACL", "ADL", "AMK", "ASC"), "PA2"),
+    Rule(
+        15, "E1 > TE1", lambda m, t: m["E1"] > t["TE1"], ("AD", "AWI", "RCL", "RK", "RSC"), "PE1"
+    ),
+    Rule(22, "E2 > TE2", lambda m, t: m["E2"] > t["TE2"], ("AD", "RCL", "RK", "RDL"), "PE2"),
+    Rule(28, "F < TF", lambda m, t: m["F"] < t["TF"], ("AD", "RK", "RSC"), "PF"),
+    Rule(
+        33,
+        "(A1 - A2) > OT",
+        lambda m, t: (m["A1"] - m["A2"]) > t["OT"],
+        ("ADL", "RCL", "RK", "RN", "AR"),
+        "PA1",
+    ),
+    Rule(
+        40,
+        "(A2 - A1) > UT",
+        lambda m, t: (m["A2"] - m["A1"]) > t["UT"],
+        ("RD", "ACL", "AMK", "ADL", "AMN", "ASC", "RR"),
+        "PA2",
+    ),
+)
+
+
+class RulesInputError(ValueError):
+    """Missing or non-finite metric/priority/threshold; the message names the key."""
+
+
+def _require(values: Values, keys: tuple[str, ...], what: str) -> None:
+    for key in keys:
+        if key not in values:
+            raise RulesInputError(f"{what}: missing {key!r}; required: {', '.join(keys)}")
+        value = values[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            raise RulesInputError(f"{what}: {key} must be a number, got {value!r}")
+
+
+def fired_rules(metrics: Values, thresholds: Values) -> list[Rule]:
+    """The rules of Algorithm 2 whose condition holds for these metrics."""
+    _require(metrics, METRIC_KEYS, "metrics")
+    _require(thresholds, THRESHOLD_KEYS, "thresholds")
+    return [rule for rule in RULES if rule.condition(metrics, thresholds)]
+
+
+def nnges(metrics: Values, priorities: Values, thresholds: Values) -> dict[str, float]:
+    """Algorithm 2: the value of each of the 15 instructions (rule-book order)."""
+    _require(priorities, PRIORITY_KEYS, "priorities")
+    cmd = dict.fromkeys(INSTRUCTIONS, 0.0)
+    for rule in fired_rules(metrics, thresholds):
+        for code in rule.instructions:
+            cmd[code] += float(priorities[rule.priority])
+    # Priorities are decimals (0.3, 0.4, ...); rounding the float sums keeps sums that are
+    # equal on paper equal here, so Algorithm 3's ties fall back to rule-book order.
+    return {code: round(value, 12) for code, value in cmd.items()}
+
+
+def resolve_conflict(cmd: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Algorithm 3: sort descending (stable, so ties keep rule-book order), keep values
+    > 0, and zero every later instruction that conflicts with a kept one."""
+    order = sorted(INSTRUCTIONS, key=lambda code: -cmd.get(code, 0.0))
+    values = {code: float(cmd.get(code, 0.0)) for code in order}
+    refined: list[tuple[str, float]] = []
+    for m, code in enumerate(order):
+        if values[code] > 0:
+            refined.append((code, values[code]))
+            for later in order[m + 1 :]:
+                if CONFLICTS.get(code) == later:
+                    values[later] = 0.0
+    return refined
+
+
+def instructions_for(
+    metrics: Values, priorities: Values, thresholds: Values
+) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Algorithm 1, lines 14-15: NNGES then RESOLVE_CONFLICT. Returns (raw, resolved)."""
+    raw = nnges(metrics, priorities, thresholds)
+    return raw, resolve_conflict(raw)
+
+
+def describe(resolved: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> list[str]:
+    """The resolved instructions in words, highest priority first (for prompts and reports)."""
+    return [f"{DESCRIPTIONS[code]} ({code}, priority {value:g})" for code, value in resolved]

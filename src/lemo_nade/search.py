@@ -1,0 +1,217 @@
+"""The discovery loop, paper Algorithm 1, with the run store as its memory.
+
+Every iteration: choose the parent (the last or the best good candidate), ask the
+architect for code given the parent's resolved instructions (and the last error,
+if the previous candidate failed), evaluate it in the sandbox, compute the next
+instructions (Algorithm 2 -> 3) and CM (Eq. 1), and commit it all in one
+transaction. Resuming is replaying the committed iterations: the loop keeps no
+state the store does not have, so a crash loses at most the iteration in flight.
+
+Pure main-process side: no torch import (the sandbox child does the training).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lemo_nade import rules, sandbox
+from lemo_nade.architects import Architect, create_architect
+from lemo_nade.config import RunConfig, config_from_json, config_json
+from lemo_nade.datasets import resolve_dataset
+from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
+from lemo_nade.score import combined_effectiveness
+from lemo_nade.store import IterationRecord, RunStore, new_run_id
+
+Evaluator = Callable[[EvalJob, float, "int | None"], Evaluation]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Callbacks for a live display; all optional."""
+
+    on_start: Callable[[int, ProposalRequest], None] = lambda idx, req: None
+    on_evaluating: Callable[[int, Proposal], None] = lambda idx, proposal: None
+    on_end: Callable[[IterationRecord, IterationRecord | None], None] = lambda rec, best: None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    run_dir: Path
+    records: list[IterationRecord]
+    best: IterationRecord | None
+    stop_reason: str
+
+
+def create_run(config: RunConfig, runs_dir: Path) -> Path:
+    """Validate what can be validated before any work, then make the run directory."""
+    resolve_dataset(config.dataset, config.data_dir)  # raises DatasetError with the fix
+    _architect(config)  # raises ArchitectError with the fix
+    run_id = new_run_id()
+    run_dir = runs_dir / run_id
+    RunStore.create(run_dir, config_json(config), run_id=run_id).close()
+    return run_dir
+
+
+def run_search(
+    run_dir: Path,
+    progress: Progress | None = None,
+    evaluate: Evaluator = sandbox.evaluate,
+) -> SearchResult:
+    """Run (or continue) the search in ``run_dir`` until a termination condition holds."""
+    progress = progress or Progress()
+    with RunStore.open(run_dir) as store:
+        config = config_from_json(store.config_json())
+        task = resolve_dataset(config.dataset, config.data_dir)
+        architect = _architect(config)
+        records = store.iterations()
+        if records:
+            store.add_event("resumed", {"at_iteration": len(records)})
+        store.set_status("running")
+        loop = _Loop(config, task, architect, store, evaluate, progress)
+        try:
+            reason = loop.run(records)
+        except KeyboardInterrupt:
+            store.set_status("stopped", "interrupted")
+            raise
+        store.set_status("finished" if reason == "iterations" else "stopped", reason)
+        store.add_event("stopped", {"reason": reason})
+        records = store.iterations()
+        return SearchResult(run_dir, records, best_of(records), reason)
+
+
+def _architect(config: RunConfig) -> Architect:
+    return create_architect(config.llm, seed=config.seed, max_params=config.max_params)
+
+
+def best_of(records: list[IterationRecord]) -> IterationRecord | None:
+    """Highest CM among good candidates; the earliest wins a tie (Algorithm 1, ``CM > BCM``)."""
+    best: IterationRecord | None = None
+    for rec in records:
+        if rec.cm is not None and (best is None or best.cm is None or rec.cm > best.cm):
+            best = rec
+    return best
+
+
+def elapsed_s(records: list[IterationRecord]) -> float:
+    """Time spent in recorded iterations (resumes do not count downtime)."""
+    return sum(max(0.0, r.finished_at - r.started_at) for r in records)
+
+
+class _Loop:
+    def __init__(
+        self,
+        config: RunConfig,
+        task: TaskSpec,
+        architect: Architect,
+        store: RunStore,
+        evaluate: Evaluator,
+        progress: Progress,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.architect = architect
+        self.store = store
+        self.evaluate = evaluate
+        self.progress = progress
+
+    def run(self, records: list[IterationRecord]) -> str:
+        records = list(records)
+        while True:
+            reason = self.stop_reason(records)
+            if reason:
+                return reason
+            records.append(self.iterate(len(records), records))
+
+    def stop_reason(self, records: list[IterationRecord]) -> str | None:
+        """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
+        if len(records) >= self.config.iterations:
+            return "iterations"
+        if self.config.max_hours is not None and elapsed_s(records) >= self.config.max_hours * 3600:
+            return "max_hours"
+        return None
+
+    def request(self, idx: int, records: list[IterationRecord]) -> tuple[ProposalRequest, int | None]:
+        """Algorithm 1, line 8's command: the parent's instructions, plus the last error."""
+        good = [r for r in records if r.evaluation.status is Status.OK]
+        parent = (best_of(records) if self.config.parent == "best" else None) or (
+            good[-1] if good else None
+        )
+        last = records[-1] if records else None
+        failed = last if last is not None and last.evaluation.status is not Status.OK else None
+        request = ProposalRequest(
+            iteration=idx,
+            task=self.task,
+            parent_code=parent.code if parent else None,
+            parent_metrics=parent.evaluation.metrics if parent else None,
+            instructions=tuple(parent.resolved_instructions) if parent else (),
+            last_error=failed.evaluation.error if failed else None,
+            parent_state=parent.state if parent else None,
+            seed=self.config.seed,
+            failed_code=failed.code if failed else None,
+        )
+        return request, parent.idx if parent else None
+
+    def iterate(self, idx: int, records: list[IterationRecord]) -> IterationRecord:
+        started = time.time()
+        request, parent_idx = self.request(idx, records)
+        self.progress.on_start(idx, request)
+        proposal = self.architect.propose(request)
+        self.progress.on_evaluating(idx, proposal)
+        evaluation = self.evaluate(self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb)
+        raw: dict[str, float] = {}
+        resolved: list[tuple[str, float]] = []
+        cm = None
+        if evaluation.status is Status.OK and evaluation.metrics is not None:
+            values = evaluation.metrics.for_rules()
+            cfg = self.config
+            raw, resolved = rules.instructions_for(
+                values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+            )
+            cm = combined_effectiveness(values, cfg.thresholds.model_dump(), cfg.weights.model_dump())
+        record = IterationRecord(
+            idx=idx,
+            started_at=started,
+            finished_at=time.time(),
+            parent_idx=parent_idx,
+            architect=self.config.llm,
+            prompt_instructions=request.instructions,
+            code=proposal.code,
+            state=proposal.state,
+            notes=proposal.notes,
+            evaluation=evaluation,
+            raw_instructions=raw,
+            resolved_instructions=tuple(resolved),
+            cm=cm,
+            usage=dict(proposal.usage),
+        )
+        self.store.record_iteration(record)
+        self.progress.on_end(record, best_of([*records, record]))
+        return record
+
+    def job(self, code: str) -> EvalJob:
+        cfg = self.config
+        return EvalJob(
+            code=code,
+            dataset=cfg.dataset,
+            data_dir=cfg.data_dir,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            plateau_patience=cfg.plateau_patience,
+            seed=cfg.seed,
+            split_seed=cfg.seed,
+            augment=cfg.augment,
+            threads=cfg.threads,
+            cpu_power_w_per_core=cfg.cpu_power_w_per_core,
+        )
+
+    def timeout_s(self, records: list[IterationRecord]) -> float:
+        """The candidate limit, shortened so a time budget is not overrun by much."""
+        limit = self.config.candidate_timeout_s
+        if self.config.max_hours is not None:
+            left = self.config.max_hours * 3600 - elapsed_s(records)
+            limit = max(1.0, min(limit, left))
+        return limit

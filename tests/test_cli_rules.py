@@ -1,0 +1,77 @@
+"""`lemo-nade rules` and the CLI's bad-input contract (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lemo_nade.cli import app
+
+runner = CliRunner()
+
+
+def test_rules_json_contract() -> None:
+    metrics = '{"A1": 0.8, "A2": 0.7, "E1": 0.002, "E2": 1e-6, "F": 5000}'
+    result = runner.invoke(app, ["rules", "--setting", "2", "--metrics", metrics, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert list(doc["raw"]) == ["ACL", "ASC", "ADL", "RCL", "RSC", "RDL", "AD", "AMK",
+                                "AWI", "AR", "RK", "RD", "AMN", "RN", "RR"]  # fmt: skip
+    assert doc["raw"]["ADL"] == 0.9
+    assert doc["resolved"] == [["ADL", 0.9], ["ACL", 0.6], ["ASC", 0.6], ["AMK", 0.6],
+                               ["AR", 0.3], ["RN", 0.3], ["AD", 0.2], ["AWI", 0.2]]  # fmt: skip
+
+
+def test_rules_threshold_override_changes_the_answer() -> None:
+    metrics = '{"A1": 0.8, "A2": 0.7, "E1": 0.0, "E2": 0.0, "F": 1e6}'
+    args = ["rules", "--setting", "3", "--metrics", metrics, "--json"]
+    low = runner.invoke(app, [*args, "--thresholds", '{"TA2": 0.5, "OT": 0.5}'])
+    assert json.loads(low.stdout)["resolved"] == []
+    high = runner.invoke(app, args)
+    assert json.loads(high.stdout)["resolved"][0] == ["ACL", 1.0]
+
+
+def test_rules_table_output() -> None:
+    metrics = '{"A1": 0.8, "A2": 0.7, "E1": 0.0, "E2": 0.0, "F": 1e6}'
+    result = runner.invoke(app, ["rules", "--metrics", metrics])
+    assert result.exit_code == 0
+    assert "Add convolutional layer" in result.stdout
+    assert "line 9: A2 < TA2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["rules", "--metrics", "{not json"], "metrics: not valid JSON"),
+        (["rules", "--metrics", '{"A1": 0.5}'], "metrics: missing 'A2'"),
+        (["rules", "--metrics", '{"A1":1,"A2":1,"E1":0,"E2":0,"F":1,"Z":3}'], "unknown key 'Z'"),
+        (["rules", "--setting", "6", "--metrics", "{}"], "setting: Input should be less than"),
+        (["rules", "--metrics", '{"A1":"x","A2":1,"E1":0,"E2":0,"F":1}'], "A1 must be a number"),
+        (["run", "--iterations", "0"], "iterations: Input should be greater than or equal to 1"),
+        (["run", "--dataset", "mnist"], "dataset: unknown dataset 'mnist'"),
+        (["run", "--dataset", "cifar10"], "data_dir: dataset 'cifar10' is read from a local"),
+        (["run", "--llm", "nope"], "llm: unknown architect 'nope'"),
+        (["run", "--set", "thresholds.XX=1"], "thresholds.XX: unknown key"),
+        (["run", "--config", "missing.toml"], "config: file missing.toml not found"),
+        (["show", "no-such-dir"], "no-such-dir"),
+        (["resume", "no-such-dir"], "no-such-dir"),
+    ],
+)
+def test_bad_input_exit_2_one_line(args: list[str], needle: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_help_on_every_command() -> None:
+    for command in ("run", "resume", "show", "rules"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Usage" in result.stdout
