@@ -45,7 +45,7 @@ def test_explicit_priorities_override_the_setting() -> None:
 
 def test_layers_and_set_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
-    path.write_text('iterations = 3\nepochs = 2\n[thresholds]\nTA2 = 0.5\n')
+    path.write_text("iterations = 3\nepochs = 2\n[thresholds]\nTA2 = 0.5\n")
     cfg = build_config(load_toml(path), {"epochs": 4}, parse_set(["thresholds.TF=100"]))
     assert (cfg.iterations, cfg.epochs) == (3, 4)
     assert (cfg.thresholds.TA2, cfg.thresholds.TF) == (0.5, 100.0)

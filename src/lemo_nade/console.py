@@ -127,8 +127,10 @@ def print_summary(
     s = run_summary(records, config)
     source = s["energy_source"] or "-"
     label = " (ESTIMATE)" if source == "estimate" else ""
-    console.print(f"status: {status} ({reason or '-'}); iterations: {s['iterations']}; "
-                  f"invalid candidates: {_fmt(s['invalid_rate'], '.0%')}")
+    console.print(
+        f"status: {status} ({reason or '-'}); iterations: {s['iterations']}; "
+        f"invalid candidates: {_fmt(s['invalid_rate'], '.0%')}"
+    )
     console.print(
         f"best: iteration {_fmt(s['best_iteration'])}, CM {_fmt(s['best_cm'])}, "
         f"validation accuracy {_fmt(s['best_validation_accuracy'])}, "
@@ -148,7 +150,9 @@ def print_rules(
     resolved: list[tuple[str, float]],
     fired: list[rules.Rule],
 ) -> None:
-    console.print("rules fired: " + (", ".join(f"line {r.line}: {r.text}" for r in fired) or "none"))
+    console.print(
+        "rules fired: " + (", ".join(f"line {r.line}: {r.text}" for r in fired) or "none")
+    )
     table = Table(title="Algorithm 2 (raw) → Algorithm 3 (resolved)")
     table.add_column("instruction")
     table.add_column("meaning")

@@ -58,7 +58,9 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
     (Eq. 2 applied to energies); it excludes the LLM's own energy, like the paper.
     """
     good = [r for r in records if r.evaluation.metrics is not None]
-    energy_kwh = sum((r.evaluation.metrics.E1 + r.evaluation.metrics.E2) for r in good if r.evaluation.metrics)
+    energy_kwh = sum(
+        (r.evaluation.metrics.E1 + r.evaluation.metrics.E2) for r in good if r.evaluation.metrics
+    )
     sources = sorted({r.evaluation.metrics.energy_source for r in good if r.evaluation.metrics})
     best = best_of(records)
     bm = best.evaluation.metrics if best else None

@@ -70,9 +70,7 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(3, "A1 < TA1", lambda m, t: m["A1"] < t["TA1"], ("ACL", "ADL", "AMK", "ASC"), "PA1"),
     Rule(9, "A2 < TA2", lambda m, t: m["A2"] < t["TA2"], ("ACL", "ADL", "AMK", "ASC"), "PA2"),
-    Rule(
-        15, "E1 > TE1", lambda m, t: m["E1"] > t["TE1"], ("AD", "AWI", "RCL", "RK", "RSC"), "PE1"
-    ),
+    Rule(15, "E1 > TE1", lambda m, t: m["E1"] > t["TE1"], ("AD", "AWI", "RCL", "RK", "RSC"), "PE1"),
     Rule(22, "E2 > TE2", lambda m, t: m["E2"] > t["TE2"], ("AD", "RCL", "RK", "RDL"), "PE2"),
     Rule(28, "F < TF", lambda m, t: m["F"] < t["TF"], ("AD", "RK", "RSC"), "PF"),
     Rule(

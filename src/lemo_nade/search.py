@@ -62,7 +62,7 @@ def run_search(
 ) -> SearchResult:
     """Run (or continue) the search in ``run_dir`` until a termination condition holds."""
     progress = progress or Progress()
-    with RunStore.open(run_dir) as store:
+    with RunStore.open(run_dir, writer=True) as store:
         config = config_from_json(store.config_json())
         task = resolve_dataset(config.dataset, config.data_dir)
         architect = _architect(config)
@@ -133,7 +133,9 @@ class _Loop:
             return "max_hours"
         return None
 
-    def request(self, idx: int, records: list[IterationRecord]) -> tuple[ProposalRequest, int | None]:
+    def request(
+        self, idx: int, records: list[IterationRecord]
+    ) -> tuple[ProposalRequest, int | None]:
         """Algorithm 1, line 8's command: the parent's instructions, plus the last error."""
         good = [r for r in records if r.evaluation.status is Status.OK]
         parent = (best_of(records) if self.config.parent == "best" else None) or (
@@ -160,7 +162,9 @@ class _Loop:
         self.progress.on_start(idx, request)
         proposal = self.architect.propose(request)
         self.progress.on_evaluating(idx, proposal)
-        evaluation = self.evaluate(self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb)
+        evaluation = self.evaluate(
+            self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb
+        )
         raw: dict[str, float] = {}
         resolved: list[tuple[str, float]] = []
         cm = None
@@ -170,7 +174,9 @@ class _Loop:
             raw, resolved = rules.instructions_for(
                 values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
             )
-            cm = combined_effectiveness(values, cfg.thresholds.model_dump(), cfg.weights.model_dump())
+            cm = combined_effectiveness(
+                values, cfg.thresholds.model_dump(), cfg.weights.model_dump()
+            )
         record = IterationRecord(
             idx=idx,
             started_at=started,
