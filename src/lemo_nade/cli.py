@@ -27,7 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+# Piped or redirected output gets a wide table instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+out = Console(width=_WIDTH)
 err = Console(stderr=True)
 
 BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)

@@ -97,21 +97,22 @@ class LiveProgress:
 def print_table(console: Console, records: list[IterationRecord]) -> None:
     table = Table(title="Iterations (★ = best by CM, Eq. 1)")
     for name in ("#", "parent", "status", "A1", "A2", "params", "FPS", "E1 kWh", "E2 kWh", "CM"):
-        table.add_column(name, justify="right" if name not in ("status",) else "left")
+        table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
     table.add_column("instructions in", overflow="fold")
     for row in iteration_rows(records):
         table.add_row(
             ("★ " if row["best"] else "") + str(row["iteration"]),
             _fmt(row["parent"]),
             row["status"],
-            _fmt(row["A1"]),
-            _fmt(row["A2"]),
+            _fmt(row["A1"], ".3f"),
+            _fmt(row["A2"], ".3f"),
             f"{row['P']:,}" if row["P"] is not None else "-",
             _fmt(row["F"], ",.0f"),
             _fmt(row["E1_kwh"], ".2e"),
             _fmt(row["E2_kwh"], ".2e"),
-            _fmt(row["CM"]),
-            " ".join(row["instructions_in"]) or "(initial)",
+            _fmt(row["CM"], ".3f"),
+            " ".join(row["instructions_in"])
+            or ("(initial)" if row["parent"] is None else "(none: explore)"),
             style="bold green" if row["best"] else None,
         )
     console.print(table)

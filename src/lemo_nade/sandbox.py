@@ -12,6 +12,8 @@ What it does:
   process group, with a new temporary directory as cwd, HOME and TMPDIR (removed after);
 - a scrubbed environment: only :data:`KEPT_ENV_VARS` pass, so API keys and tokens in
   the parent's environment are not visible to the candidate;
+- on Linux, ``PR_SET_PDEATHSIG``: the child is killed when the run process dies, even
+  by SIGKILL, so a crashed run leaves no orphan training in the background;
 - rlimits: address space (``memory_limit_mb``, when given), file size
   (:data:`FILE_SIZE_LIMIT_BYTES`), open files, no core dumps;
 - a wall-clock limit: on expiry the whole process group gets SIGKILL (``TIMEOUT``);
@@ -44,6 +46,7 @@ For hostile code, run the whole tool in a disposable container or VM without net
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -86,6 +89,7 @@ OOM_MARKERS = (
     "failed to map segment",
 )
 WORKER_MODULE = "lemo_nade.engine.worker"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def evaluate(
@@ -168,7 +172,11 @@ def _limits(memory_limit_mb: int | None) -> Callable[[], None]:
     if memory_limit_mb is not None:
         limits.append((resource.RLIMIT_AS, memory_limit_mb * 2**20))
 
+    prctl = _prctl()
+
     def apply() -> None:
+        if prctl is not None:  # die with the run process, even when it is SIGKILLed
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         for kind, value in limits:
             _, hard = resource.getrlimit(kind)
             if hard != resource.RLIM_INFINITY:
@@ -176,6 +184,17 @@ def _limits(memory_limit_mb: int | None) -> Callable[[], None]:
             resource.setrlimit(kind, (value, value))  # hard too: the child cannot raise it
 
     return apply
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    """Linux's ``prctl``, looked up before the fork (no imports or loading in the child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return func
 
 
 def _wait_then_kill_group(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
