@@ -136,7 +136,9 @@ def resume_cmd(
 def _search(run_dir: Path, as_json: bool) -> None:
     from lemo_nade.console import LiveProgress, print_table
     from lemo_nade.search import run_search
+    from lemo_nade.store import RunStore
 
+    RunStore.open(run_dir).close()  # a bad RUN_DIR is bad input: one line, exit 2
     if not as_json:
         out.print(f"run directory: [bold]{run_dir}[/]")
     with LiveProgress(err if as_json else out, run_dir) as live:

@@ -1,0 +1,186 @@
+"""The whole loop through the CLI: run, show, resume after SIGKILL, failures recorded.
+
+These run real candidates in real sandboxed children on the built-in digits data,
+with few epochs so the file stays around half a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lemo_nade import sandbox
+from lemo_nade.cli import app
+from lemo_nade.records import EvalJob, Evaluation, Status
+from lemo_nade.search import create_run, run_search
+from lemo_nade.store import RunStore
+
+runner = CliRunner()
+FAST = ["--epochs", "2", "--seed", "3"]
+
+
+def only_run_dir(runs: Path) -> Path:
+    (run_dir,) = list(runs.iterdir())
+    return run_dir
+
+
+def test_run_then_show_json(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["run", "--iterations", "3", *FAST, "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    assert "★" in result.output  # the best model is marked in the final table
+    run_dir = only_run_dir(runs)
+    shown = runner.invoke(app, ["show", str(run_dir), "--json"])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert doc["status"] == "finished" and doc["stop_reason"] == "iterations"
+    rows = doc["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(r["status"] == "ok" for r in rows)
+    assert all(0 < r["A2"] <= 1 and r["P"] > 0 and r["F"] > 0 for r in rows)
+    assert all(r["energy_source"] == "estimate" for r in rows)
+    best = max(rows, key=lambda r: r["CM"])
+    assert best["best"] and doc["summary"]["best_iteration"] == best["iteration"]
+    assert rows[0]["parent"] is None and rows[1]["parent"] == 0
+    assert (run_dir / "candidates" / "002.py").read_text().count("class Net(nn.Module)") == 1
+    table = runner.invoke(app, ["show", str(run_dir)])
+    assert table.exit_code == 0 and "ESTIMATE" in table.output
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    run = ["run", "--runs-dir", str(tmp_path / "r")]
+    cases = [
+        ([*run, "--setting", "9"], "setting"),
+        ([*run, "--set", "thresholds.TA9=1"], "TA9"),
+        ([*run, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nope")], "data_dir"),
+        ([*run, "--set", "epochs=abc"], "epochs"),
+        ([*run, "--config", str(tmp_path / "missing.toml")], "missing.toml"),
+        (["resume", str(tmp_path)], "not a run directory"),
+        (["show", str(tmp_path)], "not a run directory"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle.lower() in lines[0].lower(), (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # nothing is created for bad input
+
+
+def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path) -> None:
+    """Candidate 1 crashes; the loop records it, goes on, and tells the architect why."""
+    from lemo_nade.config import build_config
+
+    cfg = build_config({}, {"iterations": 3, "epochs": 1, "seed": 1}, {})
+    run_dir = create_run(cfg, tmp_path)
+    calls: list[EvalJob] = []
+
+    def flaky(job: EvalJob, timeout_s: float, memory_limit_mb: int | None) -> Evaluation:
+        calls.append(job)
+        if len(calls) == 2:
+            job = EvalJob.from_dict(
+                {**job.to_dict(), "code": job.code + "\nraise RuntimeError('boom')\n"}
+            )
+        return sandbox.evaluate(job, timeout_s, memory_limit_mb)
+
+    seen: list[str | None] = []
+    from lemo_nade.search import Progress
+
+    result = run_search(
+        run_dir, Progress(on_start=lambda idx, req: seen.append(req.last_error)), evaluate=flaky
+    )
+    statuses = [r.status for r in result.records]
+    assert statuses == [Status.OK, Status.FAILED_BUILD, Status.OK]
+    assert "boom" in result.records[1].evaluation.error
+    assert seen[0] is None and seen[1] is None and seen[2] is not None and "boom" in seen[2]
+    assert result.records[2].parent_idx == 0  # the parent is the last *good* candidate
+    assert result.best is not None and result.best.idx in (0, 2)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "--iterations", "4", "--epochs", "3", "--seed", "5", "--runs-dir", str(runs)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lemo_nade", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and worker is None:
+            run_dirs = list(runs.glob("*/run.sqlite")) if runs.exists() else []
+            if run_dirs:
+                with RunStore.open(run_dirs[0].parent) as st:
+                    done = st.next_index()
+                if done >= 2:  # two committed; now catch the third in training
+                    workers = [c for c in _children(proc.pid) if "engine.worker" in _cmdline(c)]
+                    worker = workers[0] if workers else None
+            time.sleep(0.05)
+        assert worker is not None, "never saw a candidate in training"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # PR_SET_PDEATHSIG: the training child dies with the run, no orphan keeps training.
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+    run_dir = only_run_dir(runs)
+    with RunStore.open(run_dir) as st:
+        before = st.iterations()
+        assert st.status()[0] == "running"  # it died without a chance to say so
+    assert len(before) >= 2
+
+    result = runner.invoke(app, ["resume", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    with RunStore.open(run_dir) as st:
+        after = st.iterations()
+        assert st.status() == ("finished", "iterations")
+        assert "resumed" in [kind for _, kind, _ in st.events()]
+    assert [r.idx for r in after] == [0, 1, 2, 3]
+    for old, new in zip(before, after, strict=False):  # committed iterations untouched
+        assert (old.code, old.evaluation, old.cm) == (new.code, new.evaluation, new.cm)
+    assert sorted(p.name for p in (run_dir / "candidates").iterdir()) == [
+        "000.py",
+        "001.py",
+        "002.py",
+        "003.py",
+    ]
