@@ -40,6 +40,7 @@ DB_NAME = "run.sqlite"
 LOCK_NAME = "run.lock"
 CANDIDATES_DIR = "candidates"
 
+# Statements are split on ";": keep semicolons out of string literals and triggers.
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
     """
@@ -146,15 +147,25 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
         lock_fd = _lock(run_dir)
-        conn = _connect(run_dir / DB_NAME)
         run_id = run_id or run_dir.name
-        now = time.time()
-        with conn:
-            conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now, now, __version__, config_json, "created", ""),
-            )
-            _insert_event(conn, run_id, "created", {"version": __version__})
+        try:
+            # Built under a temporary name and renamed: a reader never sees a half-made run.
+            tmp = run_dir / f".{DB_NAME}.tmp"
+            tmp.unlink(missing_ok=True)
+            conn = _connect(tmp)
+            now = time.time()
+            with conn:
+                conn.execute(
+                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, now, now, __version__, config_json, "created", ""),
+                )
+                _insert_event(conn, run_id, "created", {"version": __version__})
+            conn.close()  # checkpoints and removes the WAL, so the file is whole
+            os.replace(tmp, run_dir / DB_NAME)
+            conn = _connect(run_dir / DB_NAME)
+        except BaseException:
+            os.close(lock_fd)
+            raise
         return cls(run_dir, conn, run_id, lock_fd)
 
     @classmethod
@@ -297,28 +308,41 @@ class RunStore:
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        conn.isolation_level = "DEFERRED"
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         _migrate(conn, path)
+        conn.isolation_level = "DEFERRED"  # `with conn:` is one transaction from here on
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable run database ({exc})") from None
     return conn
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Run the missing migrations, each statement inside one write transaction."""
+    if _user_version(conn, path) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # the write lock; re-read: another process may have won
+    try:
+        for number in range(_user_version(conn, path), SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _user_version(conn: sqlite3.Connection, path: Path) -> int:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {version}, newer than this lemo-nade's "
             f"{SCHEMA_VERSION}; upgrade lemo-nade to read it"
         )
-    for number in range(version, SCHEMA_VERSION):
-        # executescript commits first; each migration and its version bump are one script.
-        conn.executescript(
-            f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
-        )
+    return int(version)
 
 
 def _lock(run_dir: Path) -> int:
