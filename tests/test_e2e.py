@@ -79,7 +79,7 @@ def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path)
     """Candidate 1 crashes; the loop records it, goes on, and tells the architect why."""
     from lemo_nade.config import build_config
 
-    cfg = build_config({}, {"iterations": 3, "epochs": 1, "seed": 1}, {})
+    cfg = build_config({}, {"iterations": 3, "epochs": 1, "seed": 1, "max_repairs": 0}, {})
     run_dir = create_run(cfg, tmp_path)
     calls: list[EvalJob] = []
 
@@ -184,3 +184,30 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
         "002.py",
         "003.py",
     ]
+
+
+def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> None:
+    """With repairs on, the broken attempt and its fix are both kept in one iteration."""
+    from lemo_nade.config import build_config
+    from lemo_nade.search import Progress
+
+    cfg = build_config({}, {"iterations": 2, "epochs": 1, "seed": 1, "max_repairs": 2}, {})
+    run_dir = create_run(cfg, tmp_path)
+    calls: list[EvalJob] = []
+
+    def flaky(job: EvalJob, timeout_s: float, memory_limit_mb: int | None) -> Evaluation:
+        calls.append(job)
+        if len(calls) == 2:
+            broken = job.code + "\nraise RuntimeError('boom')\n"
+            job = EvalJob.from_dict({**job.to_dict(), "code": broken})
+        return sandbox.evaluate(job, timeout_s, memory_limit_mb)
+
+    result = run_search(run_dir, Progress(), evaluate=flaky)
+    assert [r.status for r in result.records] == [Status.OK, Status.OK]
+    second = result.records[1]
+    assert [a["status"] for a in second.attempts] == ["failed_build", "ok"]
+    assert "boom" in second.attempts[0]["error"]
+    assert len(calls) == 3
+    with RunStore.open(run_dir) as st:  # the attempts survive the round trip
+        stored = st.iterations()[1].attempts
+    assert [a["attempt"] for a in stored] == [0, 1]

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lemo_nade.prompts import DEFAULT_INITIAL_COMMAND
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -97,6 +99,24 @@ class RunConfig(_Frozen):
     cpu_power_w_per_core: float = Field(10.0, gt=0, le=1000)
     pue: float = Field(1.58, ge=1, le=5)
     co2_lbs_per_kwh: float = Field(0.954, ge=0, le=10)
+    # LLM architects (`llm = "openai:MODEL"`, "gemini:", "ollama:", "vllm:", "llamacpp:",
+    # "replay:RUN_DIR"). The key is read from the environment variable named here and is
+    # never logged or stored.
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (paper: 0)")
+    base_url: str | None = Field(None, description="endpoint; default: the provider preset's")
+    api_key_env: str | None = Field(None, description="env var holding the API key")
+    llm_max_tokens: int = Field(4096, ge=64, le=1_000_000, description="answer length cap")
+    llm_timeout_s: float = Field(180.0, gt=0, le=3600, description="per request")
+    llm_retries: int = Field(4, ge=0, le=20, description="on 429, 5xx, timeouts (backoff)")
+    max_repairs: int = Field(2, ge=0, le=20, description="fix attempts inside an iteration")
+    initial_command: str = Field(DEFAULT_INITIAL_COMMAND, min_length=1)
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="USD per 1M tokens (input, output), by model"
+    )
+    # Budgets: a run stops cleanly between iterations when one is spent.
+    max_tokens: int | None = Field(None, ge=1, description="LLM tokens in + out, whole run")
+    max_cost_usd: float | None = Field(None, gt=0, description="LLM cost, whole run")
+    max_energy_kwh: float | None = Field(None, gt=0, description="E1 + E2, whole run")
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ class Status(str, enum.Enum):
     """How a candidate ended. Failures are states, stored like successes (optuna's TrialState)."""
 
     OK = "ok"
+    FAILED_EXTRACT = "failed_extract"  # the architect's answer held no usable code
     FAILED_SYNTAX = "failed_syntax"  # the source does not parse
     FAILED_POLICY = "failed_policy"  # the static policy (AST) rejected it
     FAILED_BUILD = "failed_build"  # importing the code or Net() raised
@@ -38,8 +39,12 @@ class Metrics:
     A1 training accuracy, A2 validation accuracy (fractions 0..1), E1 energy of
     training and E2 energy of evaluating the validation set (kWh, *device*
     energy before PUE), F inference frames per second, P parameter count.
-    ``energy_source`` says how E1/E2 were obtained: ``estimate`` (CPU time x a
-    documented per-core power), ``rapl`` or ``nvml`` (measured).
+    ``energy_source`` labels E1/E2 as a whole: the sources of their parts joined by
+    ``+`` (``estimate`` = CPU time x a documented per-core power and RSS x W/GB; ``rapl``
+    and ``nvml`` = read from sensors; ``unmeasured`` = a GPU without NVML), e.g.
+    ``estimate`` or ``nvml+estimate``. ``energy_sources`` gives each part's source,
+    ``E1_parts``/``E2_parts`` each part's kWh, ``energy_note`` why a sensor was not used.
+    See :mod:`lemo_nade.engine.measure` for how size, FLOPs and speed are measured.
     """
 
     A1: float
@@ -57,6 +62,19 @@ class Metrics:
     val_images: int = 0  # size of the validation split E2 was spent on (per-image energy)
     energy_source: str = "estimate"
     device: str = "cpu"
+    params_trainable: int = 0
+    model_mb: float = float("nan")  # parameters + buffers, bytes / 1e6
+    flops_per_image: float = float("nan")  # forward, torch.utils.flop_counter (2 per MAC)
+    fps_batch: int = 0  # the batch size F was measured at
+    fps_cv: float = float("nan")  # coefficient of variation of F over timed windows
+    latency_ms_p50: float = float("nan")  # batch-1 inference latency
+    latency_ms_p95: float = float("nan")
+    threads: int = 0  # torch intra-op threads while measuring speed
+    measure_time_s: float = 0.0  # time spent on FLOPs, speed and sensor set-up (overhead)
+    energy_sources: str = ""  # per part, e.g. "cpu=estimate,ram=estimate,gpu=none"
+    E1_parts: dict[str, float] = field(default_factory=dict)  # kWh by part: cpu, ram, gpu
+    E2_parts: dict[str, float] = field(default_factory=dict)
+    energy_note: str = ""  # why a sensor was not used (e.g. RAPL root-only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +150,8 @@ class ProposalRequest:
     parent_state: dict[str, Any] | None = None
     seed: int = 0
     failed_code: str | None = None  # the code that produced ``last_error``, when it failed
+    attempt: int = 0  # 0, then 1..max_repairs when repairing inside this iteration
+    history: tuple[tuple[str, str], ...] = ()  # this iteration's earlier (answer, error) pairs
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,9 @@ class Proposal:
     state: dict[str, Any] | None = None  # structured form, when the architect has one
     notes: str = ""  # what was done, e.g. the edits applied, for the report
     usage: dict[str, Any] = field(default_factory=dict)  # tokens, latency, cost (LLM architects)
+    rejected: str | None = None  # why the answer holds no usable code (then not evaluated)
+    answer: str = ""  # the architect's raw answer, when it differs from ``code``
+    calls: tuple[dict[str, Any], ...] = ()  # LLM exchanges, stored for replay
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ Pure main-process side: no torch import (the sandbox child does the training).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from lemo_nade import rules, sandbox
-from lemo_nade.architects import Architect, create_architect
+from lemo_nade import prompts, rules, sandbox
+from lemo_nade.architects import Architect, ArchitectUnavailable, create_architect
 from lemo_nade.config import RunConfig, config_from_json, config_json
 from lemo_nade.datasets import resolve_dataset
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
@@ -48,7 +49,7 @@ class SearchResult:
 def create_run(config: RunConfig, runs_dir: Path) -> Path:
     """Validate what can be validated before any work, then make the run directory."""
     resolve_dataset(config.dataset, config.data_dir)  # raises DatasetError with the fix
-    _architect(config)  # raises ArchitectError with the fix
+    _architect(config, check=True)  # raises ArchitectError with the fix (key, endpoint)
     run_id = new_run_id()
     run_dir = runs_dir / run_id
     RunStore.create(run_dir, config_json(config), run_id=run_id).close()
@@ -65,7 +66,7 @@ def run_search(
     with RunStore.open(run_dir, writer=True) as store:
         config = config_from_json(store.config_json())
         task = resolve_dataset(config.dataset, config.data_dir)
-        architect = _architect(config)
+        architect = _architect(config, check=True)
         records = store.iterations()
         if records:
             store.add_event("resumed", {"at_iteration": len(records)})
@@ -82,8 +83,10 @@ def run_search(
         return SearchResult(run_dir, records, best_of(records), reason)
 
 
-def _architect(config: RunConfig) -> Architect:
-    return create_architect(config.llm, seed=config.seed, max_params=config.max_params)
+def _architect(config: RunConfig, check: bool = False) -> Architect:
+    return create_architect(
+        config.llm, seed=config.seed, max_params=config.max_params, config=config, check=check
+    )
 
 
 def best_of(records: list[IterationRecord]) -> IterationRecord | None:
@@ -93,6 +96,43 @@ def best_of(records: list[IterationRecord]) -> IterationRecord | None:
         if rec.cm is not None and (best is None or best.cm is None or rec.cm > best.cm):
             best = rec
     return best
+
+
+USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "latency_s")
+
+
+def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add up LLM usage; ``cost_usd`` is None when any call's price was unknown."""
+    out: dict[str, Any] = dict.fromkeys(USAGE_KEYS, 0)
+    cost: float | None = 0.0
+    seen = False
+    for usage in usages:
+        if not usage:
+            continue
+        seen = True
+        for key in USAGE_KEYS:
+            out[key] += usage.get(key) or 0
+        call_cost = usage.get("cost_usd")
+        cost = None if cost is None or call_cost is None else cost + call_cost
+    if not seen:
+        return {}
+    out["cost_usd"] = cost
+    return out
+
+
+def totals(records: list[IterationRecord]) -> dict[str, float]:
+    """What a run has spent so far, for the budgets and the report."""
+    usage = sum_usage(r.usage for r in records)
+    energy = sum(
+        r.evaluation.metrics.E1 + r.evaluation.metrics.E2
+        for r in records
+        if r.evaluation.metrics is not None
+    )
+    return {
+        "total_tokens": float(usage.get("total_tokens", 0)),
+        "cost_usd": float(usage.get("cost_usd") or 0.0),
+        "energy_kwh": energy,
+    }
 
 
 def elapsed_s(records: list[IterationRecord]) -> float:
@@ -123,14 +163,25 @@ class _Loop:
             reason = self.stop_reason(records)
             if reason:
                 return reason
-            records.append(self.iterate(len(records), records))
+            try:
+                records.append(self.iterate(len(records), records))
+            except ArchitectUnavailable as exc:
+                return f"llm_unavailable: {exc}"
 
     def stop_reason(self, records: list[IterationRecord]) -> str | None:
         """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
         if len(records) >= self.config.iterations:
             return "iterations"
-        if self.config.max_hours is not None and elapsed_s(records) >= self.config.max_hours * 3600:
+        cfg = self.config
+        if cfg.max_hours is not None and elapsed_s(records) >= cfg.max_hours * 3600:
             return "max_hours"
+        spent = totals(records)
+        if cfg.max_tokens is not None and spent["total_tokens"] >= cfg.max_tokens:
+            return "max_tokens"
+        if cfg.max_cost_usd is not None and spent["cost_usd"] >= cfg.max_cost_usd:
+            return "max_cost_usd"
+        if cfg.max_energy_kwh is not None and spent["energy_kwh"] >= cfg.max_energy_kwh:
+            return "max_energy_kwh"
         return None
 
     def request(
@@ -157,14 +208,49 @@ class _Loop:
         return request, parent.idx if parent else None
 
     def iterate(self, idx: int, records: list[IterationRecord]) -> IterationRecord:
+        """One iteration: propose, evaluate and, while the code never got to train
+        (no code, syntax, policy, build or shape failure), send the error back for a
+        repair, up to ``max_repairs`` times. Every attempt is kept; the last one is the
+        iteration's result. If the architect becomes unavailable after some attempts,
+        those are committed before the loop stops."""
         started = time.time()
         request, parent_idx = self.request(idx, records)
         self.progress.on_start(idx, request)
-        proposal = self.architect.propose(request)
-        self.progress.on_evaluating(idx, proposal)
-        evaluation = self.evaluate(
-            self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb
-        )
+        attempts: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
+        history: list[tuple[str, str]] = []
+        last: tuple[Proposal, Evaluation] | None = None
+        unavailable: ArchitectUnavailable | None = None
+        for attempt in range(self.config.max_repairs + 1):
+            try:
+                proposal = self.architect.propose(
+                    replace(request, attempt=attempt, history=tuple(history))
+                )
+            except ArchitectUnavailable as exc:
+                unavailable = exc
+                break
+            self.progress.on_evaluating(idx, proposal)
+            evaluation = self.evaluate_proposal(proposal, records)
+            last = (proposal, evaluation)
+            calls.extend(proposal.calls)
+            attempts.append(
+                {
+                    "attempt": attempt,
+                    "status": evaluation.status.value,
+                    "error": evaluation.error,
+                    "code": proposal.code or proposal.answer,
+                    "notes": proposal.notes,
+                    "usage": dict(proposal.usage),
+                    "wall_time_s": evaluation.wall_time_s,
+                }
+            )
+            if evaluation.status not in prompts.REPAIRABLE:
+                break
+            history.append((proposal.answer or prompts.fence(proposal.code), evaluation.error))
+        if last is None:
+            assert unavailable is not None
+            raise unavailable
+        proposal, evaluation = last
         raw: dict[str, float] = {}
         resolved: list[tuple[str, float]] = []
         cm = None
@@ -184,18 +270,29 @@ class _Loop:
             parent_idx=parent_idx,
             architect=self.config.llm,
             prompt_instructions=request.instructions,
-            code=proposal.code,
+            code=proposal.code or proposal.answer,
             state=proposal.state,
             notes=proposal.notes,
             evaluation=evaluation,
             raw_instructions=raw,
             resolved_instructions=tuple(resolved),
             cm=cm,
-            usage=dict(proposal.usage),
+            usage=sum_usage(a["usage"] for a in attempts),
+            attempts=tuple(attempts),
+            calls=tuple(calls),
         )
         self.store.record_iteration(record)
         self.progress.on_end(record, best_of([*records, record]))
+        if unavailable is not None:
+            raise unavailable
         return record
+
+    def evaluate_proposal(self, proposal: Proposal, records: list[IterationRecord]) -> Evaluation:
+        if proposal.rejected is not None:
+            return Evaluation(Status.FAILED_EXTRACT, error=proposal.rejected)
+        return self.evaluate(
+            self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb
+        )
 
     def job(self, code: str) -> EvalJob:
         cfg = self.config

@@ -28,7 +28,7 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -84,6 +84,28 @@ MIGRATIONS: tuple[str, ...] = (
         data_json TEXT NOT NULL
     );
     """,
+    # 2: repair attempts inside an iteration, and every LLM call (for replay).
+    """
+    CREATE TABLE attempts (
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        idx INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT NOT NULL,
+        code TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        usage_json TEXT NOT NULL,
+        wall_time_s REAL NOT NULL,
+        PRIMARY KEY (run_id, idx, attempt)
+    );
+    CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        idx INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        call_json TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,7 +131,11 @@ class IterationRecord:
     raw_instructions: dict[str, float] = field(default_factory=dict)
     resolved_instructions: tuple[tuple[str, float], ...] = ()
     cm: float | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)  # summed over the attempts
+    # Every attempt of this iteration, the last one being the record itself: dicts with
+    # attempt, status, error, code, notes, usage, wall_time_s.
+    attempts: tuple[dict[str, Any], ...] = ()
+    calls: tuple[dict[str, Any], ...] = ()  # the LLM exchanges, for replay
 
     @property
     def status(self) -> Status:
@@ -277,6 +303,27 @@ class RunStore:
                 self._conn.execute(
                     f"INSERT INTO iterations VALUES ({', '.join('?' * len(row))})", row
                 )
+                self._conn.executemany(
+                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            self.run_id,
+                            rec.idx,
+                            a["attempt"],
+                            a["status"],
+                            a.get("error", ""),
+                            a.get("code", ""),
+                            a.get("notes", ""),
+                            _dumps(a.get("usage", {})),
+                            float(a.get("wall_time_s", 0.0)),
+                        )
+                        for a in rec.attempts
+                    ],
+                )
+                self._conn.executemany(
+                    "INSERT INTO llm_calls (run_id, idx, attempt, call_json) VALUES (?, ?, ?, ?)",
+                    [(self.run_id, rec.idx, c["attempt"], _dumps(c)) for c in rec.calls],
+                )
                 self._conn.execute(
                     "UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), self.run_id)
                 )
@@ -294,7 +341,42 @@ class RunStore:
             " usage_json FROM iterations WHERE run_id = ? ORDER BY idx",
             (self.run_id,),
         ).fetchall()
-        return [_record(row) for row in rows]
+        attempts: dict[int, list[dict[str, Any]]] = {}
+        for idx, attempt, status, error, code, notes, usage, wall in self._conn.execute(
+            "SELECT idx, attempt, status, error, code, notes, usage_json, wall_time_s"
+            " FROM attempts WHERE run_id = ? ORDER BY idx, attempt",
+            (self.run_id,),
+        ):
+            attempts.setdefault(idx, []).append(
+                {
+                    "attempt": attempt,
+                    "status": status,
+                    "error": error,
+                    "code": code,
+                    "notes": notes,
+                    "usage": json.loads(usage),
+                    "wall_time_s": wall,
+                }
+            )
+        calls: dict[int, list[dict[str, Any]]] = {}
+        for call in self.llm_calls():
+            calls.setdefault(call["iteration"], []).append(call)
+        return [
+            replace(
+                _record(row),
+                attempts=tuple(attempts.get(row[0], ())),
+                calls=tuple(calls.get(row[0], ())),
+            )
+            for row in rows
+        ]
+
+    def llm_calls(self) -> list[dict[str, Any]]:
+        """Every recorded LLM call, in order; each has ``iteration`` and ``attempt``."""
+        rows = self._conn.execute(
+            "SELECT idx, attempt, call_json FROM llm_calls WHERE run_id = ? ORDER BY id",
+            (self.run_id,),
+        ).fetchall()
+        return [{**json.loads(text), "iteration": idx, "attempt": a} for idx, a, text in rows]
 
     def _one(self, sql: str) -> tuple[Any, ...]:
         row = self._conn.execute(sql, (self.run_id,)).fetchone()

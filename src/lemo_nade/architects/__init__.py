@@ -19,7 +19,13 @@ class Architect(Protocol):
 
 
 class ArchitectError(ValueError):
-    """Bad architect spec (unknown name, missing option); the message says the fix."""
+    """Bad architect spec (unknown name, missing key, unreachable endpoint); the message
+    says the fix. Raised before any training starts: bad input, exit code 2."""
+
+
+class ArchitectUnavailable(RuntimeError):
+    """The architect cannot answer now (endpoint down after retries, key rejected,
+    recording exhausted). The loop stops cleanly; ``lemo-nade resume`` continues later."""
 
 
 _REGISTRY: dict[str, Callable[..., Architect]] = {}
@@ -39,7 +45,10 @@ def available() -> list[str]:
 
 
 def create_architect(spec: str, **options: Any) -> Architect:
-    """Build an architect from ``NAME`` or ``NAME:ARG`` (e.g. ``offline``, ``openai:gpt-4o``)."""
+    """Build an architect from ``NAME`` or ``NAME:ARG`` (e.g. ``offline``, ``openai:gpt-4o``).
+
+    Options: ``seed``, ``max_params`` and ``config`` (the whole RunConfig, for LLM
+    settings); ``check=True`` also checks an endpoint is reachable."""
     _load_builtins()
     name, _, arg = spec.partition(":")
     factory = _REGISTRY.get(name)
@@ -49,4 +58,5 @@ def create_architect(spec: str, **options: Any) -> Architect:
 
 
 def _load_builtins() -> None:
-    from lemo_nade.architects import offline  # noqa: F401  (registers itself)
+    # Each module registers itself; llm imports the openai SDK only when used.
+    from lemo_nade.architects import llm, offline, replay  # noqa: F401
