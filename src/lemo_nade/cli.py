@@ -89,7 +89,25 @@ def run_cmd(
         str | None, typer.Option(help="digits (built-in), cifar10, cifar100, npz:PATH.")
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
-    llm: Annotated[str | None, typer.Option(help="Architect: offline (default, no LLM).")] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="Architect: offline (default, no LLM), openai:MODEL, gemini:MODEL, "
+            "ollama:MODEL, vllm:MODEL, llamacpp:MODEL, or replay:RUN_DIR."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="LLM sampling temperature (paper: 0; 0.2-1.0 swept).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Stop after this many LLM tokens (in + out).")
+    ] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Stop after this much LLM cost (USD).")
+    ] = None,
+    max_energy_kwh: Annotated[
+        float | None, typer.Option(help="Stop after candidates used this much energy.")
+    ] = None,
     setting: Annotated[
         int | None, typer.Option(help="Paper Table 4 priority setting 1-5 (default 1).")
     ] = None,
@@ -115,12 +133,28 @@ def run_cmd(
     flags = {
         "dataset": dataset, "data_dir": data_dir, "llm": llm, "setting": setting,
         "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "seed": seed, "parent": parent, "max_hours": max_hours,
+        "seed": seed, "parent": parent, "max_hours": max_hours, "temperature": temperature,
+        "max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "max_energy_kwh": max_energy_kwh,
     }  # fmt: skip
     file_layer = load_toml(config) if config else {}
-    cfg = build_config(file_layer, flags, parse_set(set_ or []))
+    sets = parse_set(set_ or [])
+    recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
+    cfg = build_config(recorded, file_layer, flags, sets)
     run_dir = create_run(cfg, runs_dir)
     _search(run_dir, as_json)
+
+
+def _replay_base(llm: Any) -> dict[str, Any]:
+    """``--llm replay:RUN_DIR`` starts from the recorded run's config (then the layers on
+    top), so the same dataset, seeds and thresholds rebuild the same candidates."""
+    if not isinstance(llm, str) or not llm.startswith("replay:"):
+        return {}
+    from lemo_nade.store import RunStore
+
+    with RunStore.open(Path(llm.partition(":")[2])) as store:
+        base: dict[str, Any] = json.loads(store.config_json())
+    base.pop("llm", None)
+    return base
 
 
 @app.command("resume")
@@ -148,6 +182,14 @@ def _search(run_dir: Path, as_json: bool) -> None:
         return
     print_table(out, result.records)
     out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+    if result.stop_reason.startswith("llm_unavailable"):
+        err.print(
+            f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "
+            f"Continue with: lemo-nade resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     if result.best is None:
         raise typer.Exit(1)
 
@@ -231,6 +273,41 @@ def rules_cmd(
     from lemo_nade.console import print_rules
 
     print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
+
+
+@app.command("doctor")
+@friendly
+def doctor_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
+    llm: Annotated[
+        str | None, typer.Option(help="Architect to check, e.g. ollama:llama3.1.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config overrides, e.g. base_url=URL.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the set-up: the architect's endpoint and key (never shown), torch, device,
+    energy sensors and the built-in dataset. Exit 1 when a check fails."""
+    from lemo_nade.doctor import run_checks
+
+    file_layer = load_toml(config) if config else {}
+    cfg = build_config(file_layer, {"llm": llm}, parse_set(set_ or []))
+    checks = run_checks(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps({"checks": checks}, indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(title="lemo-nade doctor")
+        for name in ("check", "status", "detail"):
+            table.add_column(name, overflow="fold")
+        colour = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
+        for c in checks:
+            table.add_row(c["check"], f"[{colour[c['status']]}]{c['status']}[/]", c["detail"])
+        out.print(table)
+    if any(c["status"] == "fail" for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lemo_nade.config import RunConfig
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
-from lemo_nade.search import best_of, elapsed_s
+from lemo_nade.search import best_of, elapsed_s, sum_usage
 from lemo_nade.store import IterationRecord
 
 
@@ -37,12 +37,28 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "E1_kwh": _num(m.E1) if m else None,
         "E2_kwh": _num(m.E2) if m else None,
         "energy_source": m.energy_source if m else None,
+        "energy_sources": m.energy_sources if m else None,  # per part: cpu, ram, gpu
+        "E1_parts_kwh": {k: _num(v) for k, v in m.E1_parts.items()} if m else None,
+        "E2_parts_kwh": {k: _num(v) for k, v in m.E2_parts.items()} if m else None,
+        "energy_note": m.energy_note if m else None,
+        "P_trainable": m.params_trainable if m else None,
+        "model_mb": _num(m.model_mb) if m else None,
+        "flops_per_image": _num(m.flops_per_image) if m else None,
+        "fps_batch": m.fps_batch if m else None,
+        "fps_cv": _num(m.fps_cv) if m else None,
+        "latency_ms_p50": _num(m.latency_ms_p50) if m else None,
+        "latency_ms_p95": _num(m.latency_ms_p95) if m else None,
+        "threads": m.threads if m else None,
+        "measure_time_s": _num(m.measure_time_s) if m else None,
         "CM": _num(rec.cm),
         "instructions_in": [code for code, _ in rec.prompt_instructions],
         "instructions_out": [code for code, _ in rec.resolved_instructions],
         "wall_time_s": round(rec.finished_at - rec.started_at, 3),
         "error": rec.evaluation.error.strip().splitlines()[-1] if rec.evaluation.error else None,
         "notes": rec.notes,
+        "attempts": len(rec.attempts) or 1,
+        "llm_tokens": rec.usage.get("total_tokens", 0),
+        "llm_cost_usd": rec.usage.get("cost_usd", 0.0) if rec.usage else 0.0,
     }
 
 
@@ -51,11 +67,31 @@ def iteration_rows(records: list[IterationRecord]) -> list[dict[str, Any]]:
     return [iteration_row(r, best.idx if best else None) for r in records]
 
 
+def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
+    """LLM accounting for a run, and the invalid-candidate rate over all attempts (the
+    paper's measure: about 15% of GPT-4 Turbo's and 25% of Gemini's answers failed)."""
+    usage = sum_usage(r.usage for r in records)
+    attempts = [a for r in records for a in (r.attempts or ({"status": r.status.value},))]
+    invalid = sum(1 for a in attempts if a["status"] != "ok")
+    return {
+        "attempts": len(attempts),
+        "attempt_invalid_rate": invalid / len(attempts) if attempts else None,
+        "llm_calls": usage.get("calls", 0),
+        "llm_tokens": usage.get("total_tokens", 0),
+        "llm_prompt_tokens": usage.get("prompt_tokens", 0),
+        "llm_completion_tokens": usage.get("completion_tokens", 0),
+        "llm_latency_s": usage.get("latency_s", 0.0),
+        "llm_cost_usd": usage.get("cost_usd", 0.0) if usage else 0.0,
+    }
+
+
 def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, Any]:
     """One row shaped like the paper's Tables 3/5/6, for the search phase.
 
     Search energy is the sum of the candidates' E1 + E2 (device kWh) times PUE
-    (Eq. 2 applied to energies); it excludes the LLM's own energy, like the paper.
+    (Eq. 2 applied to energies); it excludes the LLM's own energy, like the paper, and
+    also each candidate's process start-up, A1 evaluation and speed measurement.
+    ``energy_estimated`` is true when any part of it is an estimate, not a sensor reading.
     """
     good = [r for r in records if r.evaluation.metrics is not None]
     energy_kwh = sum(
@@ -88,6 +124,14 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
             co2_lbs(infer_kwh_pue, config.co2_lbs_per_kwh) if infer_kwh_pue is not None else None
         ),
         "energy_source": ",".join(sources) if sources else None,
+        "energy_estimated": any("estimate" in s or "unmeasured" in s for s in sources),
+        "energy_note": bm.energy_note if bm else None,
+        "search_energy_kwh": energy_kwh,  # device energy, before PUE
+        "best_latency_ms_p50": _num(bm.latency_ms_p50) if bm else None,
+        "best_latency_ms_p95": _num(bm.latency_ms_p95) if bm else None,
+        "best_fps_cv": _num(bm.fps_cv) if bm else None,
+        "best_flops_per_image": _num(bm.flops_per_image) if bm else None,
+        **llm_summary(records),
         "pue": config.pue,
         "co2_lbs_per_kwh": config.co2_lbs_per_kwh,
     }

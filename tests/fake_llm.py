@@ -1,0 +1,135 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for tests: real HTTP, real SDK.
+
+Each POST to /v1/chat/completions takes the next step of the script:
+
+- ``("answer", text)``: 200 with a chat completion whose message is ``text``;
+- ``("status", code)``: that HTTP error (429 carries ``retry-after-ms: 10``);
+- ``("hang", seconds)``: sleep, then answer with the next step;
+- ``("raw", body)``: 200 with ``body`` as is (malformed JSON).
+
+GET /v1/models lists one model. Every request is logged (path, headers, JSON body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Step = tuple[str, Any]
+
+
+@dataclass
+class FakeLLM:
+    base_url: str
+    script: list[Step] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_step(self) -> Step:
+        with self.lock:
+            if not self.script:
+                return ("status", 503)
+            return self.script.pop(0)
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+
+def completion(text: str, model: str = "fake-model") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 100 + len(text) // 10,
+            "completion_tokens": len(text) // 4,
+            "total_tokens": 100 + len(text) // 10 + len(text) // 4,
+        },
+    }
+
+
+def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            fake.requests.append(
+                {
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": None,
+                }
+            )
+            if self.path.endswith("/models"):
+                body = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+                self._send(200, json.dumps(body).encode())
+            else:
+                self._send(404, b'{"error": {"message": "not found"}}')
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            fake.requests.append(
+                {
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": body,
+                }
+            )
+            kind, value = fake.next_step()
+            if kind == "hang":
+                time.sleep(value)
+                kind, value = fake.next_step()
+            if kind == "answer":
+                self._send(200, json.dumps(completion(value, body.get("model", "m"))).encode())
+            elif kind == "raw":
+                self._send(200, value.encode())
+            elif kind == "status":
+                message = {"error": {"message": f"scripted {value}", "type": "test"}}
+                headers = {"retry-after-ms": "10"} if value == 429 else {}
+                self._send(value, json.dumps(message).encode(), headers)
+            else:  # pragma: no cover - a bad script
+                raise ValueError(kind)
+
+    return Handler
+
+
+@contextmanager
+def serve() -> Iterator[FakeLLM]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(FakeLLM("")))
+    fake = FakeLLM(f"http://127.0.0.1:{server.server_address[1]}/v1")
+    server.RequestHandlerClass = _handler(fake)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

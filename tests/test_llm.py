@@ -1,0 +1,321 @@
+"""LLM architects through the real openai SDK against a scripted server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from fake_llm import FakeLLM, serve
+from lemo_nade import prompts
+from lemo_nade.arch import initial
+from lemo_nade.arch_render import render
+from lemo_nade.architects import ArchitectError, create_architect
+from lemo_nade.cli import app
+from lemo_nade.config import RunConfig, build_config
+from lemo_nade.datasets import resolve_dataset
+from lemo_nade.records import Status
+from lemo_nade.search import SearchResult, create_run, run_search
+from lemo_nade.store import RunStore
+
+runner = CliRunner()
+TASK = resolve_dataset("digits", None)
+GOOD = render(initial(TASK), TASK)
+SHAPE_BUG = GOOD.replace(", 10)", ", 7)")
+SECRET = "sk-test-DO-NOT-STORE-1234567890"
+
+
+def answer(code: str) -> str:
+    return f"Here is the model.\n\n```python\n{code}```\nIt should train well."
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLLM]:
+    with serve() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def config(fake: FakeLLM, **extra: Any) -> RunConfig:
+    flags = {
+        "llm": "ollama:fake-model",
+        "base_url": fake.base_url,
+        "iterations": 1,
+        "epochs": 1,
+        "seed": 2,
+        "llm_retries": 1,
+        "llm_timeout_s": 5.0,
+        **extra,
+    }
+    return build_config({}, flags)
+
+
+def search(fake: FakeLLM, tmp_path: Path, **extra: Any) -> SearchResult:
+    run_dir = create_run(config(fake, **extra), tmp_path / "runs")
+    return run_search(run_dir)
+
+
+def test_shape_bug_is_sent_back_and_the_fix_is_kept(fake: FakeLLM, tmp_path: Path) -> None:
+    assert SHAPE_BUG != GOOD
+    fake.script = [("answer", answer(SHAPE_BUG)), ("answer", answer(GOOD))]
+    result = search(fake, tmp_path)
+    (rec,) = result.records
+    assert rec.status is Status.OK and rec.code == GOOD
+    assert [a["status"] for a in rec.attempts] == ["failed_shape", "ok"]
+    second = fake.chat_requests()[1]["body"]["messages"]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert "expected [2, 10]" in second[3]["content"]
+    assert SHAPE_BUG.strip() in second[2]["content"]
+    assert rec.usage["calls"] == 2 and rec.usage["total_tokens"] > 0
+    assert rec.usage["cost_usd"] == 0.0  # a local provider costs nothing by default
+    assert [c["attempt"] for c in rec.calls] == [0, 1]
+
+
+def test_the_key_is_sent_but_never_stored(fake: FakeLLM, tmp_path: Path) -> None:
+    fake.script = [("answer", answer(GOOD))]
+    result = search(fake, tmp_path)
+    assert fake.chat_requests()[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    for path in result.run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_first_prompt_has_the_task_and_the_initial_command(fake: FakeLLM, tmp_path: Path) -> None:
+    fake.script = [("answer", answer(GOOD))]
+    search(fake, tmp_path, initial_command="Start tiny.", temperature=0.4)
+    body = fake.chat_requests()[0]["body"]
+    assert body["temperature"] == 0.4 and body["seed"] == 2 and body["model"] == "fake-model"
+    user = body["messages"][1]["content"]
+    assert user.startswith("Start tiny.")
+    assert "[batch, 1, 8, 8]" in user and "10 classes" in user
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "status", "needle"),
+    [
+        (("answer", "You should add two more conv layers and dropout."), "failed_extract", "no"),
+        (("raw", "{this is not json"), "failed_extract", "valid chat completion"),
+        (("answer", answer(GOOD) + answer(GOOD)), "failed_extract", "2 code blocks"),
+        (("answer", answer("import os\n" + GOOD)), "failed_policy", "os"),
+    ],
+)
+def test_unusable_answers_are_recorded_then_repaired(
+    fake: FakeLLM, tmp_path: Path, bad_step: tuple[str, str], status: str, needle: str
+) -> None:
+    fake.script = [bad_step, ("answer", answer(GOOD))]
+    (rec,) = search(fake, tmp_path).records
+    assert [a["status"] for a in rec.attempts] == [status, "ok"]
+    assert needle in rec.attempts[0]["error"]
+    repair = fake.chat_requests()[1]["body"]["messages"][-1]["content"]
+    assert "could not be used" in repair
+
+
+def test_429_then_success_is_retried_by_the_sdk(fake: FakeLLM, tmp_path: Path) -> None:
+    fake.script = [("status", 429), ("answer", answer(GOOD))]
+    (rec,) = search(fake, tmp_path).records
+    assert rec.status is Status.OK and len(rec.attempts) == 1
+    assert len(fake.chat_requests()) == 2
+
+
+def test_a_hang_past_the_timeout_is_retried(fake: FakeLLM, tmp_path: Path) -> None:
+    # the hung request consumes the next step when it wakes; the retry gets the last one
+    fake.script = [("hang", 3.0), ("answer", "late"), ("answer", answer(GOOD))]
+    (rec,) = search(fake, tmp_path, llm_timeout_s=1.0).records
+    assert rec.status is Status.OK and rec.code == GOOD
+    assert rec.usage["latency_s"] >= 1.0
+
+
+def test_an_endpoint_that_stays_down_stops_the_run_cleanly_then_resumes(
+    fake: FakeLLM, tmp_path: Path
+) -> None:
+    fake.script = [("answer", answer(GOOD))]  # then 503 forever
+    run_dir = create_run(config(fake, iterations=2), tmp_path / "runs")
+    result = run_search(run_dir)
+    assert result.stop_reason.startswith("llm_unavailable") and "503" in result.stop_reason
+    assert len(result.records) == 1
+    with RunStore.open(run_dir) as st:
+        assert st.status()[0] == "stopped"
+    fake.script = [("answer", answer(GOOD))]
+    resumed = run_search(run_dir)
+    assert resumed.stop_reason == "iterations" and len(resumed.records) == 2
+
+
+def test_token_budget_and_prices(fake: FakeLLM, tmp_path: Path) -> None:
+    fake.script = [("answer", answer(GOOD))] * 3
+    prices = {"fake-model": (1000.0, 2000.0)}
+    result = search(fake, tmp_path, iterations=3, max_tokens=1, prices=prices)
+    assert result.stop_reason == "max_tokens" and len(result.records) == 1
+    usage = result.records[0].usage
+    want = (usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000) / 1e6
+    assert usage["cost_usd"] == pytest.approx(want)
+    shown = runner.invoke(app, ["show", str(result.run_dir), "--json"])
+    doc = json.loads(shown.stdout)
+    assert doc["summary"]["llm_tokens"] == usage["total_tokens"]
+    assert doc["summary"]["llm_cost_usd"] == pytest.approx(want)
+
+
+def test_replay_rebuilds_the_same_candidates_without_the_server(tmp_path: Path) -> None:
+    with serve() as fake:
+        fake.script = [
+            ("answer", answer(SHAPE_BUG)),
+            ("answer", answer(GOOD)),
+            ("answer", answer(GOOD.replace("16", "12"))),
+        ]
+        original = search(fake, tmp_path, iterations=2)
+    # the server is gone; the replay needs nothing but the recording
+    out = runner.invoke(
+        app,
+        ["run", "--llm", f"replay:{original.run_dir}", "--runs-dir", str(tmp_path / "replays")],
+    )
+    assert out.exit_code == 0, out.output
+    (replay_dir,) = (tmp_path / "replays").iterdir()
+    with RunStore.open(replay_dir) as st:
+        replayed = st.iterations()
+    assert [r.code for r in replayed] == [r.code for r in original.records]
+    assert [[a["status"] for a in r.attempts] for r in replayed] == [
+        [a["status"] for a in r.attempts] for r in original.records
+    ]
+    assert all(c["usage"]["replayed"] for r in replayed for c in r.calls)
+
+
+def test_bad_llm_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    cases = [
+        (["--llm", "nosuch:model"], "unknown architect"),
+        (["--llm", "openai:gpt-4o"], "OPENAI_API_KEY"),
+        (["--llm", "ollama:x", "--set", 'base_url="http://127.0.0.1:9/v1"'], "cannot reach"),
+        (["--llm", "ollama"], "name the model"),
+        (["--llm", f"replay:{tmp_path}"], "not a run directory"),
+        (["--llm", "gemini:gemini-x", "--set", "max_cost_usd=1"], "GEMINI_API_KEY"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, ["run", *runs, *args])
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, result.output)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_price_with_a_cost_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    cfg = build_config({}, {"llm": "openai:some-new-model", "max_cost_usd": 1.0})
+    with pytest.raises(ArchitectError, match="no price known"):
+        create_architect(cfg.llm, config=cfg)
+
+
+# -- one contract for every architect ----------------------------------------------------
+
+
+@pytest.fixture(params=["offline", "openai", "replay"])
+def architect_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    kind = request.param
+    if kind == "offline":
+        cfg = build_config({}, {"seed": 1})
+        yield create_architect("offline", seed=1, config=cfg), kind
+        return
+    with serve() as fake:
+        fake.script = [("answer", answer(GOOD)), ("answer", answer(GOOD.replace("16", "12")))]
+        cfg = config(fake, iterations=2)
+        if kind == "openai":
+            yield create_architect(cfg.llm, config=cfg, check=True), kind
+            return
+        recorded = run_search(create_run(cfg, tmp_path / "rec")).run_dir
+    cfg = build_config({}, {"llm": f"replay:{recorded}"})
+    yield create_architect(cfg.llm, config=cfg, check=True), kind
+
+
+def test_architect_contract(architect_spec: tuple[Any, str]) -> None:
+    """Every architect: code with one Net that passes the policy, for a first request and
+    for a request with a parent and instructions; usage is a dict."""
+    from lemo_nade.policy import check
+    from lemo_nade.records import ProposalRequest
+
+    architect, kind = architect_spec
+    first = architect.propose(ProposalRequest(0, TASK, None, None, ()))
+    assert first.rejected is None and check(first.code) is None, kind
+    assert first.code.count("class Net(") == 1 and isinstance(first.usage, dict)
+    later = architect.propose(
+        ProposalRequest(1, TASK, first.code, None, (("ACL", 0.6), ("AD", 0.2)), seed=1)
+    )
+    assert later.rejected is None and check(later.code) is None, kind
+    assert later.code.count("class Net(") == 1
+    if kind != "offline":
+        assert first.calls and first.calls[0]["iteration"] == 0
+
+
+# -- extraction ------------------------------------------------------------------------
+
+
+def test_extract_code_variants() -> None:
+    assert prompts.extract_code(answer(GOOD)) == GOOD
+    assert prompts.extract_code(GOOD) == GOOD  # an unfenced answer that is all code
+    helper = "```python\nimport torch\n```\n" + answer(GOOD)
+    assert prompts.extract_code(helper) == GOOD  # only the block with Net counts
+    with pytest.raises(prompts.ExtractionError, match="no ```python"):
+        prompts.extract_code("Add a layer.")
+    with pytest.raises(prompts.ExtractionError, match="defines no"):
+        prompts.extract_code("```python\nx = 1\n```")
+    with pytest.raises(prompts.ExtractionError, match="2 times"):
+        prompts.extract_code(answer(GOOD + "\n" + GOOD))
+
+
+def test_doctor_checks_the_endpoint_and_never_shows_the_key(fake: FakeLLM) -> None:
+    args = ["doctor", "--llm", "ollama:fake-model", "--set", f'base_url="{fake.base_url}"']
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["reachable"]["status"] == "ok"
+    assert checks["api key"]["detail"] == "$OLLAMA_API_KEY is set"
+    assert SECRET not in result.output
+    down = ["doctor", "--llm", "ollama:m", "--set", 'base_url="http://127.0.0.1:9/v1"']
+    failed = runner.invoke(app, down)
+    assert failed.exit_code == 1 and "cannot reach" in failed.output
+
+
+# -- prompt snapshots ------------------------------------------------------------------
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def _snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing snapshot {path}; run with UPDATE_SNAPSHOTS=1"
+    assert text == path.read_text(), f"{name} changed; rerun with UPDATE_SNAPSHOTS=1 if meant"
+
+
+def _render_chat(chat: list[dict[str, str]]) -> str:
+    return "".join(f"=== {m['role']} ===\n{m['content']}\n" for m in chat)
+
+
+def test_prompt_snapshots() -> None:
+    from lemo_nade.records import Metrics, ProposalRequest
+
+    first = ProposalRequest(0, TASK, None, None, ())
+    _snapshot("first.txt", _render_chat(prompts.messages(first, prompts.DEFAULT_INITIAL_COMMAND)))
+    metrics = Metrics(A1=0.97, A2=0.9, E1=2.5e-4, E2=3e-7, F=15000.0, P=9978)
+    later = ProposalRequest(
+        3,
+        TASK,
+        GOOD,
+        metrics,
+        (("ADL", 0.9), ("ACL", 0.6), ("AR", 0.3)),
+        last_error="training loss became NaN at epoch 2",
+        history=((answer(SHAPE_BUG), "Net output is [2, 7]; expected [2, 10]"),),
+        attempt=1,
+    )
+    _snapshot("iteration.txt", _render_chat(prompts.messages(later, "unused")))
+    met = ProposalRequest(4, TASK, GOOD, metrics, ())
+    assert "Every target is met" in prompts.messages(met, "x")[1]["content"]
