@@ -106,11 +106,20 @@ def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path)
 
 
 def _children(pid: int) -> list[int]:
+    """All descendants: the sandbox's fork server and the candidate's processes below it."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    direct = [int(p) for p in text.split()]
+    return direct + [d for c in direct for d in _children(c)]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> str:
@@ -140,6 +149,7 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
         env=env,
     )
     worker = None
+    family: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and worker is None:
@@ -148,7 +158,12 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
                 with RunStore.open(run_dirs[0].parent) as st:
                     done = st.next_index()
                 if done >= 2:  # two committed; now catch the third in training
-                    workers = [c for c in _children(proc.pid) if "engine.worker" in _cmdline(c)]
+                    family = _children(proc.pid)
+                    workers = [
+                        c
+                        for c in family
+                        if _comm(c) == "lemo-candidate" or "engine.worker" in _cmdline(c)
+                    ]
                     worker = workers[0] if workers else None
             time.sleep(0.05)
         assert worker is not None, "never saw a candidate in training"
@@ -157,11 +172,12 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    # PR_SET_PDEATHSIG: the training child dies with the run, no orphan keeps training.
+    # PR_SET_PDEATHSIG: the training child (and the fork server) die with the run, no
+    # orphan keeps training.
     deadline = time.monotonic() + 10
-    while _alive(worker) and time.monotonic() < deadline:
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert worker in family and not any(_alive(p) for p in family)
 
     run_dir = only_run_dir(runs)
     with RunStore.open(run_dir) as st:

@@ -1,9 +1,10 @@
-"""engine.data: loaders (digits, npz, real CIFAR-10, CIFAR-100 layout), the stratified
-split, normalisation and the batched affine augmentation."""
+"""engine.data: the digits and npz loaders, the stratified split and search subset,
+normalisation and the batched affine augmentation. The original-format loaders (CIFAR,
+ImageNet16) are tested in test_datasets.py."""
 
 from __future__ import annotations
 
-import pickle
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -15,18 +16,21 @@ from hypothesis import strategies as st
 
 from lemo_nade.datasets import DatasetError
 from lemo_nade.engine.data import (
+    PAPER_AUGMENT,
     Augment,
+    affine_from_params,
     affine_matrices,
     augment,
     channel_stats,
+    class_subset,
     load,
     make_split,
+    sample_affine,
+    split_for_job,
     stratified_split,
+    warp,
 )
-
-CIFAR_SUBSET = Path(__file__).parents[2] / "shared/data/cifar-10-subset"
-needs_cifar = pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="CIFAR-10 subset not present")
-
+from lemo_nade.records import EvalJob
 
 # ---- loaders ---------------------------------------------------------------------------
 
@@ -59,98 +63,6 @@ def test_npz_float_pixels_are_a_clear_error(tmp_path: Path) -> None:
     name = _write_npz(tmp_path / "f.npz", np.zeros((4, 8, 8), np.float32), np.arange(4))
     with pytest.raises(DatasetError, match=r"f\.npz x_train is float32; expected uint8"):
         load(name, None)
-
-
-@needs_cifar
-def test_cifar10_real_subset() -> None:
-    raw = load("cifar10", str(CIFAR_SUBSET))
-    assert raw.x_train.shape == (5085, 3, 32, 32) and raw.x_test.shape == (1017, 3, 32, 32)
-    assert raw.num_classes == 10 and raw.x_train.dtype == torch.uint8
-    # class counts as documented in the subset's SOURCE.md
-    train_counts = Counter(raw.y_train.tolist())
-    assert [train_counts[c] for c in range(10)] == [
-        517,
-        524,
-        490,
-        493,
-        537,
-        475,
-        503,
-        516,
-        529,
-        501,
-    ]
-    test_counts = Counter(raw.y_test.tolist())
-    assert [test_counts[c] for c in range(10)] == [105, 93, 100, 104, 92, 87, 114, 102, 110, 110]
-    # rows are R, G, B planes of 32x32: the first row's first 1024 bytes are the red plane
-    with (CIFAR_SUBSET / "cifar-10-batches-py/data_batch_1").open("rb") as f:
-        first = pickle.load(f, encoding="bytes")[b"data"][0]
-    assert torch.equal(raw.x_train[0, 0], torch.from_numpy(first[:1024].reshape(32, 32)))
-
-
-def _cifar_dir(tmp_path: Path, batch: object, name: str = "data_batch_1") -> Path:
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir(exist_ok=True)
-    with (folder / name).open("wb") as f:
-        pickle.dump(batch, f)
-    return folder / name
-
-
-def test_cifar10_missing_file_names_it(tmp_path: Path) -> None:
-    _cifar_dir(tmp_path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})
-    with pytest.raises(DatasetError, match=r"data_batch_2 is missing"):
-        load("cifar10", str(tmp_path))
-
-
-@pytest.mark.parametrize(
-    ("batch", "message"),
-    [
-        ({b"data": np.zeros((2, 3072), np.uint8)}, r"needs keys b'data' and b'labels'"),
-        ({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, r"uint8 \[N, 3072\]"),
-        (
-            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
-            r"labels 0\.\.10; expected 0\.\.9",
-        ),
-        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, r"2 images but 1 labels"),
-        ([1, 2, 3], r"needs keys"),
-    ],
-)
-def test_cifar10_malformed_batch_is_a_clear_error(
-    tmp_path: Path, batch: object, message: str
-) -> None:
-    path = _cifar_dir(tmp_path, batch)
-    with pytest.raises(DatasetError, match=message) as info:
-        load("cifar10", str(tmp_path))
-    assert str(path) in str(info.value)
-
-
-class _Boom:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (print, ("pickle ran code",))
-
-
-def test_cifar_pickle_cannot_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _cifar_dir(tmp_path, {b"data": _Boom(), b"labels": [0]})
-    with pytest.raises(DatasetError, match=r"builtins\.print is not allowed"):
-        load("cifar10", str(tmp_path))
-    assert "pickle ran code" not in capsys.readouterr().out
-
-
-def test_cifar100_layout_uses_fine_labels(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for name, n in (("train", 6), ("test", 2)):
-        batch = {
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"fine_labels": list(range(95, 95 + n)) if n < 6 else [0, 99, 5, 5, 7, 8],
-            b"coarse_labels": [0] * n,
-        }
-        with (folder / name).open("wb") as f:
-            pickle.dump(batch, f)
-    raw = load("cifar100", str(tmp_path))
-    assert raw.num_classes == 100 and raw.x_train.shape == (6, 3, 32, 32)
-    assert raw.y_train.tolist() == [0, 99, 5, 5, 7, 8] and raw.y_test.tolist() == [95, 96]
 
 
 def test_unknown_dataset_and_missing_dir_are_errors() -> None:
@@ -187,6 +99,43 @@ def test_split_partitions_every_class(counts: list[int], fraction: float, seed: 
     assert sorted(train.tolist() + val.tolist()) == list(range(len(y)))
     for c, n in enumerate(counts):
         assert int((y[val] == c).sum()) == round(n * fraction)
+
+
+def test_class_subset_per_class_and_fraction() -> None:
+    y = torch.tensor([0] * 100 + [1] * 50 + [2] * 3)
+    capped = class_subset(y, per_class=10, seed=1)
+    assert Counter(y[capped].tolist()) == {0: 10, 1: 10, 2: 3}  # a small class keeps all
+    assert torch.equal(capped, torch.sort(capped).values)
+    assert torch.equal(capped, class_subset(y, per_class=10, seed=1))
+    assert not torch.equal(capped, class_subset(y, per_class=10, seed=2))
+    tenth = class_subset(y, fraction=0.1, seed=1)
+    assert Counter(y[tenth].tolist()) == {0: 10, 1: 5, 2: 1}  # at least one per class
+    assert torch.equal(class_subset(y), torch.arange(len(y)))
+
+
+def test_subset_reduces_training_only_and_is_the_same_for_every_candidate() -> None:
+    raw = load("digits", None)
+    full = make_split(raw, 0.1, seed=5)
+    small = make_split(raw, 0.1, seed=5, subset_per_class=20)
+    assert Counter(small.y_train.tolist()) == dict.fromkeys(range(10), 20)
+    assert torch.equal(small.x_val, full.x_val) and torch.equal(small.y_val, full.y_val)
+    assert torch.equal(small.mean, full.mean) and torch.equal(small.std, full.std)
+    again = make_split(raw, 0.1, seed=5, subset_per_class=20)
+    assert torch.equal(again.x_train, small.x_train)
+    # the subset is drawn from the training split: no validation image leaks into it
+    train_rows = {bytes(r) for r in small.x_train.flatten(1).numpy()}
+    assert not train_rows & {bytes(r) for r in full.x_val.flatten(1).numpy()}
+    half = make_split(raw, 0.1, seed=5, subset_fraction=0.5)
+    assert abs(len(half.x_train) - len(full.x_train) / 2) <= 10
+
+
+def test_split_for_job_uses_the_jobs_split_and_subset() -> None:
+    job = EvalJob(code="", dataset="digits", data_dir=None, epochs=1, split_seed=2)
+    split = split_for_job(job)
+    direct = make_split(load("digits", None), 0.1, seed=2)
+    assert torch.equal(split.y_train, direct.y_train) and torch.equal(split.y_val, direct.y_val)
+    small = split_for_job(EvalJob(**{**job.to_dict(), "subset_per_class": 7}), "cpu")
+    assert len(small.x_train) == 70 and torch.equal(small.y_val, direct.y_val)
 
 
 def test_normalisation_uses_train_split_stats() -> None:
@@ -246,3 +195,67 @@ def test_affine_ranges_follow_the_spec() -> None:
     rotation = affine_matrices(500, 8, 8, g, Augment(20, 0, 0, 0, 0))
     angles = torch.atan2(rotation[:, 1, 0], rotation[:, 0, 0]).rad2deg()
     assert angles.abs().max() <= 20 and angles.abs().max() > 18
+
+
+def test_shift_moves_pixels_exactly() -> None:
+    x = _images(6, 8)
+    theta = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]).expand(len(x), 2, 3)
+    out = warp(x, theta)  # tx 0.5 in normalised units = 2 of 8 pixels: content moves left
+    assert torch.allclose(out[..., :6], x[..., 2:], atol=1e-5)
+    assert torch.allclose(out[..., 6:], x[..., 7:8].expand(-1, -1, -1, 2), atol=1e-5)  # edges
+
+
+def test_rotation_by_90_degrees_matches_rot90() -> None:
+    x = _images(8, 8)
+    params = sample_affine(len(x), torch.Generator().manual_seed(0), Augment().scaled(0.0))
+    params = type(params)(**{**params.__dict__, "angle": torch.full((len(x),), math.pi / 2)})
+    out = warp(x, affine_from_params(params, 8, 8))
+    # a positive angle turns the content counter-clockwise as displayed (numpy's rot90)
+    assert torch.allclose(out, x.rot90(1, dims=(2, 3)), atol=1e-4)
+
+
+def _ks_uniform(values: torch.Tensor, low: float, high: float) -> float:
+    """Kolmogorov-Smirnov distance of ``values`` from uniform(low, high)."""
+    v = torch.sort(values.double()).values
+    n = len(v)
+    cdf = ((v - low) / (high - low)).clamp(0, 1)
+    above = torch.arange(1, n + 1, dtype=torch.float64) / n - cdf
+    below = cdf - torch.arange(0, n, dtype=torch.float64) / n
+    return float(torch.maximum(above, below).max())
+
+
+def test_parameter_distributions_are_the_papers() -> None:
+    n = 20_000
+    p = sample_affine(n, torch.Generator().manual_seed(11), PAPER_AUGMENT)
+    bound = 1.63 / math.sqrt(n)  # KS critical value at the 1% level
+    ranges = {
+        "angle": (p.angle, math.radians(20)),
+        "shear": (p.shear, 0.1),
+        "zoom_x": (p.zoom_x - 1, 0.1),
+        "zoom_y": (p.zoom_y - 1, 0.1),
+        "shift_x": (p.shift_x, 0.1),
+        "shift_y": (p.shift_y, 0.1),
+    }
+    for name, (values, limit) in ranges.items():
+        assert values.abs().max() <= limit + 1e-6, name
+        assert values.abs().max() > 0.99 * limit, name  # the whole range is used
+        assert _ks_uniform(values, -limit, limit) < bound, name
+    assert abs(p.flip.float().mean().item() - 0.5) < 0.02
+    # independent draws: no two parameters are correlated
+    stacked = torch.stack([v for v, _ in ranges.values()] + [p.flip.double()])
+    corr = torch.corrcoef(stacked.double()) - torch.eye(len(stacked), dtype=torch.float64)
+    assert corr.abs().max() < 0.05
+
+
+def test_the_matrix_is_built_from_the_sampled_parameters() -> None:
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    theta = affine_matrices(64, 8, 8, g1, PAPER_AUGMENT)
+    p = sample_affine(64, g2, PAPER_AUGMENT)
+    assert torch.equal(theta, affine_from_params(p, 8, 8))
+    # on a square image, det A = zoom_x * zoom_y * (±1 for a flip); translation = 2 * shift
+    det = torch.linalg.det(theta[:, :, :2].double())
+    sign = torch.where(p.flip, -1.0, 1.0).double()
+    assert torch.allclose(det, sign * p.zoom_x.double() * p.zoom_y.double(), atol=1e-5)
+    assert torch.allclose(theta[:, 0, 2], 2 * p.shift_x) and torch.allclose(
+        theta[:, 1, 2], 2 * p.shift_y
+    )

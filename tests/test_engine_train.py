@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,16 @@ import torch
 from torch import nn
 
 from lemo_nade.engine import measure
-from lemo_nade.engine.data import load, make_split
-from lemo_nade.engine.train import train
+from lemo_nade.engine.data import Split, load, make_split
+from lemo_nade.engine.train import (
+    TrainingDiverged,
+    final_job,
+    runtime_for,
+    train,
+    train_epoch,
+    tune_cpu_allocator,
+    validation_loss,
+)
 from lemo_nade.engine.worker import load_candidate, main, run_job, short_error
 from lemo_nade.records import EvalJob, Evaluation, Status
 
@@ -208,3 +218,152 @@ def test_augmented_training_runs_and_differs() -> None:
     augmented = run_job(_job(SMALL_CNN, augment=True))
     assert augmented.status is Status.OK and augmented.metrics is not None
     assert plain.metrics is not None and augmented.metrics.A1 != plain.metrics.A1
+
+
+# ---- protocols, early stopping, precision ----------------------------------------------
+
+
+def _conflicting_split(n: int = 256, seed: int = 0) -> Split:
+    """Validation labels contradict the training labels on the same images, so every
+    epoch of training makes the validation loss worse: the first epoch is the best."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g)
+    y = x.flatten(1)[:, :4].argmax(dim=1)  # learnable: the brightest of the first 4 pixels
+    return Split(x, y, x, (y + 1) % 4, torch.tensor([128.0]), torch.tensor([64.0]), 4)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch() -> None:
+    split = _conflicting_split()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    lines: list[str] = []
+    job = _job("", epochs=50, batch_size=32, lr=0.05, early_stopping_patience=3)
+    result = train(model, split, job, log=lines.append)
+    assert result.best_epoch == 1 and result.epochs_run == 4 and result.stopped_early
+    epoch_losses = [float(line.split("val_loss=")[1].split()[0]) for line in lines[:4]]
+    assert epoch_losses == sorted(epoch_losses)  # worse every epoch, as built
+    assert lines[-1].startswith("restored the weights of epoch 1")
+    # the model now has epoch 1's weights: its validation loss is epoch 1's again
+    rt = runtime_for(job, "cpu")
+    assert validation_loss(model, split, 32, rt) == pytest.approx(epoch_losses[0], abs=1e-4)
+    assert result.val_loss == pytest.approx(epoch_losses[0], abs=1e-4)
+
+
+def test_without_early_stopping_all_epochs_run() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    result = train(model, _conflicting_split(), _job("", epochs=5, batch_size=32, lr=0.05))
+    assert result.epochs_run == 5 and not result.stopped_early and result.best_epoch == 1
+
+
+def test_final_job_is_the_papers_retrain_on_the_full_data() -> None:
+    search = _job(SMALL_CNN, epochs=3, subset_per_class=50, subset_fraction=0.5, augment=True)
+    final = final_job(search)
+    assert (final.epochs, final.batch_size, final.lr, final.plateau_patience) == (
+        500,
+        1024,
+        0.01,
+        20,
+    )
+    assert final.early_stopping_patience == 40
+    assert (final.subset_per_class, final.subset_fraction) == (0, 1.0)  # always all the data
+    assert final.code == search.code and final.augment and final.seed == search.seed
+    assert final_job(search, epochs=7, early_stopping_patience=0).epochs == 7
+
+
+def test_runtime_resolution() -> None:
+    cpu = runtime_for(_job(""), "cpu")
+    assert cpu.amp_dtype is None and not cpu.channels_last  # auto: plain float32 on CPU
+    forced = runtime_for(_job("", amp="bf16", channels_last="on"), "cpu")
+    assert forced.amp_dtype is torch.bfloat16 and forced.channels_last
+    assert runtime_for(_job("", amp="fp16"), "cpu").amp_dtype is torch.float16
+    with pytest.raises(ValueError, match="amp must be one of auto, bf16, fp16, off"):
+        runtime_for(_job("", amp="fp8"), "cpu")
+
+
+def test_bf16_channels_last_training_runs_on_cpu() -> None:
+    split = make_split(load("digits", None), 0.1, seed=0)
+    namespace = load_candidate(SMALL_CNN)
+    torch.manual_seed(0)
+    model = namespace["Net"]()
+    job = _job(SMALL_CNN, epochs=2, amp="bf16", channels_last="on")
+    result = train(model, split, job)
+    assert math.isfinite(result.train_loss) and math.isfinite(result.val_loss)
+    assert result.val_loss < math.log(10)  # better than chance after two epochs
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _NanFrom(nn.Module):
+    """Finite for the first ``good`` training batches, NaN after."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.good, self.calls = good, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        out = self.head(x.flatten(1))
+        return out * float("nan") if self.training and self.calls > self.good else out
+
+
+@pytest.mark.parametrize("every_batch", [True, False])
+def test_a_nan_batch_is_named_with_or_without_a_per_batch_check(every_batch: bool) -> None:
+    split = make_split(load("digits", None), 0.1, seed=0)
+    model = _NanFrom(good=2)
+    optimizer = torch.optim.Adam(model.parameters())
+    shuffle = torch.Generator().manual_seed(0)
+    with pytest.raises(TrainingDiverged, match="became nan at epoch 4, batch 3"):
+        train_epoch(model, split, optimizer, 64, shuffle, None, 4, check_every_batch=every_batch)
+    # checked per batch, training stops at the bad batch; checked per epoch, it finishes
+    assert model.calls == (3 if every_batch else math.ceil(1295 / 64))
+
+
+def test_deterministic_flag_repeats_and_restores_global_state() -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    first = run_job(_job(SMALL_CNN, deterministic=True, augment=True))
+    second = run_job(_job(SMALL_CNN, deterministic=True, augment=True))
+    assert first.metrics is not None and second.metrics is not None
+    assert first.metrics.val_loss == second.metrics.val_loss
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_search_subset_trains_on_fewer_images() -> None:
+    evaluation = run_job(_job(SMALL_CNN, subset_per_class=30))
+    assert evaluation.status is Status.OK and evaluation.metrics is not None
+    assert evaluation.metrics.train_images == 300 and evaluation.metrics.val_images == 143
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's",
+)
+def test_allocator_tuning_takes_on_glibc() -> None:
+    assert tune_cpu_allocator() is True
+    assert tune_cpu_allocator() is True  # once per process; repeat calls are free
+
+
+def test_search_config_reaches_the_job() -> None:
+    from lemo_nade.config import build_config
+    from lemo_nade.search import _Loop
+
+    def job_for(**settings: Any) -> EvalJob:
+        loop = _Loop(build_config(settings), None, None, None, None, None)  # type: ignore[arg-type]
+        return loop.job("code")
+
+    default = job_for()
+    assert (default.subset_per_class, default.subset_fraction) == (0, 1.0)
+    assert (default.amp, default.channels_last, default.compile) == ("auto", "auto", False)
+    assert default.early_stopping_patience == 0 and not default.deterministic
+    per_class = job_for(search_subset=200, early_stopping_patience=4, amp="off")
+    assert (per_class.subset_per_class, per_class.subset_fraction) == (200, 1.0)
+    assert per_class.early_stopping_patience == 4 and per_class.amp == "off"
+    fraction = job_for(search_subset=0.25, channels_last="on", compile=True, deterministic=True)
+    assert (fraction.subset_per_class, fraction.subset_fraction) == (0, 0.25)
+    assert fraction.channels_last == "on" and fraction.compile and fraction.deterministic
+    final = final_job(fraction, **build_config().final.model_dump())
+    assert (final.epochs, final.batch_size, final.lr, final.subset_fraction) == (
+        500,
+        1024,
+        0.01,
+        1.0,
+    )

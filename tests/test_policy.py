@@ -73,7 +73,7 @@ def test_syntax_error_is_failed_syntax_with_the_line() -> None:
         ("import operator\nf = operator.methodcaller('x')" + NET, "attribute", "'methodcaller'"),
         ("import torch\ntorch.os.system('id')" + NET, "attribute", "'os'"),
         ("import typing\ntyping.sys.modules" + NET, "attribute", "'sys'"),
-        ("import torch\ntorch._C._get_tracing_state()" + NET, "attribute", "'_C'"),
+        ("import torch\ntorch._C._get_tracing_state()" + NET, "private", "torch._C"),
         ("import torch\nw = torch.load('w.pt')" + NET, "qualname", "torch.load"),
         ("import torch as t\nt.hub.load('a', 'b')" + NET, "qualname", "torch.hub"),
         ("from torch import hub" + NET, "qualname", "torch.hub"),
@@ -85,6 +85,29 @@ def test_syntax_error_is_failed_syntax_with_the_line() -> None:
         ("b = __builtins__" + NET, "dunder", "'__builtins__'"),
         ("class Net:\n    def __del__(self):\n        pass\n", "dunder", "'__del__'"),
         ("s = '{0.__globals__}'" + NET, "dunder", "'__globals__'"),
+        # ways around the plain rules: each must still be rejected
+        ("from torch import os" + NET, "attribute", "'os'"),
+        ("import torch._C as c" + NET, "private", "torch._C"),
+        (
+            "import torch.fx\ntorch.fx.graph_module._exec_with_source('x', {})" + NET,
+            "private",
+            "_exec",
+        ),
+        (
+            "import torch\nmatch torch:\n    case object(os=o):\n        pass" + NET,
+            "attribute",
+            "'os'",
+        ),
+        ("g = (i for i in [0])\nb = g.gi_frame.f_builtins" + NET, "attribute", "'f_builtins'"),
+        ("import torch\ndef f(x: 'torch.os.system(1)'):\n    pass" + NET, "annotation", "'os'"),
+        ("def f(x: 'import os'):\n    pass" + NET, "annotation", "not a valid expression"),
+        ("import typing\ntyping.get_type_hints(object)" + NET, "qualname", "get_type_hints"),
+        (
+            "import torch\ntorch.UntypedStorage.from_file('f', False, 1)" + NET,
+            "attribute",
+            "'from_file'",
+        ),
+        ("from torch.utils import collect_env" + NET, "qualname", "collect_env"),
         ("class Model:\n    pass\n", "net", "found 0"),
         ("Net = 1\n", "net", "found 0"),
         (NET + NET, "net", "found 2"),
@@ -127,3 +150,18 @@ def test_rules_are_data_a_policy_can_be_extended() -> None:
 def test_absurd_nesting_is_a_syntax_failure_not_a_crash() -> None:
     result = check("x = " + "(" * 500 + ")" * 500 + NET)
     assert result is not None and result[0] is Status.FAILED_SYNTAX
+
+
+def test_private_attributes_of_own_objects_and_string_annotations_stay_allowed() -> None:
+    code = (
+        "from __future__ import annotations\n"
+        "import torch\n"
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self) -> None:\n"
+        "        super().__init__()\n"
+        "        self._scale = 2.0\n"
+        "    def forward(self, x: 'torch.Tensor') -> 'torch.Tensor':\n"
+        "        return x * self._scale\n"
+    )
+    assert check(code) is None

@@ -310,5 +310,158 @@ def doctor_cmd(
         raise typer.Exit(1)
 
 
+@app.command("sweep")
+@friendly
+def sweep_cmd(
+    sweep_file: Annotated[
+        Path, typer.Argument(help="Sweep TOML: \\[base] run config, \\[axes], \\[resources].")
+    ],
+    sweep_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the runs go (default: sweeps/<file name without .toml>)."),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="local (this machine) or ray (a Ray cluster; lemo-nade\\[ray]).")
+    ] = "local",
+    jobs: Annotated[
+        int | None,
+        typer.Option(min=1, help="local: runs at once, capped at the cores (default 1)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="ray: cluster address, auto or ray://HOST:PORT (default: start one)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a base key for every run, e.g. --set epochs=1."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the planned runs and exit.")
+    ] = False,
+) -> None:
+    """Run a grid of runs (the product of the sweep file's axes), resumably.
+
+    Each run is a run directory SWEEP_DIR/runs/NAME named by its axis values.
+    The same command again skips finished runs, resumes interrupted ones, retries failed ones.
+    Exit code 1 if any run failed.
+    """
+    from lemo_nade.executors import available_cores, create_executor
+    from lemo_nade.sweep import SweepProgress, load_sweep, run_sweep
+
+    plan = load_sweep(sweep_file, parse_set(set_ or []))
+    sweep_dir = sweep_dir or Path("sweeps") / sweep_file.stem
+    if dry_run:
+        for run in plan.runs:
+            out.print(run.name, highlight=False)
+        out.print(f"{len(plan.runs)} runs planned in {sweep_dir}", highlight=False)
+        return
+    if executor == "ray":
+        if jobs is not None:
+            raise ConfigError("--jobs: the ray executor schedules by [resources] num_cpus/num_gpus")
+        options: dict[str, Any] = {"address": address, **plan.resources.model_dump()}
+    else:
+        if address is not None:
+            raise ConfigError("--address: only for --executor ray")
+        options = {"jobs": jobs or 1}
+        if (jobs or 1) > available_cores():
+            err.print(f"--jobs {jobs}: capped at the {available_cores()} cores available")
+    runner = create_executor(executor, **options)
+
+    def ready(tasks: list[Any], skipped: tuple[str, ...]) -> None:
+        out.print(
+            f"sweep directory: [bold]{sweep_dir}[/]: {len(plan.runs)} runs, "
+            f"{len(skipped)} already finished, {len(tasks)} to run ({executor})"
+        )
+
+    def ended(o: Any) -> None:
+        why = "" if o.state == "finished" else f": {o.reason}"
+        out.print(f"{o.state} {o.name} in {o.seconds:.1f} s{why}", highlight=False, soft_wrap=True)
+
+    try:
+        result = run_sweep(plan, sweep_dir, runner, SweepProgress(ready, ended))
+    except KeyboardInterrupt:
+        err.print("interrupted; continue with the same command")
+        raise typer.Exit(130) from None
+    done = len(result.outcomes) - len(result.failed)
+    out.print(
+        f"{done} runs ended, {len(result.skipped)} already finished, "
+        f"{len(result.failed)} failed. Report: lemo-nade sweep-report {sweep_dir}",
+        highlight=False,
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("sweep-report")
+@friendly
+def sweep_report_cmd(
+    sweep_dir: Annotated[Path, typer.Argument(help="A directory made by `lemo-nade sweep`.")],
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the files (default: SWEEP_DIR/report).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of Markdown.")
+    ] = False,
+) -> None:
+    """Tabulate a sweep like the paper's Tables 3-10, one row per run.
+
+    Writes sweep.md, sweep.csv and sweep.json (the same rows) and accuracy_vs_energy.png.
+    """
+    from lemo_nade.sweep_report import write_report
+
+    texts, written = write_report(sweep_dir, out_dir)
+    sys.stdout.write(texts["sweep.json" if as_json else "sweep.md"])
+    err.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+@friendly
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `lemo-nade run`.")],
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the report (default: RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write a run's report: report.md, a self-contained report.html, plots.
+
+    Shows the paper-style summary row (test accuracy, parameters, hours,
+    kWh-PUE, CO2, FPS, inference energy and CO2 per image), the per-iteration
+    table, plots (CM and accuracy per iteration, accuracy vs parameters with
+    the Pareto front, energy per iteration, instruction frequency, lineage),
+    the lineage and the best model's code. Test accuracy and the retraining's
+    cost come from RUN_DIR/retrain.json when present. The report directory is
+    replaced as a whole, never left half-written.
+    """
+    from lemo_nade.reporting.render import HTML_NAME, write_report
+
+    target = out_dir or run_dir / "report"
+    written = write_report(run_dir, target)
+    out.print(f"wrote {len(written)} files to {target}", highlight=False)
+    out.print(f"open: {target / HTML_NAME}", highlight=False, soft_wrap=True)
+
+
+@app.command("compare")
+@friendly
+def compare_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+) -> None:
+    """Compare runs, one row each: dataset, llm, setting, iterations, best
+    validation (and test) accuracy, parameters, hours, kWh-PUE, CO2, FPS and
+    LLM cost."""
+    from lemo_nade.reporting.compare import compare_rows, rich_table, to_csv, to_json
+
+    if as_json and as_csv:
+        raise ConfigError("--json and --csv: choose one")
+    rows = compare_rows(run_dirs)
+    if as_json:
+        sys.stdout.write(to_json(rows))
+    elif as_csv:
+        sys.stdout.write(to_csv(rows))
+    else:
+        out.print(rich_table(rows))
+
+
 def main() -> None:
     app()

@@ -6,11 +6,19 @@ Pure: no torch. Precedence: defaults < ``--setting`` < TOML file < command-line 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lemo_nade.prompts import DEFAULT_INITIAL_COMMAND
 
@@ -73,6 +81,23 @@ class Weights(_Frozen):
     EW: float = Field(0.5, ge=0, description="normalised energy weight")
 
 
+class FinalProtocol(_Frozen):
+    """Retraining the chosen model (paper Sec. 4.2), always on the full training split.
+
+    ``engine.train.final_job(job, **config.final.model_dump())`` turns a search job into it.
+    """
+
+    epochs: int = Field(500, ge=1, le=100_000, description="at most this many epochs")
+    batch_size: int = Field(1024, ge=1, le=65_536, description="paper: 1024")
+    lr: float = Field(0.01, gt=0, le=10, description="Adam's initial learning rate (paper: 0.01)")
+    plateau_patience: int = Field(
+        20, ge=1, le=10_000, description="epochs without a lower val loss before LR x0.1"
+    )
+    early_stopping_patience: int = Field(
+        40, ge=0, le=100_000, description="epochs without a lower val loss before stopping; 0 off"
+    )
+
+
 class RunConfig(_Frozen):
     """Everything that determines a run. Stored with the run; ``resume`` reuses it."""
 
@@ -99,6 +124,54 @@ class RunConfig(_Frozen):
     cpu_power_w_per_core: float = Field(10.0, gt=0, le=1000)
     pue: float = Field(1.58, ge=1, le=5)
     co2_lbs_per_kwh: float = Field(0.954, ge=0, le=10)
+    search_subset: int | float | None = Field(
+        None,
+        description="train each candidate on a class-stratified subset of the training split: "
+        "an integer is images per class, a number below 1 a fraction of each class; "
+        "validation stays whole (fast CPU profile)",
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, le=100_000, description="search: stop a candidate after this many epochs "
+        "without a lower validation loss; 0 off (the paper trains 20 epochs flat)"
+    )
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="mixed precision: auto is bf16 (fp16) on CUDA, off on CPU"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels_last memory format: auto is on for CUDA only"
+    )
+    compile: bool = Field(False, description="torch.compile each candidate for training")
+    deterministic: bool = Field(
+        False, description="deterministic kernels on CUDA (slower); CPU runs are repeatable"
+    )
+    final: FinalProtocol = FinalProtocol()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_dir(cls, value: str | None) -> str | None:
+        """Absolute, so the sandboxed child (another cwd) and a resume find the same files."""
+        return os.path.abspath(os.path.expanduser(value)) if value else value
+
+    @field_validator("dataset")
+    @classmethod
+    def _absolute_npz(cls, value: str) -> str:
+        if value.startswith("npz:") and len(value) > 4:
+            return "npz:" + os.path.abspath(os.path.expanduser(value[4:]))
+        return value
+
+    @field_validator("search_subset", mode="before")
+    @classmethod
+    def _subset(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected images per class (integer >= 1) or a fraction in (0, 1]")
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("images per class must be >= 1")
+        elif not 0 < value <= 1:
+            raise ValueError("a fraction must be in (0, 1]; use an integer for images per class")
+        return value
     # LLM architects (`llm = "openai:MODEL"`, "gemini:", "ollama:", "vllm:", "llamacpp:",
     # "replay:RUN_DIR"). The key is read from the environment variable named here and is
     # never logged or stored.

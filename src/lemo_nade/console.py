@@ -96,7 +96,8 @@ class LiveProgress:
 
 def print_table(console: Console, records: list[IterationRecord]) -> None:
     table = Table(title="Iterations (★ = best by CM, Eq. 1)")
-    for name in ("#", "parent", "status", "A1", "A2", "params", "FPS", "E1 kWh", "E2 kWh", "CM"):
+    columns = ("#", "parent", "status", "A1", "A2", "params", "MFLOPs", "FPS", "p50 ms")
+    for name in (*columns, "E1 kWh", "E2 kWh", "energy source", "CM"):
         table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
     table.add_column("instructions in", overflow="fold")
     for row in iteration_rows(records):
@@ -107,9 +108,12 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
             _fmt(row["A1"], ".3f"),
             _fmt(row["A2"], ".3f"),
             f"{row['P']:,}" if row["P"] is not None else "-",
+            _fmt(row["flops_per_image"] / 1e6 if row["flops_per_image"] else None, ".3f"),
             _fmt(row["F"], ",.0f"),
+            _fmt(row["latency_ms_p50"], ".3f"),
             _fmt(row["E1_kwh"], ".2e"),
             _fmt(row["E2_kwh"], ".2e"),
+            row["energy_source"] or "-",
             _fmt(row["CM"], ".3f"),
             " ".join(row["instructions_in"])
             or ("(initial)" if row["parent"] is None else "(none: explore)"),
@@ -127,7 +131,7 @@ def print_summary(
 ) -> None:
     s = run_summary(records, config)
     source = s["energy_source"] or "-"
-    label = " (ESTIMATE)" if source == "estimate" else ""
+    label = " (ESTIMATE)" if s["energy_estimated"] else ""
     console.print(
         f"status: {status} ({reason or '-'}); iterations: {s['iterations']}; "
         f"invalid candidates: {_fmt(s['invalid_rate'], '.0%')}"
@@ -143,6 +147,49 @@ def print_summary(
         f"PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)[/]",
         highlight=False,
     )
+    if s.get("llm_calls"):
+        cost = s["llm_cost_usd"]
+        console.print(
+            f"LLM: {s['llm_calls']} calls, {s['llm_prompt_tokens']:,} tokens in, "
+            f"{s['llm_completion_tokens']:,} out, {s['llm_latency_s']:.1f} s, "
+            f"cost {'unknown' if cost is None else f'${cost:.4f}'}; "
+            f"invalid answers: {_fmt(s['attempt_invalid_rate'], '.0%')} "
+            f"of {s['attempts']} attempts",
+            highlight=False,
+        )
+    print_paper_row(console, s)
+
+
+def print_paper_row(console: Console, s: dict[str, Any]) -> None:
+    """The run as one row with the columns of the paper's Tables 3, 5 and 6."""
+    est = " ESTIMATE" if s["energy_estimated"] else ""
+    table = Table(title=f"Run, paper Tables 3/5/6 columns (energy source: {s['energy_source']})")
+    heads = (
+        "val. accuracy",
+        "params",
+        "generating + training h",
+        f"energy kWh-PUE{est}",
+        f"CO2 lbs{est}",
+        "inference FPS",
+        f"inference kWh-PUE / image{est}",
+        f"inference CO2 lbs / image{est}",
+    )
+    for name in heads:
+        table.add_column(name, justify="right", overflow="fold")
+    acc = s["best_validation_accuracy"]
+    table.add_row(
+        _fmt(acc * 100 if acc is not None else None, ".2f") + ("%" if acc is not None else ""),
+        _fmt(s["best_params"]),
+        _fmt(s["search_hours"], ".4f"),
+        _fmt(s["search_kwh_pue"], ".4e"),
+        _fmt(s["search_co2_lbs"], ".4e"),
+        _fmt(s["best_fps"], ".2f"),
+        _fmt(s["inference_kwh_pue_per_image"], ".2e"),
+        _fmt(s["inference_co2_lbs_per_image"], ".2e"),
+    )
+    console.print(table)
+    if s["energy_estimated"] and s.get("energy_note"):
+        console.print(f"[dim]energy estimated: {s['energy_note']}[/]", highlight=False)
 
 
 def print_rules(

@@ -7,8 +7,17 @@ walks such as ``().__class__.__base__``, ``torch.load``) into a fast, explainabl
 Python cannot be sandboxed by inspecting source, and a determined author can find a
 way around any such list. Containment is the job of :mod:`lemo_nade.sandbox`.
 
-The rules are data: extend a table in :data:`DEFAULT_POLICY` (or pass your own
-:class:`Policy`) rather than adding branches. Each rejection reads ``rule: detail``.
+Rules (each rejection reads ``rule: detail``): ``import`` (an allow-list of module
+roots), ``name`` (builtins such as ``eval``/``open``/``getattr``, also as ``from``
+imports), ``attribute`` (``x.os``, ``from torch import os``, ``case object(os=o)``,
+frame walks like ``gi_frame.f_builtins``, ``from_file``), ``qualname`` (torch's
+loaders, savers and extension doors, ``typing.get_type_hints``), ``private``
+(``torch._C``, ``torch.fx.graph_module._exec_with_source``: underscore names of
+imported modules; the candidate's own ``self._x`` is fine), ``dunder`` (in names and
+in strings), ``annotation`` (string annotations are parsed and checked with the same
+rules, since ``typing.get_type_hints`` evaluates them) and ``net`` (exactly one
+top-level ``class Net``). The rules are data: extend a table in :data:`DEFAULT_POLICY`
+(or pass your own :class:`Policy`) rather than adding branches.
 """
 
 from __future__ import annotations
@@ -99,6 +108,23 @@ DEFAULT_POLICY = Policy(
             "_C",
             "attrgetter",
             "methodcaller",
+            # frames and code reached from generators, coroutines and tracebacks: a frame's
+            # f_globals/f_builtins lead back to the builtins (and __import__)
+            "gi_frame",
+            "gi_code",
+            "cr_frame",
+            "cr_code",
+            "ag_frame",
+            "ag_code",
+            "tb_frame",
+            "tb_next",
+            "f_globals",
+            "f_locals",
+            "f_builtins",
+            "f_back",
+            "f_code",
+            # torch.UntypedStorage.from_file and friends read any file
+            "from_file",
         }
     ),
     forbidden_qualnames=(
@@ -117,6 +143,15 @@ DEFAULT_POLICY = Policy(
         "torch.distributed",
         "torch.multiprocessing",
         "torch.utils.model_zoo",
+        "torch.utils.collect_env",  # runs shell commands
+        "torch.utils.show_pickle",
+        "torch.utils.model_dump",
+        "torch.utils.benchmark",  # compiles C++
+        "torch.export.load",
+        "torch.export.save",
+        # evaluate strings as code: get_type_hints eval()s string annotations
+        "typing.get_type_hints",
+        "typing.ForwardRef",
     ),
     allowed_dunders=frozenset({"__init__", "__name__", "__future__"}),
 )
@@ -188,8 +223,47 @@ def _name_rule(node: ast.AST, ctx: _Context) -> str | None:
 
 
 def _attribute_rule(node: ast.AST, ctx: _Context) -> str | None:
-    if isinstance(node, ast.Attribute) and node.attr in ctx.policy.forbidden_attributes:
-        return f"attribute {node.attr!r} is not allowed in model code"
+    names: list[str] = []
+    if isinstance(node, ast.Attribute):
+        names = [node.attr]
+    elif isinstance(node, ast.ImportFrom):  # ``from torch import os`` is torch.os
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.MatchClass):  # ``case object(os=o)`` reads the attribute os
+        names = list(node.kwd_attrs)
+    for name in names:
+        if name in ctx.policy.forbidden_attributes:
+            return f"attribute {name!r} is not allowed in model code"
+    return None
+
+
+def _private_rule(node: ast.AST, ctx: _Context) -> str | None:
+    for qualname in _qualnames(node, ctx.aliases):
+        parts = qualname.split(".")
+        for part in parts[1:]:
+            if part.startswith("_") and part not in ctx.policy.allowed_dunders:
+                return (
+                    f"{qualname}: private module internals ({part}) are not allowed; "
+                    "use the public torch API"
+                )
+    return None
+
+
+def _annotation_rule(node: ast.AST, ctx: _Context) -> str | None:
+    """String annotations are code that typing.get_type_hints() evaluates: check them too."""
+    for annotation in _annotations(node):
+        if not (isinstance(annotation, ast.Constant) and isinstance(annotation.value, str)):
+            continue
+        try:
+            tree = ast.parse(annotation.value, mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return f"string annotation {annotation.value[:40]!r} is not a valid expression"
+        for inner in ast.walk(tree):
+            for rule_name, rule in NODE_RULES:
+                detail = rule(inner, ctx)
+                if detail is not None:
+                    return (
+                        f"in the string annotation {annotation.value[:40]!r}: {rule_name}: {detail}"
+                    )
     return None
 
 
@@ -197,7 +271,10 @@ def _qualname_rule(node: ast.AST, ctx: _Context) -> str | None:
     for qualname in _qualnames(node, ctx.aliases):
         for banned in ctx.policy.forbidden_qualnames:
             if qualname == banned or qualname.startswith(banned + "."):
-                return f"{banned} is not allowed (no loading, saving or extensions in a model)"
+                return (
+                    f"{banned} is not allowed in model code (no loading, saving, "
+                    "extensions or evaluating strings as code)"
+                )
     return None
 
 
@@ -218,7 +295,9 @@ NODE_RULES: tuple[tuple[str, Rule], ...] = (
     ("name", _name_rule),
     ("attribute", _attribute_rule),
     ("qualname", _qualname_rule),
+    ("private", _private_rule),
     ("dunder", _dunder_rule),
+    ("annotation", _annotation_rule),
 )
 
 
@@ -276,6 +355,13 @@ def _qualnames(node: ast.AST, aliases: dict[str, str]) -> Iterator[str]:
             yield ".".join([aliases[current.id], *reversed(parts)])
 
 
+def _annotations(node: ast.AST) -> Iterator[ast.AST]:
+    if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+        yield node.annotation
+    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+        yield node.returns
+
+
 def _identifiers(node: ast.AST) -> Iterator[str]:
     """Every identifier a node binds or reads (not module paths in ``import`` lines)."""
     for field in ("id", "attr", "arg", "asname"):
@@ -290,3 +376,5 @@ def _identifiers(node: ast.AST) -> Iterator[str]:
             yield name
     if isinstance(node, ast.Global | ast.Nonlocal):
         yield from node.names
+    if isinstance(node, ast.MatchClass):
+        yield from node.kwd_attrs

@@ -192,6 +192,14 @@ class EvalJob:
     threads: int = 0  # 0: let torch decide
     cpu_power_w_per_core: float = 10.0  # for the energy *estimate*; see engine.measure
     ram_power_w_per_gb: float = 0.375  # codecarbon's constant: 3 W per 8 GB
+    # fast search profile: train on a class-stratified subset of the training split
+    subset_per_class: int = 0  # images per class; 0: no per-class cap
+    subset_fraction: float = 1.0  # fraction of each class (used when subset_per_class is 0)
+    early_stopping_patience: int = 0  # stop after this many epochs without a better val loss
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, off
+    channels_last: str = "auto"  # auto (on CUDA only), on, off
+    compile: bool = False  # torch.compile the model for training
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,13 +46,23 @@ class SearchResult:
     stop_reason: str
 
 
-def create_run(config: RunConfig, runs_dir: Path) -> Path:
-    """Validate what can be validated before any work, then make the run directory."""
+def check_config(config: RunConfig) -> None:
+    """Validate what can be validated before any work: the dataset and the architect."""
     resolve_dataset(config.dataset, config.data_dir)  # raises DatasetError with the fix
     _architect(config, check=True)  # raises ArchitectError with the fix (key, endpoint)
+
+
+def create_run(config: RunConfig, runs_dir: Path) -> Path:
+    """Validate what can be validated before any work, then make ``runs_dir/RUN_ID``."""
+    check_config(config)
     run_id = new_run_id()
-    run_dir = runs_dir / run_id
-    RunStore.create(run_dir, config_json(config), run_id=run_id).close()
+    return create_run_at(config, runs_dir / run_id, run_id)
+
+
+def create_run_at(config: RunConfig, run_dir: Path, run_id: str | None = None) -> Path:
+    """Make a run directory at a chosen path (a sweep names its runs by their axis
+    values); call :func:`check_config` first."""
+    RunStore.create(run_dir, config_json(config), run_id=run_id or new_run_id()).close()
     return run_dir
 
 
@@ -296,6 +306,7 @@ class _Loop:
 
     def job(self, code: str) -> EvalJob:
         cfg = self.config
+        subset = cfg.search_subset  # an int is images per class, a float a fraction of each
         return EvalJob(
             code=code,
             dataset=cfg.dataset,
@@ -309,6 +320,13 @@ class _Loop:
             augment=cfg.augment,
             threads=cfg.threads,
             cpu_power_w_per_core=cfg.cpu_power_w_per_core,
+            subset_per_class=subset if isinstance(subset, int) else 0,
+            subset_fraction=subset if isinstance(subset, float) else 1.0,
+            early_stopping_patience=cfg.early_stopping_patience,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+            compile=cfg.compile,
+            deterministic=cfg.deterministic,
         )
 
     def timeout_s(self, records: list[IterationRecord]) -> float:

@@ -1,23 +1,42 @@
-"""What a trained candidate measures: parameters, accuracy/loss, FPS and an energy estimate.
+"""What a trained candidate measures: size, FLOPs, accuracy/loss, speed and energy.
 
-Energy here is an ESTIMATE, not a measurement (``energy_source = "estimate"``)::
+Size: ``parameter_count`` (all parameters, the paper's P), ``trainable_parameter_count``,
+``model_size_mb`` (parameters + buffers, bytes / 1e6).
 
-    joules = cpu_s * cpu_power_w_per_core + rss_gb * ram_power_w_per_gb * wall_s
-    kwh    = joules / 3.6e6
+FLOPs: :func:`flops_per_image` runs one image forward under ``torch.utils.flop_counter``.
+It counts what that counter has formulas for: convolutions, matrix products and attention,
+2 FLOPs per multiply-add, biases not included. Element-wise ops, normalisation and pooling
+count 0, so this is a lower bound close to the total for conv/linear nets.
 
-``cpu_s`` is this process's CPU time over the span (``time.process_time``: user + system,
-all threads), so it scales with the cores actually kept busy. The defaults come from
-:class:`lemo_nade.records.EvalJob`: 10 W per busy core (a rough server-core figure; set
-your own TDP / cores) and codecarbon's 0.375 W per GB of RAM. RSS is sampled at the end
-of the span. On a GPU only the host side is counted: GPU power (NVML) is not read here,
-so GPU runs are underestimated. Compare candidates of one run with each other, not with
-a wall-power meter.
+Speed: :func:`measure_speed`, in ``torch.inference_mode`` and eval mode, at a fixed
+thread count (the worker's; recorded), with the GPU synchronised at every timing point:
+
+- throughput (FPS) at the evaluation batch size on one prepared batch of real inputs
+  (normalisation is done before timing): ``warmup`` untimed calls, then ``windows``
+  time-boxed windows: each runs calls until ``window_s`` has passed (at least one call).
+  FPS is the median over windows; ``fps_cv`` (sample standard deviation / mean over
+  windows) is recorded with it;
+- batch-1 latency: warm-up, then single-image calls timed one by one until
+  ``latency_budget_s`` has passed and at least ``min_latency_samples`` were taken
+  (capped at 10 x the budget once 3 were taken); p50 and p95 in ms (linear
+  interpolation between order statistics).
+
+The windows are short on purpose (default 5 x 6 ms + 10 ms of latency, ~50 ms in all
+with the warm-ups): the measuring must stay under 3 % of a candidate that trains in
+~3 s (``bench/measure.py`` reports both the stability and the overhead). A window is
+never shorter than one call, so for big models the budget grows with the call time.
+On a shared machine the FPS moves with the neighbours' load much more than with the
+window length: read ``fps_cv`` next to F.
+
+Energy: :mod:`lemo_nade.engine.energy` (RAPL / NVML where readable, else a labelled
+estimate). :func:`energy_span` is the worker's entry point.
 """
 
 from __future__ import annotations
 
-import resource
-import sys
+import functools
+import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,13 +46,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-JOULES_PER_KWH = 3.6e6
+from lemo_nade.engine import energy
+from lemo_nade.engine.energy import JOULES_PER_KWH, Reading, Sensors, rss_gb
+
+__all__ = [
+    "JOULES_PER_KWH",
+    "Reading",
+    "Sensors",
+    "Span",
+    "Speed",
+    "accuracy_and_loss",
+    "energy_span",
+    "estimate_kwh",
+    "flops_per_image",
+    "frames_per_second",
+    "measure_speed",
+    "model_size_mb",
+    "parameter_count",
+    "rss_gb",
+    "sensors_for",
+    "trainable_parameter_count",
+]
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
+Span = Reading  # what energy_span yields; kept under its old name
+
+
+# ---- size and compute ----------------------------------------------------------------
 
 
 def parameter_count(model: nn.Module) -> int:
     """All parameters, trainable or frozen; buffers (BatchNorm running stats) are not counted."""
     return sum(p.numel() for p in model.parameters())
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    """Parameters with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Bytes of parameters and buffers (as stored: their own dtypes) / 1e6."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
+def flops_per_image(model: nn.Module, x: torch.Tensor, transform: Transform | None = None) -> float:
+    """Forward FLOPs for one image, as ``torch.utils.flop_counter`` counts them (see the
+    module docstring); ``x`` holds at least one stored image. NaN when the set is empty or
+    the counter cannot run the model (the figure is informative, not a reason to fail)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if len(x) == 0:
+        return float("nan")
+    model.eval()
+    xb = transform(x[:1]) if transform else x[:1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the count does not depend on it; a 1-image pass is faster
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(xb)
+    except Exception:  # the candidate's forward under a dispatch mode; never fatal here
+        return float("nan")
+    finally:
+        torch.set_num_threads(threads)
+    return float(counter.get_total_flops())
+
+
+# ---- accuracy ------------------------------------------------------------------------
 
 
 def accuracy_and_loss(
@@ -63,6 +143,76 @@ def accuracy_and_loss(
     return correct.item() / len(x), loss_sum.item() / len(x)
 
 
+# ---- speed ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Inference speed; see the module docstring for how each figure is taken."""
+
+    fps: float = 0.0  # median over windows, images/s at batch ``fps_batch``
+    fps_cv: float = float("nan")  # sample std / mean of the windows' FPS
+    fps_batch: int = 0
+    fps_windows: int = 0
+    latency_ms_p50: float = float("nan")  # batch 1
+    latency_ms_p95: float = float("nan")
+    latency_samples: int = 0
+    threads: int = 0  # torch intra-op threads during the measurement
+    seconds: float = 0.0  # wall time the whole measurement took (its overhead)
+
+
+def measure_speed(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch: int,
+    transform: Transform | None = None,
+    *,
+    windows: int = 5,
+    window_s: float = 0.006,
+    warmup: int = 2,
+    latency_budget_s: float = 0.01,
+    min_latency_samples: int = 10,
+    max_latency_samples: int = 1000,
+    threads: int | None = None,
+) -> Speed:
+    """Throughput at ``batch`` and batch-1 latency of ``model`` on inputs from ``x``.
+
+    ``threads`` sets torch's intra-op thread count for the measurement (restored after);
+    None keeps the current one. An empty ``x`` gives ``Speed()`` (FPS 0).
+    """
+    if len(x) == 0:
+        return Speed()
+    start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model.eval()
+        bsz = max(1, min(batch, len(x)))
+        with torch.inference_mode():
+            xb = transform(x[:bsz]) if transform else x[:bsz]
+            x1 = transform(x[:1]) if transform else x[:1]
+            per_window = _throughput(model, xb, windows, window_s, warmup)
+            lat = _latency(
+                model, x1, warmup, latency_budget_s, min_latency_samples, max_latency_samples
+            )
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old_threads)
+    lat_sorted = sorted(lat)
+    return Speed(
+        fps=statistics.median(per_window),
+        fps_cv=_cv(per_window),
+        fps_batch=bsz,
+        fps_windows=len(per_window),
+        latency_ms_p50=_percentile(lat_sorted, 0.50) * 1e3,
+        latency_ms_p95=_percentile(lat_sorted, 0.95) * 1e3,
+        latency_samples=len(lat),
+        threads=used_threads,
+        seconds=time.perf_counter() - start,
+    )
+
+
 def frames_per_second(
     model: nn.Module,
     x: torch.Tensor,
@@ -70,31 +220,86 @@ def frames_per_second(
     transform: Transform | None = None,
     min_time_s: float = 0.2,
 ) -> float:
-    """Images per second of inference (eval mode, batches of ``batch``) on ``x``.
-
-    Inputs are prepared before timing, so this is the model's speed, not the
-    normalisation's. One warm-up batch, then whole batches cycled over ``x`` until at
-    least ``min_time_s`` has passed (at least one batch). 0.0 for an empty set.
-    """
+    """Median throughput (images/s) at ``batch`` over 5 windows of ``min_time_s / 5``
+    each (so at least ``min_time_s`` of timed inference); 0.0 for an empty set."""
     if len(x) == 0:
         return 0.0
     model.eval()
-    inputs = [transform(b) if transform else b for b in x.split(max(1, batch))]
-    images = 0
+    bsz = max(1, min(batch, len(x)))
     with torch.inference_mode():
-        model(inputs[0])
-        _sync(x.device)
-        start = time.perf_counter()
-        elapsed = 0.0
-        while elapsed < min_time_s:
-            for xb in inputs:
-                model(xb)
-                images += len(xb)
-                _sync(x.device)
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_time_s:
-                    break
-    return images / max(elapsed, 1e-9)
+        xb = transform(x[:bsz]) if transform else x[:bsz]
+        return statistics.median(_throughput(model, xb, 5, min_time_s / 5, warmup=1))
+
+
+def _throughput(
+    model: nn.Module, xb: torch.Tensor, windows: int, window_s: float, warmup: int
+) -> list[float]:
+    """Images/s of each of ``windows`` time-boxed windows of calls on ``xb``: a window
+    ends at the first call that finishes after ``window_s`` (so it holds at least one)."""
+    device = xb.device
+    for _ in range(max(1, warmup)):
+        model(xb)
+    _sync(device)
+    out = []
+    for _ in range(max(1, windows)):
+        calls = 0
+        t0 = time.perf_counter()
+        while True:
+            model(xb)
+            _sync(device)  # per call: the clock must see the GPU's work, not its queue
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= window_s:
+                break
+        out.append(calls * len(xb) / max(elapsed, 1e-9))
+    return out
+
+
+def _latency(
+    model: nn.Module,
+    x1: torch.Tensor,
+    warmup: int,
+    budget_s: float,
+    min_samples: int,
+    max_samples: int,
+) -> list[float]:
+    """Seconds per batch-1 call, each synchronised. Calls go on until ``budget_s`` has
+    passed and ``min_samples`` were taken, but stop at 10 x ``budget_s`` once 3 were
+    taken, so a stalled machine cannot stretch the measurement much."""
+    device = x1.device
+    for _ in range(max(1, warmup)):
+        model(x1)
+    _sync(device)
+    samples: list[float] = []
+    begin = time.perf_counter()
+    while len(samples) < max_samples:
+        spent = time.perf_counter() - begin
+        if spent >= budget_s and len(samples) >= min_samples:
+            break
+        if spent >= 10 * budget_s and len(samples) >= 3:
+            break
+        t0 = time.perf_counter()
+        model(x1)
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def _cv(values: list[float]) -> float:
+    if len(values) < 2:
+        return float("nan")
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else float("nan")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    if not sorted_values:
+        return float("nan")
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def _sync(device: torch.device) -> None:
@@ -112,45 +317,36 @@ def estimate_kwh(
     cpu_power_w_per_core: float,
     ram_power_w_per_gb: float,
 ) -> float:
-    """The estimate formula in the module docstring."""
-    joules = cpu_s * cpu_power_w_per_core + rss_gb * ram_power_w_per_gb * wall_s
-    return joules / JOULES_PER_KWH
+    """The estimate (see :mod:`lemo_nade.engine.energy`): CPU-s x W/core + GB x W/GB x s."""
+    cpu_j, ram_j = energy.estimate_joules(
+        cpu_s, wall_s, rss_gb, cpu_power_w_per_core, ram_power_w_per_gb
+    )
+    return (cpu_j + ram_j) / JOULES_PER_KWH
 
 
-def rss_gb() -> float:
-    """Current resident memory of this process (Linux ``/proc``), else its peak (getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * resource.getpagesize() / 1e9
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
+@functools.lru_cache(maxsize=8)
+def _sensors_cached(device_text: str) -> Sensors:
+    return energy.detect(torch.device(device_text))
 
 
-@dataclass
-class Span:
-    """Filled in when an :func:`energy_span` block ends."""
-
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    energy_kwh: float = 0.0
+def sensors_for(device: torch.device | None) -> Sensors:
+    """This machine's sensors for ``device``, found once per process."""
+    return _sensors_cached(str(device) if device is not None else "cpu")
 
 
 @contextmanager
 def energy_span(
-    cpu_power_w_per_core: float, ram_power_w_per_gb: float, device: torch.device | None = None
-) -> Iterator[Span]:
-    """Estimate the energy of the enclosed block (see the module docstring)."""
-    span = Span()
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    try:
-        yield span
-    finally:
-        if device is not None:
-            _sync(device)
-        span.wall_s = time.perf_counter() - wall0
-        span.cpu_s = time.process_time() - cpu0
-        span.energy_kwh = estimate_kwh(
-            span.cpu_s, span.wall_s, rss_gb(), cpu_power_w_per_core, ram_power_w_per_gb
-        )
+    cpu_power_w_per_core: float,
+    ram_power_w_per_gb: float,
+    device: torch.device | None = None,
+    sensors: Sensors | None = None,
+) -> Iterator[Reading]:
+    """Energy of the enclosed block by part, with sources (:func:`energy.span`).
+
+    ``sensors`` defaults to what this machine has (:func:`sensors_for`); pass
+    ``energy.ESTIMATE_ONLY`` to force the estimate.
+    """
+    found = sensors if sensors is not None else sensors_for(device)
+    sync = (lambda: _sync(device)) if device is not None else None
+    with energy.span(found, cpu_power_w_per_core, ram_power_w_per_gb, sync=sync) as reading:
+        yield reading

@@ -1,11 +1,16 @@
-"""The sandboxed child: ``python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON``.
+"""The sandboxed child: what runs one candidate, in a fork or a fresh interpreter.
 
-Reads an :class:`~lemo_nade.records.EvalJob`, runs the candidate's code, and writes an
-:class:`~lemo_nade.records.Evaluation` (``to_dict`` shape) to RESULT_JSON atomically.
-Every way a candidate can fail becomes a status in that file; the exit code is 0
-whenever a result was written. Only :mod:`lemo_nade.sandbox` should start this: it is
-where ``exec`` of generated code is acceptable, because it runs in a throw-away process
-with a scrubbed environment, resource limits and a temporary working directory.
+:func:`run_request` reads an :class:`~lemo_nade.records.EvalJob`, runs the candidate's
+code, and writes an :class:`~lemo_nade.records.Evaluation` (``to_dict`` shape) to the
+result file atomically. Every way a candidate can fail becomes a status in that file;
+the exit code is 0 whenever a result was written. Normally a child of the fork server
+(:mod:`lemo_nade.engine.forkserver`) calls it; the fallback is a fresh interpreter,
+``python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON``, where REQUEST_JSON is
+``{"job": {...}, "spec": {...}, "confine": true}`` (the same fields the fork server
+gets). Either way the process first confines itself (:func:`lemo_nade.confine.contain`).
+Only :mod:`lemo_nade.sandbox` should start this: it is where ``exec`` of generated code
+is acceptable, because it runs in a throw-away process with a scrubbed environment,
+resource limits, a temporary working directory and the kernel isolation available.
 
 Error texts are short (the candidate's own frames and the exception, at most
 :data:`ERROR_LINES` lines) because they are fed back to an LLM.
@@ -29,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lemo_nade import confine
 from lemo_nade.engine import measure
-from lemo_nade.engine.data import Split, load, make_split
+from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 from lemo_nade.sandbox import looks_like_oom
@@ -54,10 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON", file=sys.stderr)
         return 2
+    request = json.loads(Path(args[0]).read_text())
+    result = Path(args[1])
+    if "spec" not in request:  # a bare EvalJob: no confinement (tests, debugging)
+        return run_request(request, result)
+    spec = confine.Spec.from_dict(request["spec"])
+    features = confine.probe() if request.get("confine", True) else confine.Features()
+    confine.contain(spec, features, lambda: run_request(request["job"], result))
+
+
+def run_request(job_data: dict[str, Any], result: Path) -> int:
+    """The candidate process's whole life: evaluate the job, write the result file."""
     faulthandler.enable()  # a segfault in native code still leaves a trace in the log
-    job = EvalJob.from_dict(json.loads(Path(args[0]).read_text()))
+    job = EvalJob.from_dict(job_data)
     evaluation = run_job(job, log=lambda line: print(line, flush=True))
-    write_result(Path(args[1]), evaluation)
+    write_result(result, evaluation)
     return 0
 
 
@@ -90,30 +107,48 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         model = _build(namespace)
         weight_decay = _weight_decay(namespace)
     with _stage(Status.FAILED_TRAIN, "loading the dataset"):
-        split = make_split(load(job.dataset, job.data_dir), job.val_fraction, job.split_seed)
-        split = split.to(device)
+        split = split_for_job(job, device)  # the seeded 9:1 split (and search subset)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
         check_shape(model.to(device), split)
-    power = (job.cpu_power_w_per_core, job.ram_power_w_per_gb)
-    with _stage(Status.FAILED_TRAIN, "training"), measure.energy_span(*power, device) as e1:
+    sensors_start = time.perf_counter()
+    sensors = measure.sensors_for(device)  # RAPL / NVML where readable, else the estimate
+    power = (job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
+    measure_s = time.perf_counter() - sensors_start
+    with _stage(Status.FAILED_TRAIN, "training"), measure.energy_span(*power) as e1:
         result = train(model, split, job, weight_decay, log)
     with _stage(Status.FAILED_TRAIN, "measuring"):
         # paper Algorithm 1: A1 <- Model.eval(train_set); [E2, A2] <- Model.eval(val)
         a1, train_loss = measure.accuracy_and_loss(
             model, split.x_train, split.y_train, job.batch_size, split.normalize
         )
-        with measure.energy_span(*power, device) as e2:
+        with measure.energy_span(*power) as e2:
             a2, val_loss = measure.accuracy_and_loss(
                 model, split.x_val, split.y_val, job.batch_size, split.normalize
             )
-        fps = measure.frames_per_second(model, split.x_val, job.batch_size, split.normalize)
+        extra_start = time.perf_counter()
+        flops = measure.flops_per_image(model, split.x_val, split.normalize)
+        speed = measure.measure_speed(model, split.x_val, job.batch_size, split.normalize)
+        measure_s += time.perf_counter() - extra_start
     return Metrics(
         A1=a1,
         A2=a2,
         E1=e1.energy_kwh,
         E2=e2.energy_kwh,
-        F=fps,
+        F=speed.fps,
         P=measure.parameter_count(model),
+        params_trainable=measure.trainable_parameter_count(model),
+        model_mb=measure.model_size_mb(model),
+        flops_per_image=flops,
+        fps_batch=speed.fps_batch,
+        fps_cv=speed.fps_cv,
+        latency_ms_p50=speed.latency_ms_p50,
+        latency_ms_p95=speed.latency_ms_p95,
+        threads=speed.threads,
+        measure_time_s=measure_s,
+        energy_sources=e1.sources_text(),
+        E1_parts=e1.parts_kwh,
+        E2_parts=e2.parts_kwh,
+        energy_note=e1.note,
         train_loss=train_loss,
         val_loss=val_loss,
         train_time_s=e1.wall_s,
@@ -121,7 +156,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         epochs_run=result.epochs_run,
         train_images=len(split.x_train),
         val_images=len(split.x_val),
-        energy_source="estimate",
+        energy_source=e1.source,
         device=device.type,
     )
 

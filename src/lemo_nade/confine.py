@@ -1,0 +1,817 @@
+"""Kernel-level confinement of one candidate process, without privileges (Linux).
+
+Pure: no torch import; the Linux calls go through :mod:`ctypes` into libc. Used by the
+sandboxed child (:mod:`lemo_nade.engine.forkserver` and :mod:`lemo_nade.engine.worker`),
+never by the main process. :func:`contain` turns the calling process (single-threaded,
+already in its own session, with stdout/stderr on the log) into a confined one and runs
+the candidate, in this order:
+
+1. started as root: become uid/gid 65534 (nobody), if nobody can read the Python
+   installation (:func:`probe` checks; otherwise the candidate stays root, confined by
+   the steps below, but the kernel exempts uid 0 from ``RLIMIT_NPROC``);
+2. ``unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)`` with the uid/gid mapped to
+   themselves: a fresh PID namespace (the candidate sees only its own processes, and
+   when the namespace's first process dies the kernel SIGKILLs every process in it, so
+   ``setsid``/double-fork escapes die too), an empty network namespace (only a downed
+   loopback: no network at all), and a per-sandbox task count for ``RLIMIT_NPROC`` (in
+   a user namespace the kernel counts the namespace's own tasks);
+3. rlimits: address space (when a memory limit is given), CPU seconds (a backstop behind
+   the parent's wall clock), file size, open files, tasks (processes and threads), no
+   core dumps; ``oom_score_adj`` 1000, so the kernel's OOM killer takes the candidate,
+   not the run; the temporary directory as cwd and the scrubbed environment;
+4. with the PID namespace: a tiny init (pid 1, reaps orphans) and the candidate as its
+   child; the exit status is passed back up, so the caller sees the candidate's own
+   exit code or signal. The candidate then locks itself down (:func:`lock_down`):
+5. ``PR_SET_NO_NEW_PRIVS`` and a Landlock domain: read-only access to the Python
+   installation, ``/usr``, ``/lib*``, the ``lemo_nade`` package, the dataset, the CPU
+   list, the RAPL counters and its own ``/proc/PID``; full access beneath the temporary
+   directory; nothing else (no ``$HOME``, ``/tmp``, ``/etc``, other processes' ``/proc``,
+   the run directory). ABI 4+ also denies TCP bind and connect; ABI 6+ stops signals to
+   processes outside the sandbox and connections to abstract unix sockets; ptrace of
+   outside processes is denied at every ABI;
+6. a seccomp filter: ``socket``, ``ptrace``, ``process_vm_readv/writev``, ``bpf``,
+   io_uring, and the metadata changes Landlock does not mediate (``chmod``, ``chown``,
+   ``utimes``, extended attributes; on any path, the candidate's own files included)
+   fail with EPERM; so does starting a process (``fork``, ``vfork``, ``clone`` without
+   ``CLONE_THREAD``; ``clone3`` gets ENOSYS so libc falls back to ``clone``) unless the
+   spec allows processes (``torch.compile`` runs a C++ compiler). x86_64 and aarch64;
+   other syscall ABIs (e.g. ``int 0x80``) kill the process;
+7. all capabilities dropped (the user namespace grants a full set inside it).
+
+Each step runs only if :func:`probe` found it works here (it tries them in a throw-away
+child); a step that probed fine but then fails is fatal for the candidate
+(:data:`CONFINE_FAILED` exit code), so the sandbox never silently runs a candidate with
+less isolation than it reports. Unprivileged user namespaces are off on some
+distributions (``kernel.unprivileged_userns_clone=0``, or Ubuntu 24.04's AppArmor
+restriction); Landlock needs Linux 5.13+ with ``landlock`` in the LSM list; seccomp
+filters need x86_64 or aarch64 here. Without user namespaces there is no network or
+PID namespace (seccomp still refuses ``socket`` and new processes), and
+``RLIMIT_NPROC`` counts every process of the user: it is then set to the number of tasks
+on the system plus :data:`EXTRA_TASKS`. On a GPU host Landlock also allows the NVIDIA
+device files and reading ``/proc`` and ``/sys`` (the CUDA driver needs them; not tested
+in this project's CPU-only CI). On macOS none of this exists: :func:`probe` reports
+nothing and :func:`contain` only sets rlimits. Windows is not supported (POSIX only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+LINUX = sys.platform.startswith("linux")
+
+# linux/prctl.h, linux/sched.h, linux/capability.h, linux/seccomp.h, linux/filter.h
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_THREAD = 0x00010000
+CAPABILITY_VERSION_3 = 0x20080522
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+EPERM = 1
+ENOSYS = 38
+
+# linux/landlock.h
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_ALL_ABI1 = (1 << 13) - 1  # execute .. make_sym
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1
+
+# Per architecture: the audit arch seccomp sees, syscall numbers, and the bits to refuse.
+# x86_64: numbers >= 0x40000000 are the x32 ABI; refused as a whole.
+_ARCH: dict[str, dict[str, Any]] = {
+    "x86_64": {
+        "audit": 0xC000003E,
+        "landlock": (444, 445, 446),
+        "capset": 126,
+        "denied": {
+            "socket": 41,
+            "ptrace": 101,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
+            "bpf": 321,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            # metadata changes Landlock does not mediate (it has no right for them)
+            "chmod": 90,
+            "fchmod": 91,
+            "chown": 92,
+            "fchown": 93,
+            "lchown": 94,
+            "utime": 132,
+            "setxattr": 188,
+            "lsetxattr": 189,
+            "fsetxattr": 190,
+            "removexattr": 197,
+            "lremovexattr": 198,
+            "fremovexattr": 199,
+            "utimes": 235,
+            "fchownat": 260,
+            "futimesat": 261,
+            "fchmodat": 268,
+            "utimensat": 280,
+            "fchmodat2": 452,
+            "setxattrat": 463,
+            "removexattrat": 466,
+        },
+        "x32": 0x40000000,
+        "spawn": {"fork": 57, "vfork": 58},
+        "clone": 56,
+        "clone3": 435,
+    },
+    "aarch64": {
+        "audit": 0xC00000B7,
+        "landlock": (444, 445, 446),
+        "capset": 91,
+        "denied": {
+            "socket": 198,
+            "ptrace": 117,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
+            "bpf": 280,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "setxattr": 5,
+            "lsetxattr": 6,
+            "fsetxattr": 7,
+            "removexattr": 14,
+            "lremovexattr": 15,
+            "fremovexattr": 16,
+            "fchmod": 52,
+            "fchmodat": 53,
+            "fchownat": 54,
+            "fchown": 55,
+            "utimensat": 88,
+            "fchmodat2": 452,
+            "setxattrat": 463,
+            "removexattrat": 466,
+        },
+        "x32": None,
+        "spawn": {},
+        "clone": 220,
+        "clone3": 435,
+    },
+}
+ARCH = _ARCH.get(platform.machine().lower().replace("arm64", "aarch64"))
+
+FILE_SIZE_LIMIT_BYTES = 256 * 2**20
+OPEN_FILES_LIMIT = 1024
+TASKS_PER_CPU = 4  # threads a candidate may run per CPU (torch pools), plus:
+EXTRA_TASKS = 64  # processes and threads beyond those, all together
+CONFINE_FAILED = 70  # exit code: a probed isolation step failed in the candidate
+NOBODY = 65534  # the uid (and gid) candidates get when the tool runs as root
+NAME = b"lemo-candidate"  # comm of the candidate process (ps, top, /proc/PID/comm)
+
+# Read-only for the candidate, besides the Python installation and its packages.
+SYSTEM_READ_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/dev/urandom",
+    "/dev/random",
+    "/sys/devices/system/cpu",  # os.cpu_count() reads the online CPU list
+    "/proc/cpuinfo",  # torch's cpuinfo reads it on the first operation
+    "/sys/class/powercap",  # RAPL energy counters (lemo_nade.engine.energy)
+    "/sys/devices/virtual/powercap",
+)
+DEVICE_RW_PATHS = ("/dev/null", "/dev/zero")
+# With an NVIDIA GPU the CUDA driver also needs its device files, /proc and /sys.
+GPU_RW_GLOB = ("/dev/nvidia", "/dev/dri")
+GPU_READ_PATHS = ("/proc", "/sys", "/etc/nvidia")
+
+
+@dataclass(frozen=True)
+class Features:
+    """What :func:`probe` found usable on this kernel, for this user."""
+
+    namespaces: bool = False  # user + PID + network namespaces
+    landlock_abi: int = 0  # 0: no Landlock
+    seccomp: bool = False
+    run_as: int | None = None  # when started as root: the unprivileged uid candidates get
+    errors: tuple[str, ...] = ()  # why a feature is missing, one line each
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Features:
+        return cls(
+            namespaces=bool(data.get("namespaces")),
+            landlock_abi=int(data.get("landlock_abi", 0)),
+            seccomp=bool(data.get("seccomp")),
+            run_as=None if data.get("run_as") is None else int(data["run_as"]),
+            errors=tuple(data.get("errors", ())),
+        )
+
+    def describe(self) -> str:
+        """One line per mechanism: on or off."""
+        abi = self.landlock_abi
+        lines = [
+            f"PID+network namespaces: {'yes' if self.namespaces else 'no'}",
+            f"Landlock: {'ABI ' + str(abi) if abi else 'no'}"
+            + (" (files; TCP)" if abi >= 4 else " (files)" if abi else "")
+            + (" (+signals, abstract unix sockets)" if abi >= 6 else ""),
+            f"seccomp (no socket, ptrace, io_uring, chmod/chown/utimes/xattrs): "
+            f"{'yes' if self.seccomp else 'no'}",
+        ]
+        if self.run_as is not None:
+            lines.append(f"started as root: candidates run as uid {self.run_as}")
+        return "\n".join(lines + [f"  ({e})" for e in self.errors])
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How to confine one candidate."""
+
+    workdir: str  # the candidate's cwd, HOME and TMPDIR: the only writable place
+    read_paths: tuple[str, ...] = ()  # extra read-only paths (the dataset)
+    memory_limit_mb: int | None = None
+    cpu_time_s: int = 3600
+    threads: int = 1  # the candidate's torch threads, for the task limit
+    env: tuple[tuple[str, str], ...] = ()  # the candidate's whole environment
+    allow_processes: bool = False  # may it start processes (torch.compile runs a compiler)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Spec:
+        return cls(
+            workdir=str(data["workdir"]),
+            read_paths=tuple(data.get("read_paths", ())),
+            memory_limit_mb=data.get("memory_limit_mb"),
+            cpu_time_s=int(data.get("cpu_time_s", 3600)),
+            threads=int(data.get("threads", 1)),
+            env=tuple((str(k), str(v)) for k, v in data.get("env", ())),
+            allow_processes=bool(data.get("allow_processes", False)),
+        )
+
+
+class ConfineError(OSError):
+    """An isolation step failed."""
+
+
+# ---- the parts a sandboxed process runs --------------------------------------------
+
+
+def contain(spec: Spec, features: Features, body: Callable[[], int]) -> NoReturn:
+    """Confine this process as ``features`` allow, run ``body`` and exit with its status.
+
+    The caller is the sandbox child: in its own session, stdout/stderr on the log. This
+    function never returns; a failure to confine exits with :data:`CONFINE_FAILED`.
+    Namespaces, rlimits, the working directory and the environment are set here; with a
+    PID namespace the candidate is a grandchild, and it locks itself down (Landlock,
+    seccomp, capabilities) just before ``body`` runs (:func:`lock_down`).
+    """
+    if LINUX and _thread_count() > 1:  # unshare and Landlock need a single thread
+        _mirror_exit(_fork_and_wait(lambda: contain(spec, features, body)))
+    try:
+        set_name(NAME)
+        if features.run_as is not None and os.getuid() == 0:
+            os.chown(spec.workdir, features.run_as, features.run_as)
+            _drop_to(features.run_as)
+        uid, gid = os.getuid(), os.getgid()
+        if features.namespaces:
+            _unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+            _map_ids(uid, gid)
+        _prefer_for_oom_killer()
+        os.chdir(spec.workdir)
+        os.environ.clear()
+        os.environ.update(dict(spec.env))
+        apply_rlimits(spec, in_user_namespace=features.namespaces)
+    except Exception as exc:
+        _say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
+        os._exit(CONFINE_FAILED)
+
+    def candidate() -> int:
+        try:
+            lock_down(spec, features)
+        except Exception as exc:
+            _say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
+            return CONFINE_FAILED
+        return body()
+
+    if features.namespaces:  # this process is outside the new PID namespace: fork into it
+        _mirror_exit(_run_as_namespace_init(candidate))
+    os._exit(_call(candidate))
+
+
+def lock_down(spec: Spec, features: Features) -> None:
+    """The candidate process's last step before its code runs: irreversible restrictions."""
+    if features.landlock_abi or features.seccomp:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if features.landlock_abi:
+        _landlock(features.landlock_abi, spec, own_proc=True)
+    if features.seccomp:
+        _seccomp(allow_processes=spec.allow_processes)
+    if LINUX:
+        _drop_capabilities()
+
+
+def apply_rlimits(spec: Spec, in_user_namespace: bool) -> None:
+    """Lower soft and hard limits (the candidate cannot raise them again)."""
+    limits = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT_BYTES),
+        (resource.RLIMIT_NOFILE, OPEN_FILES_LIMIT),
+        (resource.RLIMIT_CPU, max(1, spec.cpu_time_s)),
+    ]
+    if spec.memory_limit_mb is not None:
+        limits.append((resource.RLIMIT_AS, spec.memory_limit_mb * 2**20))
+    if hasattr(resource, "RLIMIT_NPROC"):
+        tasks = TASKS_PER_CPU * max(spec.threads, os.cpu_count() or 1) + EXTRA_TASKS
+        if not in_user_namespace:  # counted over all of the user's processes
+            tasks += _system_task_count()
+        limits.append((resource.RLIMIT_NPROC, tasks))
+    for kind, value in limits:
+        _, hard = resource.getrlimit(kind)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(kind, (value, value))
+
+
+def _prefer_for_oom_killer() -> None:
+    """``oom_score_adj`` 1000: when memory runs out the kernel kills the candidate first,
+    not the run process (raising one's own score needs no privilege)."""
+    if LINUX:
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+
+
+def set_name(name: bytes) -> None:
+    """The process name ``ps`` and ``/proc/PID/comm`` show (Linux; 15 bytes at most)."""
+    if LINUX:
+        with contextlib.suppress(OSError):
+            _prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
+
+
+def die_with_parent() -> None:
+    """``PR_SET_PDEATHSIG``: SIGKILL this process when its parent dies (Linux)."""
+    if LINUX:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def probe() -> Features:
+    """Try every mechanism in a throw-away child; what worked there is available."""
+    if not LINUX or ARCH is None:
+        return Features(errors=(f"not available on {sys.platform}/{platform.machine()}",))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            report = _probe_here()
+            os.write(write_fd, json.dumps(report.to_dict()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    try:
+        return Features.from_dict(json.loads(data))
+    except ValueError:
+        return Features(errors=("the probe child died",))
+
+
+@functools.lru_cache(maxsize=1)
+def default_read_paths() -> tuple[str, ...]:
+    """Read-only paths a candidate needs: the interpreter, loaded packages, system libs."""
+    import site
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths.update(sysconfig.get_paths().values())
+    with contextlib.suppress(AttributeError):
+        paths.update(site.getsitepackages())
+    for name in ("torch", "numpy", "lemo_nade"):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            paths.add(os.path.dirname(file))
+    paths.update(SYSTEM_READ_PATHS)
+    if has_gpu():
+        paths.update(GPU_READ_PATHS)
+    return tuple(sorted(p for p in paths if p and os.path.exists(p)))
+
+
+def has_gpu() -> bool:
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def _rw_device_paths() -> list[str]:
+    paths = [p for p in DEVICE_RW_PATHS if os.path.exists(p)]
+    if has_gpu():
+        for entry in sorted(os.listdir("/dev")):
+            full = "/dev/" + entry
+            if any(full.startswith(prefix) for prefix in GPU_RW_GLOB):
+                paths.append(full)
+    return paths
+
+
+# ---- process tree --------------------------------------------------------------------
+
+
+def _run_as_namespace_init(body: Callable[[], int]) -> int:
+    """Fork pid 1 of the new PID namespace, which forks the candidate and reaps orphans.
+
+    Returns the candidate's wait status. When pid 1 exits the kernel kills everything
+    left in the namespace.
+    """
+    status_r, status_w = os.pipe()
+    alive_r, alive_w = os.pipe()  # this process holds alive_w: EOF means it died
+    init = os.fork()
+    if init == 0:
+        code = 1
+        try:
+            os.close(status_r)
+            os.close(alive_w)
+            die_with_parent()
+            # pid 1 ignores signals it has no handler for: drop Python's SIGINT handler
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if select.select([alive_r], [], [], 0)[0]:  # the parent died before the prctl
+                os._exit(1)
+            candidate = os.fork()
+            if candidate == 0:
+                os.close(status_w)
+                os.close(alive_r)
+                die_with_parent()
+                os._exit(_call(body))
+            while True:  # pid 1 reaps orphans until the candidate itself ends
+                pid, status = os.waitpid(-1, 0)
+                if pid == candidate:
+                    break
+            os.write(status_w, struct.pack("i", status))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(status_w)
+    os.close(alive_r)
+    _, init_status = os.waitpid(init, 0)
+    with os.fdopen(status_r, "rb") as pipe:
+        data = pipe.read(4)
+    os.close(alive_w)
+    return struct.unpack("i", data)[0] if len(data) == 4 else init_status
+
+
+def _fork_and_wait(child: Callable[[], object]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            die_with_parent()
+            child()
+        finally:
+            os._exit(CONFINE_FAILED)
+    return os.waitpid(pid, 0)[1]
+
+
+def _mirror_exit(status: int) -> NoReturn:
+    """Exit the way a child with wait status ``status`` did: same code, same signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _call(body: Callable[[], int]) -> int:
+    try:
+        code = int(body())
+    except BaseException:  # the candidate may raise anything, SystemExit included
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, (text + "\n").encode(errors="replace"))
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _system_task_count() -> int:
+    """All tasks on the system (an upper bound of the user's): /proc/loadavg's 4th field."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[1])
+    except (OSError, ValueError, IndexError):
+        return 4096
+
+
+# ---- kernel calls ----------------------------------------------------------------------
+
+_libc: Any = None
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise ConfineError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _prctl(option: int, arg: int | ctypes.c_char_p) -> int:
+    value = arg if isinstance(arg, ctypes.c_char_p) else ctypes.c_ulong(arg)
+    zero = ctypes.c_ulong(0)
+    return _check(_lib().prctl(option, value, zero, zero, zero), f"prctl({option})")
+
+
+def _syscall(number: int, *args: Any) -> int:
+    return int(_lib().syscall(ctypes.c_long(number), *args))
+
+
+def _unshare(flags: int) -> None:
+    _check(_lib().unshare(flags), "unshare")
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Map this user to itself in the new user namespace (files keep their owner)."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    if not LINUX or ARCH is None:
+        return 0
+    create = ARCH["landlock"][0]
+    version = _syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(0, version)
+
+
+def _landlock(abi: int, spec: Spec, own_proc: bool = False) -> None:
+    create, add_rule, restrict = ARCH["landlock"] if ARCH else (0, 0, 0)
+    handled = FS_ALL_ABI1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+    attr = struct.pack("=QQQ", handled, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = _check(
+        _syscall(create, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)), "landlock ruleset"
+    )
+    try:
+        file_rights = FS_READ_FILE | FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+        read = FS_READ_FILE | FS_READ_DIR | FS_EXECUTE
+        rules: list[tuple[str, int]] = [(spec.workdir, handled)]
+        rules += [(p, read) for p in (*default_read_paths(), *spec.read_paths)]
+        rules += [(p, file_rights) for p in _rw_device_paths()]
+        if own_proc:  # this process's own /proc/PID (e.g. statm for its memory use)
+            rules.append(("/proc/self", read))
+        for path, rights in rules:
+            _landlock_allow(add_rule, ruleset, path, rights)
+        _check(_syscall(restrict, ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock restrict")
+    finally:
+        os.close(ruleset)
+
+
+def _landlock_allow(add_rule: int, ruleset: int, path: str, rights: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # not there: nothing to allow
+    try:
+        if not os.path.isdir(path):  # directory rights are invalid on a file
+            rights &= FS_EXECUTE | FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE
+        attr = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
+        _check(
+            _syscall(
+                add_rule,
+                ctypes.c_int(ruleset),
+                ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                attr,
+                ctypes.c_uint32(0),
+            ),
+            f"landlock rule for {path}",
+        )
+    finally:
+        os.close(fd)
+
+
+def _seccomp(allow_processes: bool = True) -> None:
+    """Install a BPF filter: the syscalls in ``ARCH['denied']`` fail with EPERM and, unless
+    ``allow_processes``, so does starting a process (threads stay allowed)."""
+    if ARCH is None:
+        raise ConfineError(0, f"seccomp: unknown architecture {platform.machine()}")
+    insns = _seccomp_program(ARCH, allow_processes)
+    blob = b"".join(struct.pack("=HBBI", *i) for i in insns)
+    filters = ctypes.create_string_buffer(blob, len(blob))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(insns), ctypes.addressof(filters))
+    _check(
+        _lib().prctl(
+            PR_SET_SECCOMP,
+            ctypes.c_ulong(SECCOMP_MODE_FILTER),
+            ctypes.byref(prog),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        "seccomp",
+    )
+
+
+Insn = tuple[str, int, str, str]  # op, k, label if true, label if false ("" = next)
+
+
+def _seccomp_program(
+    arch: dict[str, Any], allow_processes: bool
+) -> list[tuple[int, int, int, int]]:
+    """The classic-BPF program, assembled from labelled instructions."""
+    code: list[Insn | str] = [
+        ("ld", 4, "", ""),  # seccomp_data.arch
+        ("jeq", arch["audit"], "native", "kill"),  # another syscall ABI (e.g. int 0x80)
+        "native",
+        ("ld", 0, "", ""),  # seccomp_data.nr
+    ]
+    if arch["x32"] is not None:
+        code.append(("jge", arch["x32"], "kill", ""))
+    code += [("jeq", nr, "deny", "") for nr in arch["denied"].values()]
+    if not allow_processes:
+        code += [("jeq", nr, "deny", "") for nr in arch["spawn"].values()]
+        # clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc use clone
+        code.append(("jeq", arch["clone3"], "nosys", ""))
+        code.append(("jeq", arch["clone"], "", "allow"))
+        code.append(("ld", 16, "", ""))  # clone's flags: low half of args[0]
+        code.append(("jset", CLONE_THREAD, "allow", "deny"))  # a thread, not a process
+    code += [
+        "allow",
+        ("ret", SECCOMP_RET_ALLOW, "", ""),
+        "deny",
+        ("ret", SECCOMP_RET_ERRNO | EPERM, "", ""),
+        "nosys",
+        ("ret", SECCOMP_RET_ERRNO | ENOSYS, "", ""),
+        "kill",
+        ("ret", SECCOMP_RET_KILL_PROCESS, "", ""),
+    ]
+    return _assemble(code)
+
+
+def _assemble(code: list[Insn | str]) -> list[tuple[int, int, int, int]]:
+    ops = {"ld": 0x20, "jeq": 0x15, "jge": 0x35, "jset": 0x45, "ret": 0x06}  # BPF_W|ABS, K
+    labels: dict[str, int] = {}
+    insns: list[Insn] = []
+    for item in code:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+
+    def offset(label: str, at: int) -> int:
+        return 0 if not label else labels[label] - at - 1
+
+    return [(ops[op], offset(t, i), offset(f, i), k) for i, (op, k, t, f) in enumerate(insns)]
+
+
+def _drop_capabilities() -> None:
+    """Empty the bounding, effective, permitted and inheritable sets (where we may)."""
+    for cap in range(64):
+        try:
+            _prctl(PR_CAPBSET_DROP, cap)
+        except ConfineError as exc:
+            if exc.errno == 22:  # EINVAL: past the last capability
+                break
+            if exc.errno == EPERM:  # no CAP_SETPCAP: nothing to drop from the bounding set
+                break
+            raise
+    header = ctypes.create_string_buffer(struct.pack("=Ii", CAPABILITY_VERSION_3, 0), 8)
+    data = ctypes.create_string_buffer(bytes(24), 24)
+    capset = ARCH["capset"] if ARCH else 0
+    _check(_syscall(capset, header, data), "capset")
+
+
+def _probe_here() -> Features:
+    """Runs in the probe child: try each mechanism, keep what worked."""
+    errors: list[str] = []
+    run_as = None
+    if os.getuid() == 0:  # candidates run as nobody if nobody can read the installation
+        if _fork_and_wait(_check_unprivileged_reads) == 0:
+            run_as = NOBODY
+            _drop_to(NOBODY)  # and the rest is probed as nobody, as candidates will run
+        else:
+            errors.append(
+                f"uid {NOBODY} cannot read the Python installation: candidates run as root"
+            )
+    namespaces = False
+    try:
+        uid, gid = os.getuid(), os.getgid()
+        _unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+        _map_ids(uid, gid)
+        pid = os.fork()  # the first process of the new PID namespace
+        if pid == 0:
+            os._exit(0 if os.getpid() == 1 else 1)
+        namespaces = os.waitpid(pid, 0)[1] == 0
+        if not namespaces:
+            errors.append("PID namespace: the first child is not pid 1")
+    except OSError as exc:
+        errors.append(f"user namespaces: {exc}")
+    abi = 0
+    seccomp = False
+    try:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        abi = landlock_abi()
+        if abi:
+            _landlock(abi, Spec(workdir="/nonexistent"))
+        else:
+            errors.append("Landlock: not supported or not enabled by this kernel")
+    except OSError as exc:
+        errors.append(f"Landlock: {exc}")
+        abi = 0
+    try:
+        _seccomp(allow_processes=False)
+        seccomp = True
+    except OSError as exc:
+        errors.append(f"seccomp: {exc}")
+    try:
+        _drop_capabilities()
+    except OSError as exc:
+        errors.append(f"capabilities: {exc}")
+    return Features(
+        namespaces=namespaces,
+        landlock_abi=abi,
+        seccomp=seccomp,
+        run_as=run_as,
+        errors=tuple(errors),
+    )
+
+
+def _drop_to(uid: int) -> None:
+    """Root becomes ``uid`` (group ``uid``, no supplementary groups) for good."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    # a uid change makes the process non-dumpable, which gives its /proc/self files to
+    # root; dumpable again, it may write its own uid_map
+    _prctl(PR_SET_DUMPABLE, 1)
+
+
+def _check_unprivileged_reads() -> None:
+    _drop_to(NOBODY)
+    needed = [os.path.dirname(os.__file__)]  # the standard library
+    for name in ("torch", "numpy", "lemo_nade"):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            needed.append(os.path.dirname(file))
+    ok = all(os.access(p, os.R_OK | os.X_OK) for p in needed)
+    os._exit(0 if ok else 1)

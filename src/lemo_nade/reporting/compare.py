@@ -1,0 +1,97 @@
+"""``lemo-nade compare``: several runs side by side, one row each, as a rich table,
+JSON or CSV. The numbers are those of each run's report summary (paper Tables 3/5/6):
+hours, kWh-PUE and CO2 include a retraining when the run has a ``retrain.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from lemo_nade.reporting.data import COMPARE_COLUMNS, compare_row, load_run
+
+
+def compare_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per run, in the order given; a missing run is a StoreError (bad input)."""
+    return [compare_row(load_run(d)) for d in run_dirs]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    doc = {
+        "columns": list(COMPARE_COLUMNS),
+        "rows": [{k: _clean(v) for k, v in r.items()} for r in rows],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COMPARE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _clean(v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def _f(value: Any, spec: str) -> str:
+    value = _clean(value)
+    return "—" if value is None else format(value, spec)
+
+
+def rich_table(rows: list[dict[str, Any]]) -> Table:
+    """Run id, dataset, llm, setting, iterations, best validation (and test) accuracy,
+    parameters, hours, kWh-PUE, CO2, FPS and LLM cost."""
+    table = Table(title="Runs compared (paper Tables 3/5/6 columns)")
+    heads = (
+        "run",
+        "dataset",
+        "llm",
+        "setting",
+        "iters",
+        "best val acc",
+        "test acc",
+        "params",
+        "hours",
+        "kWh-PUE",
+        "CO2 lbs",
+        "FPS",
+        "energy",
+        "LLM cost",
+    )
+    for h in heads:
+        table.add_column(
+            h,
+            justify="left" if h in ("run", "dataset", "llm", "energy") else "right",
+            overflow="fold",
+            no_wrap=h == "run",
+        )
+    for r in rows:
+        acc, test, cost = r["val_accuracy"], r["test_accuracy"], r["llm_cost_usd"]
+        table.add_row(
+            r["run_id"],
+            r["dataset"],
+            r["llm"],
+            _f(r["setting"], ""),
+            f"{r['iterations']}" + ("" if r["status"] == "finished" else f" ({r['status']})"),
+            _f(None if acc is None else 100 * acc, ".2f") + ("%" if acc is not None else ""),
+            _f(None if test is None else 100 * test, ".2f") + ("%" if test is not None else ""),
+            _f(r["params"], ","),
+            _f(r["hours"], ".4f"),
+            _f(r["kwh_pue"], ".3e"),
+            _f(r["co2_lbs"], ".3e"),
+            _f(r["fps"], ",.0f"),
+            r["energy_source"] or "—",
+            "—" if cost is None else f"${cost:.4f}",
+        )
+    return table

@@ -1,0 +1,188 @@
+"""A sweep's results as one table shaped like the paper's Tables 3-10, and a plot.
+
+One row per planned run, in plan order (the product of the axes, the first axis
+varying slowest: ``llm`` then ``setting`` gives Table 3's rows, ``temperature`` then
+``setting`` gives Table 8's). The same rows are written as Markdown, CSV and JSON.
+Metrics come from :func:`lemo_nade.report.run_summary` over the run's store, so they
+mean exactly what ``lemo-nade show`` says: the best candidate by CM, search energy
+as kWh-PUE (Eq. 2) and CO2 (Eq. 3). ``hours`` is the search time; the paper's also
+includes retraining. ``test_acc`` stays empty until a run reports a test accuracy.
+
+Pure except for the plot, which imports matplotlib (Agg, no display) when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lemo_nade.config import config_from_json
+from lemo_nade.report import run_summary
+from lemo_nade.store import DB_NAME, RunStore
+from lemo_nade.sweep import read_plan, read_status, run_dir_of
+
+PLOT_NAME = "accuracy_vs_energy.png"
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _sci(v: Any) -> str:
+    return f"{v:.2E}"
+
+
+def _g4(v: Any) -> str:
+    return f"{v:.4g}"
+
+
+# (key, Markdown header, Markdown format); the rows' other keys are the axes and "run".
+METRICS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("status", "status", str),
+    ("iterations_done", "iters", str),
+    ("test_accuracy", "test acc", _pct),
+    ("val_accuracy", "val acc", _pct),
+    ("params", "params", lambda v: f"{v:,}"),
+    ("search_hours", "hours", _g4),
+    ("search_kwh_pue", "kWh-PUE", _g4),
+    ("search_co2_lbs", "CO2 lbs", _g4),
+    ("fps", "FPS", lambda v: f"{v:,.0f}"),
+    ("infer_kwh_pue_per_image", "infer kWh-PUE/img", _sci),
+    ("infer_co2_lbs_per_image", "infer CO2 lbs/img", _sci),
+    ("energy_source", "energy", str),
+)
+
+
+def sweep_rows(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The axis keys and one row per planned run (pending runs have empty metrics)."""
+    plan = read_plan(sweep_dir)
+    status = read_status(sweep_dir)
+    rows = []
+    for run in plan["runs"]:
+        row: dict[str, Any] = {"run": run["name"], **run["axes"]}
+        row.update(_run_metrics(run_dir_of(sweep_dir, run["name"]), status.get(run["name"])))
+        rows.append(row)
+    return list(plan["axes"]), rows
+
+
+def _run_metrics(run_dir: Path, last: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {key: None for key, _, _ in METRICS}
+    row.update(status="pending", iterations_done=0, error=None)
+    if (run_dir / DB_NAME).is_file():
+        with RunStore.open(run_dir) as store:
+            records = store.iterations()
+            row["status"] = store.status()[0]
+            config = config_from_json(store.config_json())
+        s = run_summary(records, config)
+        row.update(
+            iterations_done=s["iterations"],
+            test_accuracy=s.get("test_accuracy"),
+            val_accuracy=s["best_validation_accuracy"],
+            params=s["best_params"],
+            search_hours=s["search_hours"],
+            search_kwh_pue=s["search_kwh_pue"],
+            search_co2_lbs=s["search_co2_lbs"],
+            fps=s["best_fps"],
+            infer_kwh_pue_per_image=s["inference_kwh_pue_per_image"],
+            infer_co2_lbs_per_image=s["inference_co2_lbs_per_image"],
+            energy_source=s["energy_source"],
+        )
+    if last and last.get("state") == "failed" and row["status"] != "finished":
+        row.update(status="failed", error=last.get("reason"))
+    return row
+
+
+def columns(axis_keys: list[str]) -> list[str]:
+    return ["run", *axis_keys, *(key for key, _, _ in METRICS), "error"]
+
+
+def to_markdown(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
+    fmt = {key: f for key, _, f in METRICS}
+    headers = [*axis_keys, *(h for _, h, _ in METRICS)]
+    keys = [*axis_keys, *(k for k, _, _ in METRICS)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [_cell(row.get(k), fmt.get(k, str)) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        lines += ["", *(f"- {r['run']} failed: {r['error']}" for r in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return fmt(value).replace("|", "\\|")
+
+
+def to_csv(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(axis_keys), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_json(sweep_dir: Path, axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
+    doc = {"sweep_dir": str(sweep_dir), "columns": columns(axis_keys), "rows": rows}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def plot_accuracy_vs_energy(axis_keys: list[str], rows: list[dict[str, Any]], path: Path) -> bool:
+    """Best validation accuracy against search energy, one point per run, coloured by
+    the first axis and labelled by the others. False (no file) when no run has both."""
+    points = [r for r in rows if r["val_accuracy"] is not None and r["search_kwh_pue"]]
+    if not points:
+        return False
+    from matplotlib.figure import Figure  # the object API: Agg, no global pyplot state
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    group_key, label_keys = (axis_keys[0], axis_keys[1:]) if axis_keys else (None, [])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in points:
+        groups.setdefault(str(row[group_key]) if group_key else "runs", []).append(row)
+    for group, members in groups.items():
+        xs = [r["search_kwh_pue"] for r in members]
+        ys = [100 * r["val_accuracy"] for r in members]
+        ax.scatter(xs, ys, label=f"{group_key}={group}" if group_key else group)
+        for row, x, y in zip(members, xs, ys, strict=True):
+            label = ",".join(f"{k}={row[k]}" for k in label_keys)
+            if label:
+                ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    energies = [r["search_kwh_pue"] for r in points]
+    if max(energies) > 100 * min(energies):
+        ax.set_xscale("log")
+    ax.set_xlabel("search energy (kWh-PUE, Eq. 2)")
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_title("accuracy vs energy across runs")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[dict[str, str], list[Path]]:
+    """Write ``sweep.md``, ``sweep.csv``, ``sweep.json`` and the plot into ``out_dir``
+    (default ``SWEEP_DIR/report``); return the texts by file name and the files written."""
+    axis_keys, rows = sweep_rows(sweep_dir)
+    out_dir = out_dir or sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "sweep.md": to_markdown(axis_keys, rows),
+        "sweep.csv": to_csv(axis_keys, rows),
+        "sweep.json": to_json(sweep_dir, axis_keys, rows),
+    }
+    written = []
+    for name, text in texts.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        written.append(out_dir / name)
+    if plot_accuracy_vs_energy(axis_keys, rows, out_dir / PLOT_NAME):
+        written.append(out_dir / PLOT_NAME)
+    return texts, written
