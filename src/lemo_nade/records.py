@@ -75,6 +75,11 @@ class Metrics:
     E1_parts: dict[str, float] = field(default_factory=dict)  # kWh by part: cpu, ram, gpu
     E2_parts: dict[str, float] = field(default_factory=dict)
     energy_note: str = ""  # why a sensor was not used (e.g. RAPL root-only)
+    # retrain only: accuracy on the held-out test set, measured once at the end
+    test_accuracy: float | None = None
+    test_images: int = 0
+    test_energy_kwh: float | None = None  # device energy of the test-set pass
+    best_epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +205,7 @@ class EvalJob:
     channels_last: str = "auto"  # auto (on CUDA only), on, off
     compile: bool = False  # torch.compile the model for training
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

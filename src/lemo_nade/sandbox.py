@@ -149,13 +149,19 @@ def evaluate(
     log_cap_bytes: int = 64_000,
     *,
     fresh_process: bool = False,
+    workdir: Path | None = None,
 ) -> Evaluation:
-    """Policy-check ``job.code``, then build, train and measure it in a sandboxed child."""
+    """Policy-check ``job.code``, then build, train and measure it in a sandboxed child.
+
+    ``workdir``: a directory to use (and keep) instead of a fresh temporary one; the
+    only place the child may write. ``retrain`` keeps its checkpoints there."""
     verdict = policy.check(job.code)
     if verdict is not None:
         status, message = verdict
         return Evaluation(status, error=message)
-    return run_child(job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process=fresh_process)
+    return run_child(
+        job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process=fresh_process, workdir=workdir
+    )
 
 
 def run_child(
@@ -165,16 +171,25 @@ def run_child(
     log_cap_bytes: int = 64_000,
     *,
     fresh_process: bool = False,
+    workdir: Path | None = None,
 ) -> Evaluation:
     """:func:`evaluate` without the policy check: for tests and trusted code."""
     start = time.perf_counter()
     _sweep_once()
     try:
-        prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
-        with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        if workdir is not None:
+            workdir = workdir.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "result.json").unlink(missing_ok=True)  # never read a stale result
             evaluation = _run_in(
-                Path(tmp), job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
+                workdir, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
             )
+        else:
+            prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
+            with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+                evaluation = _run_in(
+                    Path(tmp), job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
+                )
     except (OSError, subprocess.SubprocessError) as exc:  # e.g. the rlimits could not be set
         evaluation = Evaluation(Status.CRASHED, error=f"sandbox: could not run the child: {exc}")
     return replace(evaluation, wall_time_s=time.perf_counter() - start)

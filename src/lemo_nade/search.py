@@ -150,6 +150,32 @@ def elapsed_s(records: list[IterationRecord]) -> float:
     return sum(max(0.0, r.finished_at - r.started_at) for r in records)
 
 
+def search_job(cfg: RunConfig, code: str) -> EvalJob:
+    """The sandbox job that trains and measures ``code`` under ``cfg``'s search protocol."""
+    subset = cfg.search_subset  # an int is images per class, a float a fraction of each
+    return EvalJob(
+        code=code,
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        plateau_patience=cfg.plateau_patience,
+        seed=cfg.seed,
+        split_seed=cfg.seed,
+        augment=cfg.augment,
+        threads=cfg.threads,
+        cpu_power_w_per_core=cfg.cpu_power_w_per_core,
+        subset_per_class=subset if isinstance(subset, int) else 0,
+        subset_fraction=subset if isinstance(subset, float) else 1.0,
+        early_stopping_patience=cfg.early_stopping_patience,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+        deterministic=cfg.deterministic,
+    )
+
+
 class _Loop:
     def __init__(
         self,
@@ -305,29 +331,7 @@ class _Loop:
         )
 
     def job(self, code: str) -> EvalJob:
-        cfg = self.config
-        subset = cfg.search_subset  # an int is images per class, a float a fraction of each
-        return EvalJob(
-            code=code,
-            dataset=cfg.dataset,
-            data_dir=cfg.data_dir,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            plateau_patience=cfg.plateau_patience,
-            seed=cfg.seed,
-            split_seed=cfg.seed,
-            augment=cfg.augment,
-            threads=cfg.threads,
-            cpu_power_w_per_core=cfg.cpu_power_w_per_core,
-            subset_per_class=subset if isinstance(subset, int) else 0,
-            subset_fraction=subset if isinstance(subset, float) else 1.0,
-            early_stopping_patience=cfg.early_stopping_patience,
-            amp=cfg.amp,
-            channels_last=cfg.channels_last,
-            compile=cfg.compile,
-            deterministic=cfg.deterministic,
-        )
+        return search_job(self.config, code)
 
     def timeout_s(self, records: list[IterationRecord]) -> float:
         """The candidate limit, shortened so a time budget is not overrun by much."""

@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,14 @@ from lemo_nade.records import EvalJob
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SWITCHES = ("auto", "on", "off")
+
+
+class Checkpoint(Protocol):
+    """Where ``train`` keeps its state after every epoch, to continue after a crash."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
 
 
 class TrainingDiverged(ArithmeticError):
@@ -131,6 +139,7 @@ def train(
     weight_decay: float = 0.0,
     log: Callable[[str], None] | None = None,
     augment_spec: Augment = PAPER_AUGMENT,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``split.x_train`` for up to ``job.epochs`` epochs.
 
@@ -146,7 +155,7 @@ def train(
     device = split.x_train.device
     rt = runtime_for(job, device)
     with _determinism(job.deterministic, device):
-        return _train(model, split, job, rt, weight_decay, log, augment_spec)
+        return _train(model, split, job, rt, weight_decay, log, augment_spec, checkpoint)
 
 
 def _train(
@@ -157,6 +166,7 @@ def _train(
     weight_decay: float,
     log: Callable[[str], None] | None,
     spec: Augment,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -172,8 +182,20 @@ def _train(
     patience = job.early_stopping_patience
     best, best_epoch, best_state = math.inf, 0, None
     train_loss = val_loss = float("nan")
-    epoch = 0
-    for epoch in range(1, job.epochs + 1):
+    epoch = start = 0
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        shuffle.set_state(saved["shuffle"])
+        if warp is not None and saved.get("warp") is not None:
+            warp.set_state(saved["warp"])
+        best, best_epoch, best_state = saved["best"], saved["best_epoch"], saved["best_state"]
+        epoch = start = saved["epoch"]
+        train_loss, val_loss = saved["train_loss"], saved["val_loss"]
+        if log is not None:
+            log(f"resumed from the checkpoint of epoch {start}")
+    for epoch in range(start + 1, job.epochs + 1):
         train_loss = train_epoch(
             step_model, split, optimizer, job.batch_size, shuffle, warp, epoch, rt, scaler, spec
         )
@@ -194,6 +216,22 @@ def _train(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif patience > 0 and epoch - best_epoch >= patience:
             break
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "shuffle": shuffle.get_state(),
+                    "warp": warp.get_state() if warp is not None else None,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                }
+            )
     stopped = epoch < job.epochs
     if best_state is not None and best_epoch != epoch:
         model.load_state_dict(best_state)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lemo_nade import confine
-from lemo_nade.engine import measure
+from lemo_nade.engine import measure, retrain
 from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
@@ -114,8 +114,9 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     sensors = measure.sensors_for(device)  # RAPL / NVML where readable, else the estimate
     power = (job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     measure_s = time.perf_counter() - sensors_start
+    checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
     with _stage(Status.FAILED_TRAIN, "training"), measure.energy_span(*power) as e1:
-        result = train(model, split, job, weight_decay, log)
+        result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
     with _stage(Status.FAILED_TRAIN, "measuring"):
         # paper Algorithm 1: A1 <- Model.eval(train_set); [E2, A2] <- Model.eval(val)
         a1, train_loss = measure.accuracy_and_loss(
@@ -129,7 +130,22 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         flops = measure.flops_per_image(model, split.x_val, split.normalize)
         speed = measure.measure_speed(model, split.x_val, job.batch_size, split.normalize)
         measure_s += time.perf_counter() - extra_start
+    test: dict[str, Any] = {}
+    if job.mode == "retrain":  # the held-out test set, once, after training
+        with _stage(Status.FAILED_TRAIN, "testing"):
+            with measure.energy_span(*power) as e3:
+                accuracy, images = retrain.test_accuracy(
+                    model, job.dataset, job.data_dir, split, job.batch_size
+                )
+            retrain.save_weights(model, Path.cwd())
+        test = {
+            "test_accuracy": accuracy,
+            "test_images": images,
+            "test_energy_kwh": e3.energy_kwh,
+            "best_epoch": result.best_epoch,
+        }
     return Metrics(
+        **test,
         A1=a1,
         A2=a2,
         E1=e1.energy_kwh,

@@ -1,0 +1,73 @@
+"""The retrain child's extras: checkpoints in its working directory, the test set once,
+and the trained weights. Runs inside the sandbox (``EvalJob.mode == "retrain"``), whose
+working directory is the run's ``retrain/NNN/`` folder: the only place it may write.
+
+Checkpoints are ``torch.save`` files written atomically after every epoch and read
+with ``weights_only=True`` (tensors, numbers and dicts only; no pickled code).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lemo_nade.engine import measure
+from lemo_nade.engine.data import Split, load
+
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"  # the epoch reached, for the parent's progress bar (no torch)
+WEIGHTS = "model_state.pt"
+
+
+class FileCheckpoint:
+    """``checkpoint.pt`` in ``folder``, replaced atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / CHECKPOINT
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        progress = {
+            "epoch": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "train_loss": _finite(state["train_loss"]),
+            "val_loss": _finite(state["val_loss"]),
+        }
+        tmp_json = self.path.with_name(PROGRESS + ".tmp")
+        tmp_json.write_text(json.dumps(progress))
+        os.replace(tmp_json, self.path.with_name(PROGRESS))
+
+
+def test_accuracy(
+    model: nn.Module, dataset: str, data_dir: str | None, split: Split, batch_size: int
+) -> tuple[float, int]:
+    """Accuracy on the held-out test set, normalised with the training split's statistics."""
+    raw = load(dataset, data_dir)
+    device = split.x_train.device
+    x, y = raw.x_test.to(device), raw.y_test.to(device)
+    accuracy, _loss = measure.accuracy_and_loss(model, x, y, batch_size, split.normalize)
+    return accuracy, len(x)
+
+
+def save_weights(model: nn.Module, folder: Path) -> None:
+    tmp = folder / (WEIGHTS + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, folder / WEIGHTS)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,197 @@
+"""``lemo-nade retrain``: the chosen candidate, from scratch, under the paper's final
+protocol (Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR x0.1 after a
+20-epoch plateau; early stopping is ours), on the full training split (no search
+subset), then the held-out test set once.
+
+It runs in the sandbox like any candidate, with the run's ``retrain/NNN/`` folder as the
+child's working directory: the child writes ``checkpoint.pt`` there after every epoch
+(and ``progress.json`` for the progress bar), so an interrupted retrain continues from
+its last epoch when run again. The result goes into the run store (event
+``retrained``) and into ``RUN_DIR/retrain.json``, which ``report`` reads.
+
+Honest accounting: ``hours`` and ``kwh_pue`` cover the session that finished; after a
+resume they do not include earlier, interrupted sessions (``resumed_from_epoch`` says so).
+
+Pure main-process side: no torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lemo_nade import sandbox
+from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.records import Evaluation, Status
+from lemo_nade.score import co2_lbs, energy_to_kwh_pue
+from lemo_nade.search import best_of, search_job
+from lemo_nade.store import IterationRecord, RunStore, StoreError
+
+RESULT = "retrain.json"
+PROGRESS = "progress.json"
+DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+class RetrainError(StoreError):
+    """The run cannot be retrained as asked (no such candidate, nothing succeeded)."""
+
+
+def workdir(run_dir: Path, idx: int) -> Path:
+    return Path(run_dir) / "retrain" / f"{idx:03d}"
+
+
+def choose(records: list[IterationRecord], candidate: int | None) -> IterationRecord:
+    if candidate is None:
+        best = best_of(records)
+        if best is None:
+            raise RetrainError("the run has no successful candidate to retrain")
+        return best
+    chosen = next((r for r in records if r.idx == candidate), None)
+    if chosen is None:
+        raise RetrainError(
+            f"candidate {candidate} is not in the run (it has iterations 0..{len(records) - 1})"
+        )
+    if chosen.status is not Status.OK:
+        raise RetrainError(
+            f"candidate {candidate} did not succeed ({chosen.status.value}); choose another"
+        )
+    return chosen
+
+
+def retrain(
+    run_dir: Path,
+    candidate: int | None = None,
+    final: dict[str, Any] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Retrain, test, record; returns what was written to ``retrain.json``."""
+    with RunStore.open(run_dir, writer=True) as store:
+        config = config_from_json(store.config_json())
+        if final:
+            config = config.model_validate({**config.model_dump(), "final": final})
+        chosen = choose(store.iterations(), candidate)
+        folder = workdir(run_dir, chosen.idx)
+        resumed = _progress(folder).get("epoch", 0)
+        job = replace(
+            search_job(config, chosen.code),
+            epochs=config.final.epochs,
+            batch_size=config.final.batch_size,
+            lr=config.final.lr,
+            plateau_patience=config.final.plateau_patience,
+            early_stopping_patience=config.final.early_stopping_patience,
+            subset_per_class=0,
+            subset_fraction=1.0,
+            mode="retrain",
+        )
+        store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
+        start = time.time()
+        evaluation = _with_progress(
+            folder,
+            on_progress,
+            lambda: sandbox.evaluate(job, timeout_s, config.memory_limit_mb, workdir=folder),
+        )
+        if evaluation.status is not Status.OK or evaluation.metrics is None:
+            store.add_event(
+                "retrain_failed", {"iteration": chosen.idx, "status": evaluation.status.value}
+            )
+            raise RuntimeError(
+                f"retraining candidate {chosen.idx} failed ({evaluation.status.value}): "
+                f"{evaluation.error.strip().splitlines()[-1] if evaluation.error else ''}; "
+                "run the command again to continue from the last checkpoint"
+            )
+        result = summarise(chosen, evaluation, config, time.time() - start, resumed, folder)
+        _atomic_json(Path(run_dir) / RESULT, result)
+        store.add_event("retrained", result)
+    return result
+
+
+def summarise(
+    chosen: IterationRecord,
+    evaluation: Evaluation,
+    config: RunConfig,
+    seconds: float,
+    resumed: int,
+    folder: Path,
+) -> dict[str, Any]:
+    m = evaluation.metrics
+    assert m is not None
+    kwh = energy_to_kwh_pue(m.E1 + (m.test_energy_kwh or 0.0), config.pue)
+    per_image = None
+    if m.test_energy_kwh is not None and m.test_images:
+        per_image = energy_to_kwh_pue(m.test_energy_kwh / m.test_images, config.pue)
+    return {
+        "iteration": chosen.idx,
+        "test_accuracy": m.test_accuracy,
+        "test_images": m.test_images,
+        "validation_accuracy": m.A2,
+        "training_accuracy": m.A1,
+        "params": m.P,
+        "epochs": m.epochs_run,
+        "best_epoch": m.best_epoch,
+        "resumed_from_epoch": resumed,
+        "hours": seconds / 3600,
+        "kwh_pue": kwh,
+        "co2_lbs": co2_lbs(kwh, config.co2_lbs_per_kwh),
+        "fps": m.F,
+        "latency_ms_p50": m.latency_ms_p50,
+        "latency_ms_p95": m.latency_ms_p95,
+        "inference_kwh_pue_per_image": per_image,
+        "inference_co2_lbs_per_image": (
+            co2_lbs(per_image, config.co2_lbs_per_kwh) if per_image is not None else None
+        ),
+        "energy_source": m.energy_source,
+        "protocol": config.final.model_dump(),
+        "weights": f"retrain/{folder.name}/model_state.pt",  # relative to the run directory
+    }
+
+
+def _progress(folder: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((folder / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _with_progress(
+    folder: Path,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    work: Callable[[], Evaluation],
+) -> Evaluation:
+    """Run ``work`` here while a thread reports ``progress.json`` as it changes."""
+    if on_progress is None:
+        return work()
+    done = threading.Event()
+
+    def poll() -> None:
+        last: dict[str, Any] = {}
+        while not done.wait(0.5):
+            now = _progress(folder)
+            if now and now != last:
+                on_progress(now)
+                last = now
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        return work()
+    finally:
+        done.set()
+        thread.join()
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
+    }
+    tmp.write_text(json.dumps(clean, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,82 @@
+"""`lemo-nade retrain`: final protocol in the sandbox, test set once, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lemo_nade.cli import app
+from lemo_nade.store import RunStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    args = ["run", "--iterations", "2", "--epochs", "1", "--seed", "4", "--runs-dir", str(runs)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (found,) = list(runs.iterdir())
+    return found
+
+
+def test_retrain_writes_test_accuracy_and_records_it(run_dir: Path) -> None:
+    result = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "3", "--json", "--fresh"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == json.loads((run_dir / "retrain.json").read_text())
+    assert 0.0 < doc["test_accuracy"] <= 1.0 and doc["test_images"] == 359  # digits' test set
+    assert doc["epochs"] == 3 and doc["resumed_from_epoch"] == 0
+    assert doc["protocol"]["batch_size"] == 1024 and doc["protocol"]["lr"] == 0.01
+    assert doc["fps"] > 0 and doc["inference_kwh_pue_per_image"] > 0
+    assert (run_dir / doc["weights"]).is_file()
+    with RunStore.open(run_dir) as st:
+        events = {kind: data for _, kind, data in st.events()}
+    assert events["retrained"]["test_accuracy"] == doc["test_accuracy"]
+
+
+def test_bad_candidates_are_refused(run_dir: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["retrain", str(run_dir), "--candidate", "7"])
+    assert missing.exit_code == 2 and "not in the run" in missing.output
+    nowhere = runner.invoke(app, ["retrain", str(tmp_path)])
+    assert nowhere.exit_code == 2 and "not a run directory" in nowhere.output
+
+
+def _progress(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "progress.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> None:
+    best = json.loads(runner.invoke(app, ["show", str(run_dir), "--json"]).stdout)["summary"]
+    folder = run_dir / "retrain" / f"{best['best_iteration']:03d}"
+    args = [sys.executable, "-m", "lemo_nade", "retrain", str(run_dir), "--epochs", "12"]
+    proc = subprocess.Popen(
+        [*args, "--fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while _progress(folder) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        reached = _progress(folder)
+        assert 3 <= reached < 12, reached
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["resumed_from_epoch"] >= reached and doc["epochs"] == 12
