@@ -80,3 +80,61 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["resumed_from_epoch"] >= reached and doc["epochs"] == 12
+
+
+LOADERS = {
+    "state_dict": (
+        "import importlib.util, sys, torch\n"
+        "spec = importlib.util.spec_from_file_location('m', sys.argv[1] + '/model.py')\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "net = mod.Net(); net.load_state_dict(torch.load(sys.argv[1] + '/model_state.pt'))\n"
+        "net.eval(); f = lambda x: net(x)\n"
+    ),
+    "torchscript": "import sys, torch\nnet = torch.jit.load(sys.argv[1] + '/model.ts')\nf = net\n",
+    "onnx": (
+        "import sys, torch, onnxruntime\n"
+        "s = onnxruntime.InferenceSession(sys.argv[1] + '/model.onnx')\n"
+        "f = lambda x: torch.from_numpy(s.run(None, {'input': x.numpy()})[0])\n"
+    ),
+}
+CHECK = (
+    "x = torch.load(sys.argv[1] + '/sample_input.pt')\n"
+    "want = torch.load(sys.argv[1] + '/expected_logits.pt')\n"
+    "with torch.no_grad():\n    got = f(x)\n"
+    "assert torch.equal(got.argmax(1), want.argmax(1))\n"
+    "print(float((got - want).abs().max()))\n"
+)
+
+
+def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
+    fresh = runner.invoke(app, ["export", str(run_dir), "--format", "state_dict"])
+    if not (run_dir / "retrain.json").exists():
+        assert fresh.exit_code == 2 and "no retrained model" in fresh.output
+        assert runner.invoke(app, ["retrain", str(run_dir), "--epochs", "2"]).exit_code == 0
+    formats = ["state_dict", "torchscript"]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        formats.append("onnx")
+    except ImportError:
+        pass
+    for fmt in formats:
+        result = runner.invoke(app, ["export", str(run_dir), "--format", fmt, "--json"])
+        assert result.exit_code == 0, result.output
+        card = json.loads(result.stdout)
+        folder = run_dir / "export" / fmt
+        assert card["export_check"]["max_abs_diff"] < 1e-4
+        assert json.loads((folder / "preprocess.json").read_text())["input_shape"] == [1, 8, 8]
+        assert card["metrics"]["test_accuracy"] is not None
+        done = subprocess.run(
+            [sys.executable, "-c", LOADERS[fmt] + CHECK, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert float(done.stdout) < 1e-4
+    bad = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
+    assert bad.exit_code == 2 and "allowed: state_dict, torchscript, onnx" in bad.output
+    assert not list((run_dir / "export").glob(".*.tmp"))

@@ -353,6 +353,32 @@ def retrain_cmd(
     )
 
 
+@app.command("export")
+@friendly
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a retrained model.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="state_dict, torchscript or onnx (needs [onnx]).")
+    ] = "state_dict",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
+) -> None:
+    """Write the retrained model with its source, preprocessing and a model card to
+    RUN_DIR/export/FORMAT/, checked against PyTorch on real test images."""
+    from lemo_nade.export import export
+
+    card = export(run_dir, fmt)
+    if as_json:
+        sys.stdout.write(json.dumps(card, indent=2) + "\n")
+        return
+    check = card["export_check"]
+    out.print(
+        f"wrote {card['path']} ({', '.join(card['files'])}); max abs difference to PyTorch "
+        f"{check['max_abs_diff']:.2e} on {check['on']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("doctor")
 @friendly
 def doctor_cmd(

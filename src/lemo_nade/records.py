@@ -205,7 +205,9 @@ class EvalJob:
     channels_last: str = "auto"  # auto (on CUDA only), on, off
     compile: bool = False  # torch.compile the model for training
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set
+    mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set;
+    # "export": load the retrained weights and write ``export_format`` (see lemo_nade.export)
+    export_format: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -83,6 +83,12 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
     for anything the candidate does."""
     start = time.perf_counter()
     try:
+        if job.mode == "export":
+            from lemo_nade.engine.export import export_model
+
+            with _stage(Status.FAILED_BUILD, f"exporting as {job.export_format}"):
+                export_model(job, Path.cwd(), build=lambda: _build(load_candidate(job.code)))
+            return Evaluation(Status.OK, wall_time_s=time.perf_counter() - start)
         metrics = _evaluate(job, log)
     except StageFailed as failed:
         return Evaluation(
