@@ -6,7 +6,8 @@ varying slowest: ``llm`` then ``setting`` gives Table 3's rows, ``temperature`` 
 Metrics come from :func:`lemo_nade.report.run_summary` over the run's store, so they
 mean exactly what ``lemo-nade show`` says: the best candidate by CM, search energy
 as kWh-PUE (Eq. 2) and CO2 (Eq. 3). ``hours`` is the search time; the paper's also
-includes retraining. ``test_acc`` stays empty until a run reports a test accuracy.
+includes retraining. ``test_acc`` comes from each run's ``retrain.json`` (written by
+``lemo-nade retrain``); it is empty before.
 
 Pure except for the plot, which imports matplotlib (Agg, no display) when asked.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from lemo_nade.config import config_from_json
 from lemo_nade.report import run_summary
+from lemo_nade.reporting.data import load_retrain
 from lemo_nade.store import DB_NAME, RunStore
 from lemo_nade.sweep import read_plan, read_status, run_dir_of
 
@@ -81,7 +83,7 @@ def _run_metrics(run_dir: Path, last: dict[str, Any] | None) -> dict[str, Any]:
         s = run_summary(records, config)
         row.update(
             iterations_done=s["iterations"],
-            test_accuracy=s.get("test_accuracy"),
+            test_accuracy=(load_retrain(run_dir) or {}).get("test_accuracy"),
             val_accuracy=s["best_validation_accuracy"],
             params=s["best_params"],
             search_hours=s["search_hours"],
