@@ -17,7 +17,8 @@ import torch
 
 from lemo_nade import datasets
 from lemo_nade.datasets import DATASETS, DatasetError, OfficialFile, resolve_dataset
-from lemo_nade.engine.data import load
+from lemo_nade.engine.data import load, split_for_job
+from lemo_nade.records import EvalJob
 
 CIFAR_SUBSET = Path(__file__).parents[2] / "shared/data/cifar-10-subset"
 needs_cifar = pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="CIFAR-10 subset not present")
@@ -342,3 +343,12 @@ def test_real_cifar10_subset() -> None:
     assert len(raw.notes) == 6
     assert all("(1017 images, the official file has 10000)" in n for n in raw.notes)
     assert resolve_dataset("cifar10", str(CIFAR_SUBSET / "cifar-10-batches-py")).num_classes == 10
+
+
+@needs_cifar
+def test_the_worker_logs_what_was_verified() -> None:
+    job = EvalJob(code="", dataset="cifar10", data_dir=str(CIFAR_SUBSET), epochs=1)
+    lines: list[str] = []
+    split = split_for_job(job, log=lines.append)
+    assert len(split.x_train) + len(split.x_val) == 5085 and len(split.x_val) == 509
+    assert len(lines) == 6 and lines[0].startswith("data: cifar-10-batches-py/data_batch_1: not")

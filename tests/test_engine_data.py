@@ -134,8 +134,10 @@ def test_split_for_job_uses_the_jobs_split_and_subset() -> None:
     split = split_for_job(job)
     direct = make_split(load("digits", None), 0.1, seed=2)
     assert torch.equal(split.y_train, direct.y_train) and torch.equal(split.y_val, direct.y_val)
-    small = split_for_job(EvalJob(**{**job.to_dict(), "subset_per_class": 7}), "cpu")
+    lines: list[str] = []
+    small = split_for_job(EvalJob(**{**job.to_dict(), "subset_per_class": 7}), "cpu", lines.append)
     assert len(small.x_train) == 70 and torch.equal(small.y_val, direct.y_val)
+    assert lines == []  # the built-in dataset has no checksum notes
 
 
 def test_normalisation_uses_train_split_stats() -> None:

@@ -29,7 +29,7 @@ import hashlib
 import io
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -459,10 +459,19 @@ def make_split(
     )
 
 
-def split_for_job(job: EvalJob, device: torch.device | str | None = None) -> Split:
-    """Load ``job``'s dataset and make its split (with the search subset, if any)."""
+def split_for_job(
+    job: EvalJob,
+    device: torch.device | str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Split:
+    """Load ``job``'s dataset and make its split (with the search subset, if any);
+    ``log`` gets the loader's notes (which files matched their official checksums)."""
+    raw = load(job.dataset, job.data_dir)
+    if log is not None:
+        for note in raw.notes:
+            log(f"data: {note}")
     split = make_split(
-        load(job.dataset, job.data_dir),
+        raw,
         job.val_fraction,
         job.split_seed,
         subset_per_class=job.subset_per_class,

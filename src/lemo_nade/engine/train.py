@@ -254,11 +254,11 @@ def tune_cpu_allocator() -> bool:
     By default glibc serves every block above its mmap threshold (at most 32 MB) with a
     fresh ``mmap`` and returns it with ``munmap`` on free, so each training step of a
     CNN at batch 512 re-faults its activations page by page: on the 2-core development
-    VM that was ~2 million page faults and ~60 % of the wall time of an epoch (see
-    ``bench/train.py``). Raising the mmap and trim thresholds to 1 GiB lets freed
-    blocks be reused instead. The cost: the process keeps its peak heap until it exits,
-    which suits the one-candidate sandbox child. Returns whether the settings took
-    (False off glibc, e.g. on macOS or musl).
+    VM that was ~2 million page faults per epoch, and a plain training loop ran 2.0x
+    faster with this setting than without (``bench/train.py``). Raising the mmap and
+    trim thresholds to 1 GiB lets freed blocks be reused instead. The cost: the process
+    keeps its peak heap until it exits, which suits the one-candidate sandbox child.
+    Returns whether the settings took (False off glibc, e.g. on macOS or musl).
     """
     global _allocator_tuned
     if _allocator_tuned is None:

@@ -113,7 +113,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         model = _build(namespace)
         weight_decay = _weight_decay(namespace)
     with _stage(Status.FAILED_TRAIN, "loading the dataset"):
-        split = split_for_job(job, device)  # the seeded 9:1 split (and search subset)
+        split = split_for_job(job, device, log)  # the seeded 9:1 split (and search subset)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
         check_shape(model.to(device), split)
     sensors_start = time.perf_counter()
