@@ -86,7 +86,8 @@ def _json_arg(text: str | None, what: str) -> dict[str, Any]:
 def run_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="digits (built-in), cifar10, cifar100, npz:PATH.")
+        str | None,
+        typer.Option(help="digits (built-in), cifar10, cifar100, imagenet16-120, npz:PATH."),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
     llm: Annotated[
