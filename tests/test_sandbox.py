@@ -312,12 +312,15 @@ def test_interrupt_while_waiting_still_kills_the_child(
     sandbox.isolation()  # the fork server is up before the clock starts
     server = sandbox.server_pid()
     code = "class Net:\n    def __init__(self):\n        while True:\n            pass\n"
+    # A shell's background job starts with SIGINT ignored; Ctrl-C needs Python's handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = _interrupt_soon(1.5)
     try:
         with pytest.raises(KeyboardInterrupt):
             sandbox.evaluate(_job(code), timeout_s=60, fresh_process=fresh)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert eventually(lambda: live_candidates() == [])
     if fresh:
         assert len(popens) == 1 and popens[0].returncode is not None

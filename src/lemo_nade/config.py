@@ -131,8 +131,11 @@ class RunConfig(_Frozen):
         "validation stays whole (fast CPU profile)",
     )
     early_stopping_patience: int = Field(
-        0, ge=0, le=100_000, description="search: stop a candidate after this many epochs "
-        "without a lower validation loss; 0 off (the paper trains 20 epochs flat)"
+        0,
+        ge=0,
+        le=100_000,
+        description="search: stop a candidate after this many epochs "
+        "without a lower validation loss; 0 off (the paper trains 20 epochs flat)",
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision: auto is bf16 (fp16) on CUDA, off on CPU"
@@ -172,6 +175,7 @@ class RunConfig(_Frozen):
         elif not 0 < value <= 1:
             raise ValueError("a fraction must be in (0, 1]; use an integer for images per class")
         return value
+
     # LLM architects (`llm = "openai:MODEL"`, "gemini:", "ollama:", "vllm:", "llamacpp:",
     # "replay:RUN_DIR"). The key is read from the environment variable named here and is
     # never logged or stored.
