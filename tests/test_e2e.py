@@ -22,6 +22,7 @@ from lemo_nade.cli import app
 from lemo_nade.records import EvalJob, Evaluation, Status
 from lemo_nade.search import create_run, run_search
 from lemo_nade.store import RunStore
+from proctools import alive, cmdline, comm, descendants
 
 runner = CliRunner()
 FAST = ["--epochs", "2", "--seed", "3"]
@@ -105,38 +106,6 @@ def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path)
     assert result.best is not None and result.best.idx in (0, 2)
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants: the sandbox's fork server and the candidate's processes below it."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    direct = [int(p) for p in text.split()]
-    return direct + [d for c in direct for d in _children(c)]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
@@ -158,11 +127,11 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
                 with RunStore.open(run_dirs[0].parent) as st:
                     done = st.next_index()
                 if done >= 2:  # two committed; now catch the third in training
-                    family = _children(proc.pid)
+                    family = descendants(proc.pid)
                     workers = [
                         c
                         for c in family
-                        if _comm(c) == "lemo-candidate" or "engine.worker" in _cmdline(c)
+                        if comm(c) == "lemo-candidate" or "engine.worker" in cmdline(c)
                     ]
                     worker = workers[0] if workers else None
             time.sleep(0.05)
@@ -175,9 +144,9 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     # PR_SET_PDEATHSIG: the training child (and the fork server) die with the run, no
     # orphan keeps training.
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+    while any(alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert worker in family and not any(_alive(p) for p in family)
+    assert worker in family and not any(alive(p) for p in family)
 
     run_dir = only_run_dir(runs)
     with RunStore.open(run_dir) as st:

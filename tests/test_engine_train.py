@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from candidates import SMALL_CNN
 from lemo_nade.engine import measure
 from lemo_nade.engine.data import Split, load, make_split
 from lemo_nade.engine.train import (
@@ -28,21 +29,6 @@ from lemo_nade.engine.train import (
 from lemo_nade.engine.worker import load_candidate, main, run_job, short_error
 from lemo_nade.records import EvalJob, Evaluation, Status
 
-SMALL_CNN = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.head = nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv(x)), 2)
-        return self.head(x.flatten(1))
-"""
 # conv: 8*1*3*3 weights + 8 biases; head: 128*10 weights + 10 biases
 SMALL_CNN_PARAMS = (8 * 9 + 8) + (128 * 10 + 10)
 

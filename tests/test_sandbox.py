@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from candidates import SMALL_CNN
 from lemo_nade import sandbox
 from lemo_nade.records import EvalJob, Evaluation, Status
 from proctools import (
@@ -34,21 +35,6 @@ from proctools import (
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
-SMALL_CNN = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.head = nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv(x)), 2)
-        return self.head(x.flatten(1))
-"""
 WRONG_SHAPE = SMALL_CNN.replace(
     "return self.head(x.flatten(1))", "return self.head(x.flatten(1))[:, :3]"
 )
