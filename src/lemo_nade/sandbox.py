@@ -91,7 +91,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -177,22 +177,28 @@ def run_child(
     start = time.perf_counter()
     _sweep_once()
     try:
-        if workdir is not None:
-            workdir = workdir.resolve()
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "result.json").unlink(missing_ok=True)  # never read a stale result
+        with _workdir(workdir) as where:
             evaluation = _run_in(
-                workdir, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
+                where, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
             )
-        else:
-            prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
-            with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
-                evaluation = _run_in(
-                    Path(tmp), job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
-                )
     except (OSError, subprocess.SubprocessError) as exc:  # e.g. the rlimits could not be set
         evaluation = Evaluation(Status.CRASHED, error=f"sandbox: could not run the child: {exc}")
     return replace(evaluation, wall_time_s=time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _workdir(kept: Path | None) -> Iterator[Path]:
+    """The child's working directory: ``kept`` (created, never a stale result in it) or a
+    fresh temporary one, removed afterwards."""
+    if kept is not None:
+        kept = kept.resolve()
+        kept.mkdir(parents=True, exist_ok=True)
+        (kept / "result.json").unlink(missing_ok=True)
+        yield kept
+        return
+    prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)
 
 
 def isolation() -> confine.Features:
