@@ -19,7 +19,6 @@ from lemo_nade.engine import measure
 from lemo_nade.engine.data import Split, load, make_split
 from lemo_nade.engine.train import (
     TrainingDiverged,
-    final_job,
     runtime_for,
     train,
     train_epoch,
@@ -27,7 +26,7 @@ from lemo_nade.engine.train import (
     validation_loss,
 )
 from lemo_nade.engine.worker import load_candidate, main, run_job, short_error
-from lemo_nade.records import EvalJob, Evaluation, Status
+from lemo_nade.records import EvalJob, Evaluation, Status, final_job
 
 # conv: 8*1*3*3 weights + 8 biases; head: 128*10 weights + 10 biases
 SMALL_CNN_PARAMS = (8 * 9 + 8) + (128 * 10 + 10)

@@ -84,7 +84,7 @@ class Weights(_Frozen):
 class FinalProtocol(_Frozen):
     """Retraining the chosen model (paper Sec. 4.2), always on the full training split.
 
-    ``engine.train.final_job(job, **config.final.model_dump())`` turns a search job into it.
+    ``records.final_job(job, **config.final.model_dump())`` turns a search job into it.
     """
 
     epochs: int = Field(500, ge=1, le=100_000, description="at most this many epochs")

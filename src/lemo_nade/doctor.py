@@ -6,7 +6,6 @@ Each check is ``{"check", "status", "detail"}`` with status ``ok``, ``warn``, ``
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import platform
@@ -107,23 +106,15 @@ def torch_checks() -> list[Check]:
 
 
 def sensor_checks() -> list[Check]:
-    rows = []
-    zones = sorted(glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"))
-    readable = [z for z in zones if os.access(z, os.R_OK)]
-    if readable:
-        rows.append(_check("cpu energy", "ok", f"RAPL readable ({len(readable)} zones)"))
-    elif zones:
-        rows.append(
-            _check(
-                "cpu energy",
-                "warn",
-                "RAPL present but not readable (root only since CVE-2020-8694); "
-                "energy is an ESTIMATE. To measure: sudo chmod o+r "
-                "/sys/class/powercap/intel-rapl:*/energy_uj",
-            )
-        )
+    """The same RAPL discovery the candidates' energy spans use (torch-free)."""
+    from lemo_nade.engine.energy import Rapl
+
+    rapl, note = Rapl.open()
+    if rapl is not None:
+        zones = f"{len(rapl.packages)} package, {len(rapl.dram)} DRAM zones"
+        rows = [_check("cpu energy", "ok", f"RAPL readable ({zones})")]
     else:
-        rows.append(_check("cpu energy", "warn", "no RAPL sensor: energy is an ESTIMATE"))
+        rows = [_check("cpu energy", "warn", f"{note}; energy is an ESTIMATE")]
     if importlib.util.find_spec("pynvml") is not None:
         rows.append(_check("gpu energy", "ok", "nvidia-ml-py installed (NVML)"))
     else:

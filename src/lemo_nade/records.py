@@ -7,7 +7,7 @@ because it crosses a process boundary (sandbox) or goes into SQLite (store).
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 
@@ -216,3 +216,30 @@ class EvalJob:
     def from_dict(cls, data: dict[str, Any]) -> EvalJob:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def final_job(
+    job: EvalJob,
+    *,
+    epochs: int = 500,
+    batch_size: int = 1024,
+    lr: float = 0.01,
+    plateau_patience: int = 20,
+    early_stopping_patience: int = 40,
+) -> EvalJob:
+    """The paper's final-retrain protocol for ``job``'s model, always on the full data.
+
+    Paper Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR reduced after
+    20 epochs without a lower validation loss. The early-stopping patience is not in the
+    paper; 40 (two plateaus) is our default.
+    """
+    return replace(
+        job,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        plateau_patience=plateau_patience,
+        early_stopping_patience=early_stopping_patience,
+        subset_per_class=0,
+        subset_fraction=1.0,
+    )

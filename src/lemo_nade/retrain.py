@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +28,10 @@ from typing import Any
 
 from lemo_nade import sandbox
 from lemo_nade.config import RunConfig, config_from_json
-from lemo_nade.records import Evaluation, Status
+from lemo_nade.records import Evaluation, Status, final_job
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.search import best_of, search_job
-from lemo_nade.store import IterationRecord, RunStore, StoreError
+from lemo_nade.store import IterationRecord, RunStore, StoreError, atomic_write
 
 RESULT = "retrain.json"
 PROGRESS = "progress.json"
@@ -80,17 +79,8 @@ def retrain(
         chosen = choose(store.iterations(), candidate)
         folder = workdir(run_dir, chosen.idx)
         resumed = _progress(folder).get("epoch", 0)
-        job = replace(
-            search_job(config, chosen.code),
-            epochs=config.final.epochs,
-            batch_size=config.final.batch_size,
-            lr=config.final.lr,
-            plateau_patience=config.final.plateau_patience,
-            early_stopping_patience=config.final.early_stopping_patience,
-            subset_per_class=0,
-            subset_fraction=1.0,
-            mode="retrain",
-        )
+        final_protocol = final_job(search_job(config, chosen.code), **config.final.model_dump())
+        job = replace(final_protocol, mode="retrain")
         store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
         start = time.time()
         evaluation = _with_progress(
@@ -189,9 +179,7 @@ def _with_progress(
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     clean = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
     }
-    tmp.write_text(json.dumps(clean, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(clean, indent=2))

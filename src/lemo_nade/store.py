@@ -268,7 +268,7 @@ class RunStore:
 
     def record_iteration(self, rec: IterationRecord) -> None:
         """Commit one iteration: the candidate file first (atomic), then one transaction."""
-        _atomic_write(candidate_path(self.run_dir, rec.idx), rec.code)
+        atomic_write(candidate_path(self.run_dir, rec.idx), rec.code)
         ev = rec.evaluation
         m = ev.metrics
         row = (
@@ -446,7 +446,8 @@ def _insert_event(conn: sqlite3.Connection, run_id: str, kind: str, data: dict[s
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

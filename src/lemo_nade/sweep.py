@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lemo_nade.config import ConfigError, RunConfig, build_config, config_from_json, load_toml
 from lemo_nade.executors import Executor, RunOutcome, RunTask
 from lemo_nade.store import DB_NAME, RunStore, StoreError
-from lemo_nade.store import _atomic_write as write_atomic
+from lemo_nade.store import atomic_write as write_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib

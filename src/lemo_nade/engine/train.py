@@ -6,7 +6,7 @@ Two protocols from the paper, both plain :class:`~lemo_nade.records.EvalJob` set
 - search (Sec. 4.1, the ``EvalJob`` defaults): Adam lr 1e-3, batch 512, LR x0.1 when the
   validation loss has not improved for 5 epochs, 20 epochs;
 - final retrain of the chosen model (Sec. 4.2): batch 1024, Adam lr 0.01, plateau
-  patience 20, at most 500 epochs with early stopping: :func:`final_job`.
+  patience 20, at most 500 epochs with early stopping: :func:`lemo_nade.records.final_job`.
 
 Speed: per batch, the only host work is indexing, the launch of the ops and (on CPU)
 one finiteness check of the loss; losses are accumulated on the device and read once
@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -103,33 +103,6 @@ def runtime_for(job: EvalJob, device: torch.device | str) -> Runtime:
         amp_dtype = torch.bfloat16 if job.amp == "bf16" else torch.float16
     channels_last = job.channels_last == "on" or (job.channels_last == "auto" and cuda)
     return Runtime(device, amp_dtype, channels_last)
-
-
-def final_job(
-    job: EvalJob,
-    *,
-    epochs: int = 500,
-    batch_size: int = 1024,
-    lr: float = 0.01,
-    plateau_patience: int = 20,
-    early_stopping_patience: int = 40,
-) -> EvalJob:
-    """The paper's final-retrain protocol for ``job``'s model, always on the full data.
-
-    Paper Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR reduced after
-    20 epochs without a lower validation loss. The early-stopping patience is not in the
-    paper; 40 (two plateaus) is our default.
-    """
-    return replace(
-        job,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        plateau_patience=plateau_patience,
-        early_stopping_patience=early_stopping_patience,
-        subset_per_class=0,
-        subset_fraction=1.0,
-    )
 
 
 def train(
