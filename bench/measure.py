@@ -8,7 +8,8 @@
    the digits validation split) at each thread count. Reports the median FPS, the CV of
    the FPS over repeats (target <= 5 %), the median within-measurement CV (``fps_cv``,
    what a candidate records), batch-1 latency p50/p95 and the time one measurement takes.
-   Once with the defaults the worker uses and once with 5 x 50 ms windows, for contrast.
+   Once with the shortest budget the worker gives (a candidate that trains < 2 s) and
+   once with the longest (one that trains >= 100 s); see ``measure.speed_budget_s``.
 2. Measuring overhead: ``--candidates`` real candidates (that model, the default search
    protocol: 20 epochs, batch 512) through the sandbox, as a search runs them. Overhead =
    the worker's ``measure_time_s`` (sensor set-up, FLOPs, FPS and latency) / the
@@ -77,7 +78,13 @@ def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model = _build(load_candidate(code))
     split = make_split(load("digits", None), 0.1, 0)
-    configs = {"default 5x6 ms": {}, "5x50 ms": {"window_s": 0.05}}
+    configs = {
+        f"{label} budget {b * 1e3:.0f} ms": {"budget_s": b}
+        for label, b in (
+            ("floor", measure.MIN_SPEED_BUDGET_S),  # what a candidate of < 2 s training gets
+            ("ceiling", measure.MAX_SPEED_BUDGET_S),  # what one of >= 100 s gets
+        )
+    }
     rows = []
     for n in threads:
         for label, kwargs in configs.items():

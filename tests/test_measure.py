@@ -88,6 +88,24 @@ def test_speed_reports_windows_cv_latency_and_threads() -> None:
     assert measure.measure_speed(Small(), x[:7], batch=512).fps_batch == 7
 
 
+def test_speed_budget_follows_training_time() -> None:
+    assert measure.speed_budget_s(2.0) == measure.MIN_SPEED_BUDGET_S  # 1 % of 2 s is below
+    assert measure.speed_budget_s(30.0) == pytest.approx(0.3)
+    assert measure.speed_budget_s(3600.0) == measure.MAX_SPEED_BUDGET_S
+    assert measure.speed_budget_s(float("nan")) == measure.MIN_SPEED_BUDGET_S
+
+
+def test_budget_sets_the_timed_time() -> None:
+    x = torch.randn(50, 1, 8, 8)
+    short = measure.measure_speed(Small(), x, batch=32, budget_s=0.02, threads=1)
+    long = measure.measure_speed(Small(), x, batch=32, budget_s=0.3, threads=1)
+    assert short.fps_windows == long.fps_windows == 5
+    # the windows run at least their 70 % (latency may stop at max_latency_samples first)
+    assert long.seconds >= 0.7 * 0.3 and short.seconds >= 0.7 * 0.02
+    assert short.seconds < long.seconds / 3
+    assert long.latency_samples > short.latency_samples
+
+
 def test_latency_sample_limits() -> None:
     x = torch.randn(4, 1, 8, 8)
     capped = measure.measure_speed(Small(), x, 4, latency_budget_s=1e9, max_latency_samples=40)
@@ -161,3 +179,43 @@ def test_worker_records_every_measurement() -> None:
     assert e2 == pytest.approx(sum(m.E2_parts.values()))
     assert m.energy_sources.startswith("cpu=") and "gpu=none" in m.energy_sources
     assert m.energy_source in {"estimate", "rapl", "rapl+estimate"}
+
+
+def test_speed_span_covers_the_timed_windows() -> None:
+    x = torch.randn(40, 1, 8, 8)
+    s = measure.measure_speed(
+        Small(), x, batch=8, budget_s=0.02, span=measure.energy_span(10.0, 0.375)
+    )
+    assert s.fps_energy is not None and s.fps_energy.energy_kwh > 0
+    # every timed call ran a full batch of 8; the windows are 70 % of the budget
+    assert s.fps_images > 0 and s.fps_images % 8 == 0
+    assert 0.014 <= s.fps_energy.wall_s < s.seconds
+    assert measure.measure_speed(Small(), x, batch=8).fps_energy is None
+
+
+def test_e2_from_the_energy_per_image_of_several_passes() -> None:
+    from lemo_nade.engine.worker import _per_image_energy
+
+    a1 = measure.Reading(wall_s=0.01, parts_kwh={"cpu": 2.0, "ram": 1.0, "gpu": 0.0})
+    fps = measure.Reading(wall_s=0.01, parts_kwh={"cpu": 1.0, "ram": 0.0, "gpu": 0.0})
+    # 150 images cost cpu 3, ram 1; 30 images are a fifth of that
+    kwh, parts = _per_image_energy([(a1, 100), (fps, 50)], 30)
+    assert parts == pytest.approx({"cpu": 0.6, "ram": 0.2, "gpu": 0.0})
+    assert kwh == pytest.approx(0.8)
+
+
+@pytest.mark.slow
+def test_e2_follows_the_model_size() -> None:
+    # 16x the convolution channels: E2 (validation pass energy) must come out larger
+    wide = SMALL_CODE.replace("Conv2d(1, 4", "Conv2d(1, 64").replace(
+        "BatchNorm2d(4)", "BatchNorm2d(64)"
+    )
+    wide = wide.replace("Linear(4 * 4 * 4", "Linear(64 * 4 * 4")
+    e2 = {}
+    for name, code in (("small", SMALL_CODE), ("wide", wide)):
+        job = EvalJob(code=code, dataset="digits", data_dir=None, epochs=1, batch_size=64)
+        evaluation = run_job(job)
+        assert evaluation.status is Status.OK, evaluation.error
+        assert evaluation.metrics is not None
+        e2[name] = evaluation.metrics.E2
+    assert e2["wide"] > e2["small"] > 0

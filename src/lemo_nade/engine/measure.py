@@ -21,12 +21,16 @@ thread count (the worker's; recorded), with the GPU synchronised at every timing
   (capped at 10 x the budget once 3 were taken); p50 and p95 in ms (linear
   interpolation between order statistics).
 
-The windows are short on purpose (default 5 x 6 ms + 10 ms of latency, ~50 ms in all
-with the warm-ups): the measuring must stay under 3 % of a candidate that trains in
-~3 s (``bench/measure.py`` reports both the stability and the overhead). A window is
-never shorter than one call, so for big models the budget grows with the call time.
-On a shared machine the FPS moves with the neighbours' load much more than with the
-window length: read ``fps_cv`` next to F.
+How long it measures follows the candidate's cost: the worker passes
+``budget_s = speed_budget_s(training seconds)``, 1 % of the training time, at least
+``MIN_SPEED_BUDGET_S`` (20 ms) and at most ``MAX_SPEED_BUDGET_S`` (1 s). 70 % of the
+budget goes to the 5 FPS windows, 30 % to latency. A candidate that trains in 2 s is
+measured in ~30 ms with the warm-ups (the measuring must stay under 3 % of a candidate;
+``bench/measure.py`` reports both the stability and the overhead); one that trains for
+minutes gets 1 s and steadier figures. A window is never shorter than one call, so for
+big models the time grows with the call time. On a shared machine the FPS moves with the
+neighbours' load (over seconds) much more than with the window length: read ``fps_cv``
+next to F.
 
 Energy: :mod:`lemo_nade.engine.energy` (RAPL / NVML where readable, else a labelled
 estimate). :func:`energy_span` is the worker's entry point.
@@ -39,7 +43,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +69,16 @@ __all__ = [
     "parameter_count",
     "rss_gb",
     "sensors_for",
+    "speed_budget_s",
     "trainable_parameter_count",
 ]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+MIN_SPEED_BUDGET_S = 0.02  # timed seconds of a speed measurement, at least
+MAX_SPEED_BUDGET_S = 1.0  # and at most
+SPEED_SHARE = 0.01  # of the candidate's training time
+LATENCY_SHARE = 0.3  # of a speed budget that goes to batch-1 latency; the rest to FPS
 Span = Reading  # what energy_span yields; kept under its old name
 
 
@@ -146,6 +156,13 @@ def accuracy_and_loss(
 # ---- speed ---------------------------------------------------------------------------
 
 
+def speed_budget_s(train_s: float) -> float:
+    """Timed seconds for :func:`measure_speed` after ``train_s`` seconds of training:
+    ``SPEED_SHARE`` of it, clamped to [``MIN_SPEED_BUDGET_S``, ``MAX_SPEED_BUDGET_S``]."""
+    share = SPEED_SHARE * train_s if math.isfinite(train_s) else 0.0
+    return min(MAX_SPEED_BUDGET_S, max(MIN_SPEED_BUDGET_S, share))
+
+
 @dataclass(frozen=True)
 class Speed:
     """Inference speed; see the module docstring for how each figure is taken."""
@@ -159,6 +176,8 @@ class Speed:
     latency_samples: int = 0
     threads: int = 0  # torch intra-op threads during the measurement
     seconds: float = 0.0  # wall time the whole measurement took (its overhead)
+    fps_images: int = 0  # images run in the timed FPS windows
+    fps_energy: Reading | None = None  # their energy, when a span was given
 
 
 def measure_speed(
@@ -167,21 +186,30 @@ def measure_speed(
     batch: int,
     transform: Transform | None = None,
     *,
+    budget_s: float | None = None,
     windows: int = 5,
     window_s: float = 0.006,
-    warmup: int = 2,
+    warmup: int = 1,
     latency_budget_s: float = 0.01,
     min_latency_samples: int = 10,
     max_latency_samples: int = 1000,
     threads: int | None = None,
+    span: AbstractContextManager[Reading] | None = None,
 ) -> Speed:
     """Throughput at ``batch`` and batch-1 latency of ``model`` on inputs from ``x``.
 
-    ``threads`` sets torch's intra-op thread count for the measurement (restored after);
-    None keeps the current one. An empty ``x`` gives ``Speed()`` (FPS 0).
+    ``budget_s`` (see :func:`speed_budget_s`), when given, sets the timed time:
+    ``LATENCY_SHARE`` of it for latency, the rest split over the ``windows``; it replaces
+    ``window_s`` and ``latency_budget_s``. ``threads`` sets torch's intra-op thread count
+    for the measurement (restored after); None keeps the current one. ``span`` (an
+    :func:`energy_span`) is entered around the timed FPS windows only; its reading comes
+    back as ``Speed.fps_energy`` with ``fps_images``. An empty ``x`` gives ``Speed()``.
     """
     if len(x) == 0:
         return Speed()
+    if budget_s is not None:
+        latency_budget_s = LATENCY_SHARE * budget_s
+        window_s = (budget_s - latency_budget_s) / max(1, windows)
     start = time.perf_counter()
     old_threads = torch.get_num_threads()
     if threads:
@@ -192,7 +220,10 @@ def measure_speed(
         with torch.inference_mode():
             xb = transform(x[:bsz]) if transform else x[:bsz]
             x1 = transform(x[:1]) if transform else x[:1]
-            per_window = _throughput(model, xb, windows, window_s, warmup)
+            _warm_up(model, xb, warmup)
+            fps_span: AbstractContextManager[Reading | None] = span or _no_span()
+            with fps_span as fps_energy:
+                per_window, fps_images = _throughput(model, xb, windows, window_s)
             lat = _latency(
                 model, x1, warmup, latency_budget_s, min_latency_samples, max_latency_samples
             )
@@ -210,6 +241,8 @@ def measure_speed(
         latency_samples=len(lat),
         threads=used_threads,
         seconds=time.perf_counter() - start,
+        fps_images=fps_images,
+        fps_energy=fps_energy,
     )
 
 
@@ -228,19 +261,30 @@ def frames_per_second(
     bsz = max(1, min(batch, len(x)))
     with torch.inference_mode():
         xb = transform(x[:bsz]) if transform else x[:bsz]
-        return statistics.median(_throughput(model, xb, 5, min_time_s / 5, warmup=1))
+        _warm_up(model, xb, 1)
+        return statistics.median(_throughput(model, xb, 5, min_time_s / 5)[0])
+
+
+@contextmanager
+def _no_span() -> Iterator[None]:
+    yield None
+
+
+def _warm_up(model: nn.Module, xb: torch.Tensor, calls: int) -> None:
+    for _ in range(max(1, calls)):
+        model(xb)
+    _sync(xb.device)
 
 
 def _throughput(
-    model: nn.Module, xb: torch.Tensor, windows: int, window_s: float, warmup: int
-) -> list[float]:
-    """Images/s of each of ``windows`` time-boxed windows of calls on ``xb``: a window
-    ends at the first call that finishes after ``window_s`` (so it holds at least one)."""
+    model: nn.Module, xb: torch.Tensor, windows: int, window_s: float
+) -> tuple[list[float], int]:
+    """(images/s of each of ``windows`` time-boxed windows of calls on ``xb``, images
+    run): a window ends at the first call that finishes after ``window_s`` (so it holds
+    at least one). The caller warms up first."""
     device = xb.device
-    for _ in range(max(1, warmup)):
-        model(xb)
-    _sync(device)
     out = []
+    images = 0
     for _ in range(max(1, windows)):
         calls = 0
         t0 = time.perf_counter()
@@ -252,7 +296,8 @@ def _throughput(
             if elapsed >= window_s:
                 break
         out.append(calls * len(xb) / max(elapsed, 1e-9))
-    return out
+        images += calls * len(xb)
+    return out, images
 
 
 def _latency(

@@ -43,7 +43,7 @@ from lemo_nade.sandbox import looks_like_oom
 
 CANDIDATE_FILE = "candidate.py"  # the name candidate frames carry in tracebacks
 ERROR_LINES = 15
-MIN_ENERGY_SPAN_S = 0.02  # E2 spans shorter than this are repeated to resolve them
+MIN_ENERGY_SPAN_S = 0.02  # an E2 span shorter than this is below the counters' resolution
 ERROR_CHARS = 2000
 
 
@@ -134,17 +134,32 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
             a2, val_loss = measure.accuracy_and_loss(
                 model, split.x_val, split.y_val, job.batch_size, split.normalize
             )
+        extra_start = time.perf_counter()
+        flops = measure.flops_per_image(model, split.x_val, split.normalize)
+        speed = measure.measure_speed(
+            model,
+            split.x_val,
+            job.batch_size,
+            split.normalize,
+            budget_s=measure.speed_budget_s(e1.wall_s),
+            span=measure.energy_span(*power),
+        )
+        measure_s += time.perf_counter() - extra_start
         e2_kwh, e2_parts = e2.energy_kwh, e2.parts_kwh
         if 0 < e2.wall_s < MIN_ENERGY_SPAN_S:
             # A pass shorter than a few scheduler ticks is below the counters' resolution
-            # (other threads' CPU time moves in ticks). The A1 pass just before ran the
-            # same model at the same batch size in eval mode over the training split:
-            # E2 = energy per image of both passes x validation images. Where even both
-            # are too short, the validation pass is repeated (counted as overhead).
-            both_s = e_a1.wall_s + e2.wall_s
-            images = len(split.x_train) + len(split.x_val)
-            passes: list[tuple[Any, int]] = [(e_a1, images), (e2, 0)]
-            if both_s < MIN_ENERGY_SPAN_S:
+            # (other threads' CPU time moves in ticks). Every eval-mode pass of this model
+            # at this batch size has the same energy per image: the A1 pass over the
+            # training split, this one, and the timed FPS windows on validation inputs.
+            # E2 = their energy per image x validation images. Where even all of them
+            # together are too short, the validation pass is repeated (counted as overhead).
+            passes: list[tuple[measure.Reading, int]] = [
+                (e_a1, len(split.x_train)),
+                (e2, len(split.x_val)),
+            ]
+            if speed.fps_energy is not None:
+                passes.append((speed.fps_energy, speed.fps_images))
+            if sum(span.wall_s for span, _ in passes) < MIN_ENERGY_SPAN_S:
                 repeats = math.ceil(MIN_ENERGY_SPAN_S / e2.wall_s)
                 repeat_start = time.perf_counter()
                 with measure.energy_span(*power) as again:
@@ -154,17 +169,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
                         )
                 measure_s += time.perf_counter() - repeat_start  # overhead, counted as such
                 passes = [(again, repeats * len(split.x_val))]
-            scale = len(split.x_val) / sum(n for _, n in passes)
-            e2_kwh = sum(span.energy_kwh for span, _ in passes) * scale
-            parts: dict[str, float] = {}
-            for span, _ in passes:
-                for k, v in span.parts_kwh.items():
-                    parts[k] = parts.get(k, 0.0) + v * scale
-            e2_parts = parts
-        extra_start = time.perf_counter()
-        flops = measure.flops_per_image(model, split.x_val, split.normalize)
-        speed = measure.measure_speed(model, split.x_val, job.batch_size, split.normalize)
-        measure_s += time.perf_counter() - extra_start
+            e2_kwh, e2_parts = _per_image_energy(passes, len(split.x_val))
     test: dict[str, Any] = {}
     if job.mode == "retrain":  # the held-out test set, once, after training
         with _stage(Status.FAILED_TRAIN, "testing"):
@@ -210,6 +215,19 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         energy_source=e1.source,
         device=device.type,
     )
+
+
+def _per_image_energy(
+    passes: list[tuple[measure.Reading, int]], images: int
+) -> tuple[float, dict[str, float]]:
+    """(kWh, kWh by part) of ``images`` images at the energy per image of ``passes``
+    (readings with the images each ran)."""
+    scale = images / max(1, sum(n for _, n in passes))
+    parts: dict[str, float] = {}
+    for span, _ in passes:
+        for k, v in span.parts_kwh.items():
+            parts[k] = parts.get(k, 0.0) + v * scale
+    return sum(parts.values()), parts
 
 
 def load_candidate(code: str) -> dict[str, Any]:
