@@ -12,6 +12,7 @@ from lemo_nade.rules import (
     INSTRUCTIONS,
     RULES,
     RulesInputError,
+    fired_rules,
     instructions_for,
     nnges,
     resolve_conflict,
@@ -52,7 +53,7 @@ def test_nothing_fires_for_a_model_meeting_all_targets() -> None:
 
 def test_setting_3_low_validation_accuracy_ties_keep_rule_book_order() -> None:
     # Paper Case 1: a weak first model gets ACL, ASC, ADL (and AMK), equal priority.
-    metrics = {**GOOD, "A1": 0.90, "A2": 0.85}  # gap 0.05 is not > OT 0.05
+    metrics = {**GOOD, "A1": 0.90, "A2": 0.85}  # gap 0.05 is not > OT 0.05 (see below)
     raw, resolved = instructions_for(metrics, SETTINGS[3], PAPER_THRESHOLDS)
     assert {k: v for k, v in raw.items() if v} == {"ACL": 1.0, "ASC": 1.0, "ADL": 1.0, "AMK": 1.0}
     assert resolved == [("ACL", 1.0), ("ASC", 1.0), ("ADL", 1.0), ("AMK", 1.0)]
@@ -95,10 +96,39 @@ def test_setting_5_fps_rule() -> None:
     assert resolved == [("RSC", 0.3), ("AD", 0.3), ("RK", 0.3)]
 
 
-def test_thresholds_are_strict_inequalities() -> None:
-    at = {"A1": 0.95, "A2": 0.92, "E1": 1e-3, "E2": 1e-5, "F": 20000.0}
-    raw = nnges(at, SETTINGS[2], PAPER_THRESHOLDS)
-    assert set(raw.values()) == {0.0}
+ALL_ONE = {"PA1": 1.0, "PA2": 1.0, "PE1": 1.0, "PE2": 1.0, "PF": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("a1", "a2"),
+    [
+        (0.95, 0.92),  # A1 = TA1, A2 = TA2
+        (0.97, 0.92),  # A1 - A2 = OT on paper (0.04999999999999993 in floats)
+        (0.95, 0.97),  # A2 - A1 = UT on paper (0.020000000000000018 in floats)
+    ],
+)
+def test_thresholds_are_strict_inequalities(a1: float, a2: float) -> None:
+    # every metric exactly at its threshold, every priority non-zero: nothing may fire
+    at = {"A1": a1, "A2": a2, "E1": 1e-3, "E2": 1e-5, "F": 20000.0}
+    assert fired_rules(at, PAPER_THRESHOLDS) == []
+    assert set(nnges(at, ALL_ONE, PAPER_THRESHOLDS).values()) == {0.0}
+
+
+def test_a_gap_equal_to_ot_on_paper_does_not_fire_in_floats() -> None:
+    # 0.90 - 0.85 is 0.05000000000000004 in floats; the paper's > OT (0.05) is false
+    assert [r.line for r in fired_rules({**GOOD, "A1": 0.90, "A2": 0.85}, PAPER_THRESHOLDS)] == [
+        3,
+        9,
+    ]
+    # just past each boundary, each rule fires
+    past = {"A1": 0.9499, "A2": 0.9199, "E1": 1.0001e-3, "E2": 1.0001e-5, "F": 19999.9}
+    assert [r.line for r in fired_rules(past, PAPER_THRESHOLDS)] == [3, 9, 15, 22, 28]
+    assert [r.line for r in fired_rules({**GOOD, "A1": 0.99, "A2": 0.9399}, PAPER_THRESHOLDS)] == [
+        33
+    ]
+    assert [r.line for r in fired_rules({**GOOD, "A1": 0.95, "A2": 0.9701}, PAPER_THRESHOLDS)] == [
+        40
+    ]
 
 
 def test_later_conflict_is_zeroed_even_when_rule_book_puts_it_first() -> None:

@@ -65,6 +65,13 @@ class Rule:
     priority: str  # which user priority is added
 
 
+def _gap(a: float, b: float) -> float:
+    """``a - b`` rounded to 12 decimals: accuracies are decimals, and a gap that is equal
+    to its threshold on paper (0.90 - 0.85 = 0.05) must not exceed it in floating point
+    (0.05000000000000004), or the strict ``>`` of the paper would fire."""
+    return round(a - b, 12)
+
+
 # Algorithm 2, lines 3-48, in order. Note lines 33 and 40: the overfitting rule adds
 # PA1 and the underfitting rule adds PA2, as the paper writes them.
 RULES: tuple[Rule, ...] = (
@@ -76,14 +83,14 @@ RULES: tuple[Rule, ...] = (
     Rule(
         33,
         "(A1 - A2) > OT",
-        lambda m, t: (m["A1"] - m["A2"]) > t["OT"],
+        lambda m, t: _gap(m["A1"], m["A2"]) > t["OT"],
         ("ADL", "RCL", "RK", "RN", "AR"),
         "PA1",
     ),
     Rule(
         40,
         "(A2 - A1) > UT",
-        lambda m, t: (m["A2"] - m["A1"]) > t["UT"],
+        lambda m, t: _gap(m["A2"], m["A1"]) > t["UT"],
         ("RD", "ACL", "AMK", "ADL", "AMN", "ASC", "RR"),
         "PA2",
     ),
