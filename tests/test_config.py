@@ -17,13 +17,21 @@ from lemo_nade.config import (
     load_toml,
     parse_set,
 )
+from lemo_nade.records import EvalJob
 
 
 def test_defaults_are_the_papers() -> None:
     cfg = build_config()
     t = cfg.thresholds
     assert (t.TA1, t.TA2, t.TE1, t.TE2, t.TF) == (0.95, 0.92, 1e-3, 1e-5, 20000.0)
-    assert (cfg.batch_size, cfg.lr, cfg.plateau_patience) == (512, 1e-3, 5)
+    # Sec. 4.1: 20 epochs, batch 512, Adam 0.001, LR x0.1 after 5 epochs without progress
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.plateau_patience) == (20, 512, 1e-3, 5)
+    assert EvalJob(code="", dataset="digits", data_dir=None, epochs=20).plateau_factor == 0.1
+    # Sec. 4.2: 500 epochs at most, batch 1024, Adam 0.01, plateau 20
+    f = cfg.final
+    assert (f.epochs, f.batch_size, f.lr, f.plateau_patience) == (500, 1024, 0.01, 20)
+    # ours, documented: 10 iterations (the paper runs 30), so a default run is quick
+    assert cfg.iterations == 10
     assert cfg.setting == 1 and cfg.priorities.model_dump() == SETTINGS[1]
     assert cfg.dataset == "digits" and cfg.llm == "offline"
 
@@ -34,8 +42,37 @@ def test_settings_load_table_4(setting: int) -> None:
 
 
 def test_table_4_values() -> None:
-    assert SETTINGS[5] == {"PA1": 0.3, "PA2": 0.4, "PE1": 0.0, "PE2": 0.0, "PF": 0.3}
-    assert SETTINGS[4]["PE1"] == SETTINGS[4]["PE2"] == 0.5
+    # the paper's Table 4, row by row: PA1 PA2 PE1 PE2 PF
+    table_4 = {
+        1: (0.4, 0.6, 0, 0, 0),
+        2: (0.3, 0.3, 0.2, 0.2, 0),
+        3: (0, 1, 0, 0, 0),
+        4: (0, 0, 0.5, 0.5, 0),
+        5: (0.3, 0.4, 0, 0, 0.3),
+    }
+    keys = ("PA1", "PA2", "PE1", "PE2", "PF")
+    assert {
+        n: dict(zip(keys, map(float, row), strict=True)) for n, row in table_4.items()
+    } == SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("dataset", "expected"),
+    [
+        ("digits", (0.95, 0.92, 1e-3, 1e-5, 20000.0)),  # CIFAR-10's (Fig. 3)
+        ("cifar10", (0.95, 0.92, 1e-3, 1e-5, 20000.0)),
+        ("CIFAR-100", (0.90, 0.85, 1e-2, 1e-4, 20000.0)),  # Fig. 4's configuration
+        ("imagenet16-120", (0.70, 0.65, 1e-3, 1e-5, 22000.0)),  # Fig. 5's
+    ],
+)
+def test_thresholds_default_to_the_papers_for_the_dataset(
+    dataset: str, expected: tuple[float, ...]
+) -> None:
+    t = build_config({"dataset": dataset}).thresholds
+    assert expected == (t.TA1, t.TA2, t.TE1, t.TE2, t.TF)
+    # the user's own thresholds win, key by key
+    mine = build_config({"dataset": dataset}, parse_set(["thresholds.TA2=0.5"])).thresholds
+    assert mine.TA2 == 0.5 and expected[0] == mine.TA1
 
 
 def test_explicit_priorities_override_the_setting() -> None:

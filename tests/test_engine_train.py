@@ -19,6 +19,7 @@ from lemo_nade.engine import measure
 from lemo_nade.engine.data import Split, load, make_split
 from lemo_nade.engine.train import (
     TrainingDiverged,
+    plateau_scheduler,
     runtime_for,
     train,
     train_epoch,
@@ -352,3 +353,21 @@ def test_search_config_reaches_the_job() -> None:
         0.01,
         1.0,
     )
+
+
+@pytest.mark.parametrize("patience", [5, 20])
+def test_lr_drops_after_patience_successive_epochs_without_progress(patience: int) -> None:
+    # paper Sec. 4.1: "reduces ... if validation loss doesn't reduce for successive 5 epochs"
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = plateau_scheduler(opt, patience, 0.1)
+    scheduler.step(1.0)  # the best so far
+    for bad in range(1, patience + 1):
+        scheduler.step(1.0)  # no reduction in validation loss
+        expected = 1e-3 if bad < patience else 1e-4
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected), bad
+    # the count starts again: the next drop needs another ``patience`` bad epochs
+    for _ in range(patience - 1):
+        scheduler.step(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    scheduler.step(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from lemo_nade.datasets import canonical
 from lemo_nade.prompts import DEFAULT_INITIAL_COMMAND
 
 if sys.version_info >= (3, 11):
@@ -36,6 +37,14 @@ SETTINGS: dict[int, dict[str, float]] = {
     5: {"PA1": 0.3, "PA2": 0.4, "PE1": 0.0, "PE2": 0.0, "PF": 0.3},
 }
 DEFAULT_SETTING = 1
+
+# Paper appendix: the thresholds of the configurations behind Figs. 3-5, one per dataset
+# (TA1, TA2 fractions; TE1, TE2 kWh; TF FPS). A dataset not listed gets CIFAR-10's.
+PAPER_THRESHOLDS: dict[str, dict[str, float]] = {
+    "cifar10": {"TA1": 0.95, "TA2": 0.92, "TE1": 1e-3, "TE2": 1e-5, "TF": 20000.0},
+    "cifar100": {"TA1": 0.90, "TA2": 0.85, "TE1": 1e-2, "TE2": 1e-4, "TF": 20000.0},
+    "imagenet16-120": {"TA1": 0.70, "TA2": 0.65, "TE1": 1e-3, "TE2": 1e-5, "TF": 22000.0},
+}
 
 
 class ConfigError(ValueError):
@@ -57,7 +66,9 @@ class Priorities(_Frozen):
 
 
 class Thresholds(_Frozen):
-    """Table 1 thresholds. Defaults: the paper's appendix (Fig. 3 configuration).
+    """Table 1 thresholds. Defaults: the paper's appendix (Fig. 3 configuration, CIFAR-10);
+    :func:`build_config` starts CIFAR-100 and ImageNet16-120 runs from their own
+    (:data:`PAPER_THRESHOLDS`).
 
     OT and UT are not given in the paper; our defaults: overfitting when training
     accuracy exceeds validation accuracy by more than 5 points (OT 0.05),
@@ -255,6 +266,10 @@ def build_config(*layers: dict[str, Any]) -> RunConfig:
     data: dict[str, Any] = {}
     for layer in layers:
         data = merge(data, layer)
+    dataset = data.get("dataset", RunConfig.model_fields["dataset"].default)
+    if isinstance(dataset, str):  # the paper's thresholds for it, under the user's own
+        defaults = PAPER_THRESHOLDS.get(canonical(dataset), PAPER_THRESHOLDS["cifar10"])
+        data = merge({"thresholds": defaults}, data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

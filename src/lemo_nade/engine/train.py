@@ -145,9 +145,7 @@ def _train(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     step_model: nn.Module = torch.compile(model) if job.compile else model  # type: ignore[assignment]
     optimizer = make_optimizer(model, job.lr, weight_decay, rt.device)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=job.plateau_factor, patience=job.plateau_patience
-    )
+    scheduler = plateau_scheduler(optimizer, job.plateau_patience, job.plateau_factor)
     scaler = _scaler(rt)
     shuffle = torch.Generator().manual_seed(job.seed)
     warp = torch.Generator(device=rt.device).manual_seed(job.seed + 1) if job.augment else None
@@ -246,6 +244,18 @@ def tune_cpu_allocator() -> bool:
             except (OSError, AttributeError):
                 pass
     return _allocator_tuned
+
+
+def plateau_scheduler(
+    optimizer: torch.optim.Optimizer, patience: int, factor: float
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """LR x ``factor`` once the monitored loss has not decreased for ``patience``
+    successive epochs (paper Sec. 4.1: "for successive 5 epochs"; Keras' semantics).
+    PyTorch's own ``patience`` reduces one epoch later (on more than ``patience`` bad
+    epochs), hence ``patience - 1``."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=max(0, patience - 1)
+    )
 
 
 def make_optimizer(
