@@ -44,7 +44,8 @@ from lemo_nade import sandbox
 from lemo_nade.arch import initial
 from lemo_nade.arch_render import render
 from lemo_nade.engine import energy, measure
-from lemo_nade.engine.data import load, make_split
+from lemo_nade.engine.data import make_split
+from lemo_nade.engine.loaders import load
 from lemo_nade.engine.worker import _build, load_candidate
 from lemo_nade.records import EvalJob, TaskSpec
 

@@ -12,7 +12,7 @@ Printed as one table; every comparison is made within this one run:
    optimizer. No augmentation in either. Epochs alternate ours/plain (the order flips
    each repeat) after one warm-up epoch each, so machine load hits both alike; the
    ratio is the median of the per-repeat ratios. Target >= 0.95.
-2. Augmentation (images/s): :func:`lemo_nade.engine.data.augment` (one batched affine
+2. Augmentation (images/s): :func:`lemo_nade.engine.augment.augment` (one batched affine
    warp) against a per-image loop doing the same warp one image at a time, on a batch of
    ``--batch`` CIFAR images, interleaved the same way. Target >= 5x.
 3. Achieved FLOP/s of training: FLOPs of one training step (forward + backward) counted
@@ -58,16 +58,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lemo_nade.arch import initial
 from lemo_nade.arch_render import render
-from lemo_nade.engine.data import (
-    PAPER_AUGMENT,
-    RawData,
-    Split,
-    affine_matrices,
-    augment,
-    load,
-    make_split,
-    warp,
-)
+from lemo_nade.engine.augment import PAPER_AUGMENT, affine_matrices, augment, warp
+from lemo_nade.engine.data import Split, make_split
+from lemo_nade.engine.loaders import RawData, load
 from lemo_nade.engine.train import Runtime, make_optimizer, train_epoch, tune_cpu_allocator
 from lemo_nade.engine.worker import _build, load_candidate
 from lemo_nade.records import TaskSpec

@@ -17,7 +17,8 @@ import torch
 
 from lemo_nade import datasets
 from lemo_nade.datasets import DATASETS, DatasetError, OfficialFile, resolve_dataset
-from lemo_nade.engine.data import load, split_for_job
+from lemo_nade.engine.data import split_for_job
+from lemo_nade.engine.loaders import load
 from lemo_nade.records import EvalJob
 
 CIFAR_SUBSET = Path(__file__).parents[2] / "shared/data/cifar-10-subset"

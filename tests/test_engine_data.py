@@ -1,6 +1,6 @@
-"""engine.data: the digits and npz loaders, the stratified split and search subset,
-normalisation and the batched affine augmentation. The original-format loaders (CIFAR,
-ImageNet16) are tested in test_datasets.py."""
+"""engine.data, .loaders and .augment: the digits and npz loaders, the stratified split
+and search subset, normalisation and the batched affine augmentation. The
+original-format loaders (CIFAR, ImageNet16) are tested in test_datasets.py."""
 
 from __future__ import annotations
 
@@ -15,21 +15,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lemo_nade.datasets import DatasetError
-from lemo_nade.engine.data import (
+from lemo_nade.engine.augment import (
     PAPER_AUGMENT,
     Augment,
     affine_from_params,
     affine_matrices,
     augment,
-    channel_stats,
-    class_subset,
-    load,
-    make_split,
     sample_affine,
-    split_for_job,
-    stratified_split,
     warp,
 )
+from lemo_nade.engine.data import (
+    channel_stats,
+    class_subset,
+    make_split,
+    split_for_job,
+    stratified_split,
+)
+from lemo_nade.engine.loaders import load
 from lemo_nade.records import EvalJob
 
 # ---- loaders ---------------------------------------------------------------------------

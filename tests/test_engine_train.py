@@ -16,7 +16,8 @@ from torch import nn
 
 from candidates import SMALL_CNN
 from lemo_nade.engine import measure
-from lemo_nade.engine.data import Split, load, make_split
+from lemo_nade.engine.data import Split, make_split
+from lemo_nade.engine.loaders import load
 from lemo_nade.engine.train import (
     TrainingDiverged,
     plateau_scheduler,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from candidates import SMALL_CNN
-from lemo_nade import sandbox
+from lemo_nade import launch, sandbox
 from lemo_nade.records import EvalJob, Evaluation, Status
 from proctools import (
     alive,
@@ -92,7 +92,7 @@ def test_good_model_is_ok_with_sane_metrics(
     assert m.F > 0 and m.E1 > 0
     assert "epoch 3/3" in evaluation.log_tail
     assert evaluation.wall_time_s > m.train_time_s > 0
-    workers = [p for p in popens if sandbox.WORKER_MODULE in " ".join(map(str, p.args))]
+    workers = [p for p in popens if launch.WORKER_MODULE in " ".join(map(str, p.args))]
     if fresh:
         assert len(workers) == 1 and workers[0].returncode == 0
     else:
@@ -198,7 +198,7 @@ def test_child_env_keeps_only_the_allow_list() -> None:
         "HOME": "/home/me",
         "TMPDIR": "/var/tmp",
     }
-    assert sandbox.child_env(parent, "/w") == {
+    assert launch.child_env(parent, "/w") == {
         "PATH": "/usr/bin",
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "2",
@@ -229,7 +229,7 @@ def test_child_runs_scrubbed_in_its_own_temp_dir_and_log_is_capped(
     assert "sk-must-not-leak" not in tail and "OPENAI_API_KEY" not in tail
     env_line = re.search(r"^ENV (.*)$", tail, re.MULTILINE)
     assert env_line is not None
-    allowed = {*sandbox.KEPT_ENV_VARS, "HOME", "TMPDIR", "LC_CTYPE"}  # LC_CTYPE: PEP 538
+    allowed = {*launch.KEPT_ENV_VARS, "HOME", "TMPDIR", "LC_CTYPE"}  # LC_CTYPE: PEP 538
     assert set(env_line.group(1).split()) <= allowed
     where = re.search(r"^CWD (\S+) HOME (\S+) TMP (\S+)$", tail, re.MULTILINE)
     assert where is not None and len(set(where.groups())) == 1
@@ -347,10 +347,10 @@ def test_a_server_dying_mid_candidate_is_a_crash_and_the_run_goes_on() -> None:
 def test_no_fork_server_means_a_fresh_interpreter_per_candidate(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broken = sandbox._ForkServer()
-    monkeypatch.setattr(sandbox, "_SERVER", broken)
-    monkeypatch.setattr(sandbox, "SERVER_MODULE", "lemo_nade.no_such_module")
-    monkeypatch.setattr(sandbox, "SERVER_START_ATTEMPTS", 2)
+    broken = launch.ForkServer()
+    monkeypatch.setattr(launch, "SERVER", broken)
+    monkeypatch.setattr(launch, "SERVER_MODULE", "lemo_nade.no_such_module")
+    monkeypatch.setattr(launch, "SERVER_START_ATTEMPTS", 2)
     results = [sandbox.evaluate(_job(WRONG_SHAPE), timeout_s=60) for _ in range(3)]
     assert [r.status for r in results] == [Status.FAILED_SHAPE] * 3
     assert "fork server failed to start" in capsys.readouterr().err

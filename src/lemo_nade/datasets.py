@@ -1,6 +1,6 @@
 """Dataset registry (pure side): names, shapes, class counts, the files each format needs,
 the official checksums, and the checks that can be done before any child process starts.
-Loading pixels lives in ``engine.data``. No torch here.
+Loading pixels lives in ``engine.loaders``. No torch here.
 
 Every dataset except the built-in ``digits`` is read from a local directory in its
 original distribution format; nothing is downloaded. ``--data-dir DIR`` may name the

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lemo_nade.engine.data import load, split_for_job
+from lemo_nade.engine.data import split_for_job
+from lemo_nade.engine.loaders import load
 from lemo_nade.engine.retrain import WEIGHTS
 from lemo_nade.records import EvalJob
 

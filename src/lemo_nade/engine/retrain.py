@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from lemo_nade.engine import measure
-from lemo_nade.engine.data import Split, load
+from lemo_nade.engine.data import Split
+from lemo_nade.engine.loaders import load
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"  # the epoch reached, for the parent's progress bar (no torch)

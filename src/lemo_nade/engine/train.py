@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lemo_nade.engine.data import PAPER_AUGMENT, Augment, Split, augment, shuffled_batches
+from lemo_nade.engine.augment import PAPER_AUGMENT, Augment, augment
+from lemo_nade.engine.data import Split, shuffled_batches
 from lemo_nade.engine.measure import accuracy_and_loss
 from lemo_nade.records import EvalJob
 

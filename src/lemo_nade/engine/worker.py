@@ -27,7 +27,8 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,102 +120,137 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         check_shape(model.to(device), split)
     sensors_start = time.perf_counter()
     sensors = measure.sensors_for(device)  # RAPL / NVML where readable, else the estimate
-    power = (job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
-    measure_s = time.perf_counter() - sensors_start
+    power = _Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
+    sensors_s = time.perf_counter() - sensors_start
     checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
-    with _stage(Status.FAILED_TRAIN, "training"), measure.energy_span(*power) as e1:
+    with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
         result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
     with _stage(Status.FAILED_TRAIN, "measuring"):
-        # paper Algorithm 1: A1 <- Model.eval(train_set); [E2, A2] <- Model.eval(val)
-        with measure.energy_span(*power) as e_a1:
-            a1, train_loss = measure.accuracy_and_loss(
-                model, split.x_train, split.y_train, job.batch_size, split.normalize
-            )
-        with measure.energy_span(*power) as e2:
-            a2, val_loss = measure.accuracy_and_loss(
-                model, split.x_val, split.y_val, job.batch_size, split.normalize
-            )
-        extra_start = time.perf_counter()
-        flops = measure.flops_per_image(model, split.x_val, split.normalize)
-        speed = measure.measure_speed(
-            model,
-            split.x_val,
-            job.batch_size,
-            split.normalize,
-            budget_s=measure.speed_budget_s(e1.wall_s),
-            span=measure.energy_span(*power),
-        )
-        measure_s += time.perf_counter() - extra_start
-        e2_kwh, e2_parts = e2.energy_kwh, e2.parts_kwh
-        if 0 < e2.wall_s < MIN_ENERGY_SPAN_S:
-            # A pass shorter than a few scheduler ticks is below the counters' resolution
-            # (other threads' CPU time moves in ticks). Every eval-mode pass of this model
-            # at this batch size has the same energy per image: the A1 pass over the
-            # training split, this one, and the timed FPS windows on validation inputs.
-            # E2 = their energy per image x validation images. Where even all of them
-            # together are too short, the validation pass is repeated (counted as overhead).
-            passes: list[tuple[measure.Reading, int]] = [
-                (e_a1, len(split.x_train)),
-                (e2, len(split.x_val)),
-            ]
-            if speed.fps_energy is not None:
-                passes.append((speed.fps_energy, speed.fps_images))
-            if sum(span.wall_s for span, _ in passes) < MIN_ENERGY_SPAN_S:
-                repeats = math.ceil(MIN_ENERGY_SPAN_S / e2.wall_s)
-                repeat_start = time.perf_counter()
-                with measure.energy_span(*power) as again:
-                    for _ in range(repeats):
-                        measure.accuracy_and_loss(
-                            model, split.x_val, split.y_val, job.batch_size, split.normalize
-                        )
-                measure_s += time.perf_counter() - repeat_start  # overhead, counted as such
-                passes = [(again, repeats * len(split.x_val))]
-            e2_kwh, e2_parts = _per_image_energy(passes, len(split.x_val))
-    test: dict[str, Any] = {}
+        fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
+    fields["measure_time_s"] += sensors_s
     if job.mode == "retrain":  # the held-out test set, once, after training
         with _stage(Status.FAILED_TRAIN, "testing"):
-            with measure.energy_span(*power) as e3:
-                accuracy, images = retrain.test_accuracy(
-                    model, job.dataset, job.data_dir, split, job.batch_size
-                )
-            retrain.save_weights(model, Path.cwd())
-        test = {
-            "test_accuracy": accuracy,
-            "test_images": images,
-            "test_energy_kwh": e3.energy_kwh,
-            "best_epoch": result.best_epoch,
-        }
+            fields |= _test_once(model, split, job, power)
+        fields["best_epoch"] = result.best_epoch
     return Metrics(
-        **test,
-        A1=a1,
-        A2=a2,
+        **fields,
         E1=e1.energy_kwh,
-        E2=e2_kwh,
-        F=speed.fps,
-        P=measure.parameter_count(model),
-        params_trainable=measure.trainable_parameter_count(model),
-        model_mb=measure.model_size_mb(model),
-        flops_per_image=flops,
-        fps_batch=speed.fps_batch,
-        fps_cv=speed.fps_cv,
-        latency_ms_p50=speed.latency_ms_p50,
-        latency_ms_p95=speed.latency_ms_p95,
-        threads=speed.threads,
-        measure_time_s=measure_s,
-        energy_sources=e1.sources_text(),
         E1_parts=e1.parts_kwh,
-        E2_parts=e2_parts,
+        energy_sources=e1.sources_text(),
         energy_note=e1.note,
-        train_loss=train_loss,
-        val_loss=val_loss,
+        energy_source=e1.source,
         train_time_s=e1.wall_s,
-        eval_time_s=e2.wall_s,
         epochs_run=result.epochs_run,
         train_images=len(split.x_train),
-        val_images=len(split.x_val),
-        energy_source=e1.source,
         device=device.type,
     )
+
+
+@dataclass(frozen=True)
+class _Power:
+    """What every energy span of one candidate is read with."""
+
+    cpu_w_per_core: float
+    ram_w_per_gb: float
+    device: torch.device
+    sensors: measure.Sensors
+
+    def span(self) -> AbstractContextManager[measure.Reading]:
+        return measure.energy_span(
+            self.cpu_w_per_core, self.ram_w_per_gb, self.device, self.sensors
+        )
+
+
+def _measure_trained(
+    model: nn.Module, split: Split, job: EvalJob, power: _Power, train_s: float
+) -> dict[str, Any]:
+    """The trained model's Metrics fields: A1, A2 and E2 (paper Algorithm 1: A1 <-
+    Model.eval(train_set); [E2, A2] <- Model.eval(val)), size, FLOPs and speed."""
+    with power.span() as e_a1:
+        a1, train_loss = measure.accuracy_and_loss(
+            model, split.x_train, split.y_train, job.batch_size, split.normalize
+        )
+    with power.span() as e2:
+        a2, val_loss = measure.accuracy_and_loss(
+            model, split.x_val, split.y_val, job.batch_size, split.normalize
+        )
+    start = time.perf_counter()
+    flops = measure.flops_per_image(model, split.x_val, split.normalize)
+    speed = measure.measure_speed(
+        model,
+        split.x_val,
+        job.batch_size,
+        split.normalize,
+        budget_s=measure.speed_budget_s(train_s),
+        span=power.span(),
+    )
+    measure_s = time.perf_counter() - start
+    e2_kwh, e2_parts = e2.energy_kwh, e2.parts_kwh
+    if 0 < e2.wall_s < MIN_ENERGY_SPAN_S:
+        passes = [(e_a1, len(split.x_train)), (e2, len(split.x_val))]
+        if speed.fps_energy is not None:
+            passes.append((speed.fps_energy, speed.fps_images))
+        start = time.perf_counter()
+        e2_kwh, e2_parts = _resolved_e2(model, split, job, power, passes, e2.wall_s)
+        measure_s += time.perf_counter() - start  # any repeat is overhead, counted as such
+    return {
+        "A1": a1,
+        "A2": a2,
+        "E2": e2_kwh,
+        "E2_parts": e2_parts,
+        "F": speed.fps,
+        "P": measure.parameter_count(model),
+        "params_trainable": measure.trainable_parameter_count(model),
+        "model_mb": measure.model_size_mb(model),
+        "flops_per_image": flops,
+        "fps_batch": speed.fps_batch,
+        "fps_cv": speed.fps_cv,
+        "latency_ms_p50": speed.latency_ms_p50,
+        "latency_ms_p95": speed.latency_ms_p95,
+        "threads": speed.threads,
+        "measure_time_s": measure_s,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "eval_time_s": e2.wall_s,
+        "val_images": len(split.x_val),
+    }
+
+
+def _resolved_e2(
+    model: nn.Module,
+    split: Split,
+    job: EvalJob,
+    power: _Power,
+    passes: list[tuple[measure.Reading, int]],
+    val_s: float,
+) -> tuple[float, dict[str, float]]:
+    """E2 where the validation pass alone is shorter than ``MIN_ENERGY_SPAN_S``, below the
+    counters' resolution (other threads' CPU time moves in scheduler ticks).
+
+    Every eval-mode pass of this model at this batch size has the same energy per image:
+    ``passes`` holds the A1 pass over the training split, the validation pass and the
+    timed FPS windows on validation inputs, with their image counts. E2 = their energy per
+    image x validation images. Where even all of them together are too short, the
+    validation pass (``val_s`` seconds) is repeated until it is not."""
+    if sum(span.wall_s for span, _ in passes) < MIN_ENERGY_SPAN_S:
+        repeats = math.ceil(MIN_ENERGY_SPAN_S / max(val_s, 1e-6))
+        with power.span() as again:
+            for _ in range(repeats):
+                measure.accuracy_and_loss(
+                    model, split.x_val, split.y_val, job.batch_size, split.normalize
+                )
+        passes = [(again, repeats * len(split.x_val))]
+    return _per_image_energy(passes, len(split.x_val))
+
+
+def _test_once(model: nn.Module, split: Split, job: EvalJob, power: _Power) -> dict[str, Any]:
+    """The held-out test set's accuracy and energy; saves the trained weights."""
+    with power.span() as e3:
+        accuracy, images = retrain.test_accuracy(
+            model, job.dataset, job.data_dir, split, job.batch_size
+        )
+    retrain.save_weights(model, Path.cwd())
+    return {"test_accuracy": accuracy, "test_images": images, "test_energy_kwh": e3.energy_kwh}
 
 
 def _per_image_energy(

@@ -1,0 +1,80 @@
+"""The Typer app and what every command shares: the consoles, the exit-code contract
+(0 ok, 1 failure, 2 bad input: one line on stderr, never a traceback) and JSON options."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from lemo_nade.architects import ArchitectError
+from lemo_nade.config import ConfigError
+from lemo_nade.datasets import DatasetError
+from lemo_nade.rules import RulesInputError
+from lemo_nade.store import StoreError
+
+app = typer.Typer(
+    help="LeMo-NADe: discover neural network architectures with an LLM and an expert system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings' wrapped lines join into paragraphs
+)
+# Piped or redirected output gets a wide table instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+out = Console(width=_WIDTH)
+err = Console(stderr=True)
+
+BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _bad_input(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def friendly(func: F) -> F:
+    """Turn known bad-input errors into one line and exit code 2; other errors into exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BAD_INPUT as exc:
+            raise _bad_input(str(exc)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; continue with: lemo-nade resume RUN_DIR")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("LEMO_NADE_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]failed:[/] {type(exc).__name__}: {exc} "
+                "(set LEMO_NADE_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: expected a JSON object like '{{\"A1\": 0.8}}'")
+    return value

@@ -1,0 +1,244 @@
+"""Commands of a discovery run: run, resume, show, rules, doctor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lemo_nade import rules
+from lemo_nade.cli.app import app, err, friendly, json_arg, out
+from lemo_nade.config import ConfigError, build_config, load_toml, parse_set
+
+
+@app.command("run")
+@friendly
+def run_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="digits (built-in), cifar10, cifar100, imagenet16-120, npz:PATH."),
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="Architect: offline (default, no LLM), openai:MODEL, gemini:MODEL, "
+            "ollama:MODEL, vllm:MODEL, llamacpp:MODEL, or replay:RUN_DIR."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="LLM sampling temperature (paper: 0; 0.2-1.0 swept).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Stop after this many LLM tokens (in + out).")
+    ] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Stop after this much LLM cost (USD).")
+    ] = None,
+    max_energy_kwh: Annotated[
+        float | None, typer.Option(help="Stop after candidates used this much energy.")
+    ] = None,
+    setting: Annotated[
+        int | None, typer.Option(help="Paper Table 4 priority setting 1-5 (default 1).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="Candidates to try (default 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for split, training, architect.")] = None,
+    parent: Annotated[
+        str | None, typer.Option(help="Which candidate feeds the next: last (paper) or best.")
+    ] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop after this much time.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are made.")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any config key, e.g. --set thresholds.TA2=0.9 (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Start a discovery run (paper Algorithm 1) and print the per-iteration table."""
+    from lemo_nade.search import create_run
+
+    flags = {
+        "dataset": dataset, "data_dir": data_dir, "llm": llm, "setting": setting,
+        "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "seed": seed, "parent": parent, "max_hours": max_hours, "temperature": temperature,
+        "max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "max_energy_kwh": max_energy_kwh,
+    }  # fmt: skip
+    file_layer = load_toml(config) if config else {}
+    sets = parse_set(set_ or [])
+    recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
+    cfg = build_config(recorded, file_layer, flags, sets)
+    run_dir = create_run(cfg, runs_dir)
+    _search(run_dir, as_json)
+
+
+def _replay_base(llm: Any) -> dict[str, Any]:
+    """``--llm replay:RUN_DIR`` starts from the recorded run's config (then the layers on
+    top), so the same dataset, seeds and thresholds rebuild the same candidates."""
+    if not isinstance(llm, str) or not llm.startswith("replay:"):
+        return {}
+    from lemo_nade.store import RunStore
+
+    with RunStore.open(Path(llm.partition(":")[2])) as store:
+        base: dict[str, Any] = json.loads(store.config_json())
+    base.pop("llm", None)
+    return base
+
+
+@app.command("resume")
+@friendly
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `lemo-nade run`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Continue an interrupted run with its stored config, seeds and state."""
+    _search(run_dir, as_json)
+
+
+def _search(run_dir: Path, as_json: bool) -> None:
+    from lemo_nade.console import LiveProgress, print_table
+    from lemo_nade.search import run_search
+    from lemo_nade.store import RunStore
+
+    RunStore.open(run_dir).close()  # a bad RUN_DIR is bad input: one line, exit 2
+    if not as_json:
+        out.print(f"run directory: [bold]{run_dir}[/]")
+    with LiveProgress(err if as_json else out, run_dir) as live:
+        result = run_search(run_dir, progress=live.progress)
+    if as_json:
+        _print_show_json(run_dir)
+        return
+    print_table(out, result.records)
+    out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+    if result.stop_reason.startswith("llm_unavailable"):
+        err.print(
+            f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "
+            f"Continue with: lemo-nade resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    if result.best is None:
+        raise typer.Exit(1)
+
+
+@app.command("show")
+@friendly
+def show_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print a run's per-iteration table and its summary (paper Table 3 shape)."""
+    from lemo_nade.console import print_summary, print_table
+    from lemo_nade.store import RunStore
+
+    if as_json:
+        _print_show_json(run_dir)
+        return
+    with RunStore.open(run_dir) as store:
+        from lemo_nade.config import config_from_json
+
+        records = store.iterations()
+        status, reason = store.status()
+        config = config_from_json(store.config_json())
+    print_table(out, records)
+    print_summary(out, records, config, status, reason)
+
+
+def _print_show_json(run_dir: Path) -> None:
+    from lemo_nade.config import config_from_json
+    from lemo_nade.report import iteration_rows, run_summary
+    from lemo_nade.store import RunStore
+
+    with RunStore.open(run_dir) as store:
+        records = store.iterations()
+        status, reason = store.status()
+        config = config_from_json(store.config_json())
+        run_id = store.run_id
+    doc = {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "status": status,
+        "stop_reason": reason,
+        "config": config.model_dump(),
+        "summary": run_summary(records, config),
+        "iterations": iteration_rows(records),
+    }
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+@app.command("rules")
+@friendly
+def rules_cmd(
+    metrics: Annotated[
+        str, typer.Option(help='Measured metrics as JSON: {"A1":..,"A2":..,"E1":..,"E2":..,"F":..}')
+    ],
+    setting: Annotated[int, typer.Option(help="Paper Table 4 priority setting 1-5.")] = 1,
+    priorities: Annotated[
+        str | None, typer.Option(help='Override priorities as JSON, e.g. {"PF":0.5}.')
+    ] = None,
+    thresholds: Annotated[
+        str | None, typer.Option(help='Override thresholds as JSON, e.g. {"TA1":0.9}.')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what the expert system (Algorithms 2 and 3) instructs for given metrics."""
+    cfg = build_config(
+        {"setting": setting},
+        {"priorities": json_arg(priorities, "priorities")},
+        {"thresholds": json_arg(thresholds, "thresholds")},
+    )
+    values = json_arg(metrics, "metrics")
+    unknown = sorted(set(values) - set(rules.METRIC_KEYS))
+    if unknown:
+        raise ConfigError(f"metrics: unknown key {unknown[0]!r}; allowed: A1, A2, E1, E2, F")
+    raw, resolved = rules.instructions_for(
+        values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+    )
+    if as_json:
+        sys.stdout.write(json.dumps({"raw": raw, "resolved": resolved}) + "\n")
+        return
+    from lemo_nade.console import print_rules
+
+    print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
+
+
+@app.command("doctor")
+@friendly
+def doctor_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
+    llm: Annotated[
+        str | None, typer.Option(help="Architect to check, e.g. ollama:llama3.1.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config overrides, e.g. base_url=URL.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the set-up: the architect's endpoint and key (never shown), torch, device,
+    energy sensors and the built-in dataset. Exit 1 when a check fails."""
+    from lemo_nade.doctor import run_checks
+
+    file_layer = load_toml(config) if config else {}
+    cfg = build_config(file_layer, {"llm": llm}, parse_set(set_ or []))
+    checks = run_checks(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps({"checks": checks}, indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(title="lemo-nade doctor")
+        for name in ("check", "status", "detail"):
+            table.add_column(name, overflow="fold")
+        colour = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
+        for c in checks:
+            table.add_row(c["check"], f"[{colour[c['status']]}]{c['status']}[/]", c["detail"])
+        out.print(table)
+    if any(c["status"] == "fail" for c in checks):
+        raise typer.Exit(1)
