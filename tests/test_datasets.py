@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -353,3 +354,27 @@ def test_the_worker_logs_what_was_verified() -> None:
     split = split_for_job(job, log=lines.append)
     assert len(split.x_train) + len(split.x_val) == 5085 and len(split.x_val) == 509
     assert len(lines) == 6 and lines[0].startswith("data: cifar-10-batches-py/data_batch_1: not")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "No data left in file"),  # an empty file
+        (None, "a single array (.npy), not an archive"),  # np.save, not np.savez
+    ],
+)
+def test_a_file_that_is_not_an_npz_dataset_is_one_clear_error(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    path = tmp_path / "data.npz"
+    if content is None:
+        with path.open("wb") as f:
+            np.save(f, np.zeros(3))
+    else:
+        path.write_bytes(content)
+    for read in (lambda: resolve_dataset(f"npz:{path}", None), lambda: load(f"npz:{path}", None)):
+        with pytest.raises(DatasetError, match=f"cannot read {path} as .npz .*{re.escape(why)}"):
+            read()
+    np.savez(path, x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.array([0, 1]))
+    with pytest.raises(DatasetError, match="lacks array 'x_test'"):
+        resolve_dataset(f"npz:{path}", None)

@@ -56,6 +56,19 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "ESTIMATE" in table.output
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_run_where_nothing_succeeds_exits_1_with_or_without_json(
+    tmp_path: Path, as_json: bool
+) -> None:
+    args = ["run", "--iterations", "1", "--epochs", "5000", "--runs-dir", str(tmp_path)]
+    args += ["--set", "candidate_timeout_s=1"] + (["--json"] if as_json else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "no candidate succeeded" in result.stderr
+    if as_json:
+        assert json.loads(result.stdout)["summary"]["statuses"] == {"timeout": 1}
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     run = ["run", "--runs-dir", str(tmp_path / "r")]
     cases = [
@@ -169,6 +182,38 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
         "002.py",
         "003.py",
     ]
+
+
+def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "--iterations", "6", "--epochs", "3", "--runs-dir", str(runs)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lemo_nade", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and done < 1:
+            found = list(runs.glob("*/run.sqlite")) if runs.exists() else []
+            if found:
+                with RunStore.open(found[0].parent) as st:
+                    done = st.next_index()
+            time.sleep(0.05)
+        assert done >= 1, "no iteration was committed"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = only_run_dir(runs)
+    assert proc.returncode == 130, stderr
+    assert f"Continue with: lemo-nade resume {run_dir}\n" in stderr  # unbroken, to copy
+    assert "Traceback" not in stderr
+    with RunStore.open(run_dir) as st:
+        assert len(st.iterations()) >= 1
 
 
 def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_report_command_writes_a_self_contained_page(tmp_path: Path) -> None:
     report = run / "report"
     names = sorted(p.name for p in report.iterdir())
     plots = ["cm_accuracy.png", "pareto.png", "energy.png", "instructions.png", "lineage.png"]
-    assert names == sorted(["report.md", "report.html", *plots])
+    assert names == sorted([".lemo-nade-report", "report.md", "report.html", *plots])
     for png in report.glob("*.png"):
         assert png.read_bytes().startswith(PNG)
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temp left
@@ -267,6 +267,26 @@ def test_a_failure_while_writing_keeps_the_old_report(tmp_path: Path) -> None:
     assert (run / "report" / "report.md").read_text() == before
     assert not (run / "report" / "half.png").exists()
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+
+
+def test_out_dir_never_replaces_the_run_or_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs" / "run", CHAIN)
+    before = sorted(p.name for p in run.iterdir())
+    for target in (run, run.parent, tmp_path, Path(".")):
+        refused = runner.invoke(app, ["report", str(run), "--out-dir", str(target)])
+        assert refused.exit_code == 2, (target, refused.output)
+        assert len(refused.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before  # the run is intact
+    mine = tmp_path / "precious"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    refused = runner.invoke(app, ["report", str(run), "--out-dir", str(mine)])
+    assert refused.exit_code == 2 and "not made by `lemo-nade report`" in refused.output
+    assert (mine / "notes.txt").read_text() == "x"
+    # a new folder, then the same folder again (the report's own) are fine
+    fresh = tmp_path / "out"
+    assert [p.name for p in write_report(run, fresh, draw=fake_draw)][-1] == "report.md"
+    assert len(write_report(run, fresh, draw=fake_draw)) == 4
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lemo_nade.cli import app
+from lemo_nade.retrain import workdir
 from lemo_nade.store import RunStore
 
 runner = CliRunner()
@@ -49,6 +50,27 @@ def test_bad_candidates_are_refused(run_dir: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "not in the run" in missing.output
     nowhere = runner.invoke(app, ["retrain", str(tmp_path)])
     assert nowhere.exit_code == 2 and "not a run directory" in nowhere.output
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "key"),
+    [("--lr", "-1", "final.lr"), ("--epochs", "0", "final.epochs"), ("--lr", "nan", "final.lr")],
+)
+def test_bad_protocol_values_are_one_line_and_fresh_deletes_nothing(
+    run_dir: Path, flag: str, value: str, key: str
+) -> None:
+    kept = workdir(run_dir, 0)  # candidate 0's checkpoint folder: --fresh would remove it
+    kept.mkdir(parents=True, exist_ok=True)
+    (kept / "sentinel").write_text("x")
+    before = sorted(p.name for p in (run_dir / "retrain").iterdir())
+    args = ["retrain", str(run_dir), "--candidate", "0", "--fresh", flag, value]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"error: {key}:")
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in (run_dir / "retrain").iterdir()) == before
+    assert (kept / "sentinel").read_text() == "x"
+    (kept / "sentinel").unlink()
 
 
 def _progress(folder: Path) -> int:

@@ -10,9 +10,11 @@ folder itself (``DIR/data_batch_1``).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lemo_nade.records import TaskSpec
 
@@ -182,28 +184,41 @@ def resolve_dataset(name: str, data_dir: str | None) -> TaskSpec:
     return TaskSpec(dataset=info.name, input_shape=info.input_shape, num_classes=info.num_classes)
 
 
-def _npz_spec(name: str) -> TaskSpec:
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(path: Path, keys: tuple[str, ...] = NPZ_KEYS) -> dict[str, Any]:
+    """``keys`` of an npz dataset file as numpy arrays (no pickles); DatasetError naming
+    the file and the fix when it is not an archive holding all of :data:`NPZ_KEYS`."""
     import numpy as np
 
-    path = Path(name[4:])
-    if not path.is_file():
-        raise DatasetError(f"dataset: npz file {path} not found; pass --dataset npz:PATH")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array (.npy), not an archive of arrays")
+        with loaded as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz]
             if missing:
                 raise DatasetError(
                     f"dataset: {path} lacks array {missing[0]!r}; an npz dataset holds "
                     "x_train, y_train, x_test, y_test (np.savez)"
                 )
-            x = data["x_train"]
-            y = data["y_train"]
-            shape = _nchw(x.shape, path)
-            num_classes = int(y.max()) + 1 if y.size else 0
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(f"dataset: cannot read {path} as .npz ({exc})") from None
+            return {k: npz[k] for k in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        why = str(exc) or type(exc).__name__  # an empty file's EOFError says little
+        raise DatasetError(
+            f"dataset: cannot read {path} as .npz ({why}); write one with np.savez"
+        ) from None
+
+
+def _npz_spec(name: str) -> TaskSpec:
+    path = Path(name[4:])
+    if not path.is_file():
+        raise DatasetError(f"dataset: npz file {path} not found; pass --dataset npz:PATH")
+    arrays = read_npz(path, ("x_train", "y_train"))
+    shape = _nchw(arrays["x_train"].shape, path)
+    y = arrays["y_train"]
+    num_classes = int(y.max()) + 1 if y.size else 0
     if num_classes < 2:
         raise DatasetError(f"dataset: {path} y_train needs at least 2 classes")
     return TaskSpec(dataset=name, input_shape=shape, num_classes=num_classes)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lemo_nade import sandbox
-from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.config import RunConfig, build_config, config_from_json
 from lemo_nade.records import Evaluation, Status, final_job
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.search import best_of, search_job
@@ -64,6 +64,12 @@ def choose(records: list[IterationRecord], candidate: int | None) -> IterationRe
     return chosen
 
 
+def with_final(config: RunConfig, final: dict[str, Any] | None) -> RunConfig:
+    """``config`` with the final protocol's keys in ``final`` changed (the others kept);
+    a bad value is a one-line :class:`~lemo_nade.config.ConfigError`."""
+    return build_config(config.model_dump(), {"final": final}) if final else config
+
+
 def retrain(
     run_dir: Path,
     candidate: int | None = None,
@@ -73,9 +79,7 @@ def retrain(
 ) -> dict[str, Any]:
     """Retrain, test, record; returns what was written to ``retrain.json``."""
     with RunStore.open(run_dir, writer=True) as store:
-        config = config_from_json(store.config_json())
-        if final:
-            config = config.model_validate({**config.model_dump(), "final": final})
+        config = with_final(config_from_json(store.config_json()), final)
         chosen = choose(store.iterations(), candidate)
         folder = workdir(run_dir, chosen.idx)
         resumed = _progress(folder).get("epoch", 0)

@@ -50,7 +50,7 @@ def friendly(func: F) -> F:
         except BAD_INPUT as exc:
             raise _bad_input(str(exc)) from None
         except KeyboardInterrupt:
-            err.print("interrupted; continue with: lemo-nade resume RUN_DIR")
+            err.print("interrupted; what was already recorded is kept")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -66,6 +66,16 @@ def friendly(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted(how_to_continue: str) -> typer.Exit:
+    """Ctrl-C in a long command: say how to go on, exit 130."""
+    err.print(
+        f"interrupted; nothing recorded is lost. Continue with: {how_to_continue}",
+        highlight=False,
+        soft_wrap=True,  # a path stays one piece, to copy
+    )
+    return typer.Exit(130)
 
 
 def json_arg(text: str | None, what: str) -> dict[str, Any]:

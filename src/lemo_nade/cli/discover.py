@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from lemo_nade import rules
-from lemo_nade.cli.app import app, err, friendly, json_arg, out
+from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, out
 from lemo_nade.config import ConfigError, build_config, load_toml, parse_set
 
 
@@ -109,13 +109,17 @@ def _search(run_dir: Path, as_json: bool) -> None:
     RunStore.open(run_dir).close()  # a bad RUN_DIR is bad input: one line, exit 2
     if not as_json:
         out.print(f"run directory: [bold]{run_dir}[/]")
-    with LiveProgress(err if as_json else out, run_dir) as live:
-        result = run_search(run_dir, progress=live.progress)
+    try:
+        with LiveProgress(err if as_json else out, run_dir) as live:
+            result = run_search(run_dir, progress=live.progress)
+    except KeyboardInterrupt:
+        raise interrupted(f"lemo-nade resume {run_dir}") from None
     if as_json:
         _print_show_json(run_dir)
-        return
-    print_table(out, result.records)
-    out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+    else:
+        print_table(out, result.records)
+        out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+    # the exit code is the same with --json: 1 when the LLM went away or nothing succeeded
     if result.stop_reason.startswith("llm_unavailable"):
         err.print(
             f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "
@@ -125,6 +129,12 @@ def _search(run_dir: Path, as_json: bool) -> None:
         )
         raise typer.Exit(1)
     if result.best is None:
+        err.print(
+            "[bold red]failed:[/] no candidate succeeded; see each one's error with "
+            f"lemo-nade show {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 

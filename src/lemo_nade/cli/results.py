@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lemo_nade.cli.app import app, err, friendly, out
+from lemo_nade.cli.app import app, err, friendly, interrupted, out
 from lemo_nade.config import ConfigError
 
 
@@ -50,14 +50,18 @@ def retrain_cmd(
         "plateau_patience": plateau_patience, "early_stopping_patience": early_stopping_patience,
     }  # fmt: skip
     final = {k: v for k, v in final.items() if v is not None}
-    with RunStore.open(run_dir) as store:  # bad input first: one line, exit 2
+    with RunStore.open(run_dir) as store:  # bad input first: one line, exit 2, nothing lost
         from lemo_nade.config import config_from_json
 
         chosen = rt.choose(store.iterations(), candidate)
-        total = config_from_json(store.config_json()).final.model_copy(update=final).epochs
+        total = rt.with_final(config_from_json(store.config_json()), final).final.epochs
     if fresh:
         shutil.rmtree(rt.workdir(run_dir, chosen.idx), ignore_errors=True)
-    result = _retrain_with_progress(run_dir, chosen.idx, final, total, err if as_json else out)
+    try:
+        result = _retrain_with_progress(run_dir, chosen.idx, final, total, err if as_json else out)
+    except KeyboardInterrupt:
+        again = " ".join(a for a in sys.argv[1:] if a != "--fresh")
+        raise interrupted(f"lemo-nade {again} (it goes on from the last epoch)") from None
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return

@@ -37,6 +37,7 @@ from lemo_nade.datasets import (
     builtin_path,
     canonical,
     dataset_folder,
+    read_npz,
 )
 
 
@@ -79,16 +80,7 @@ def load(dataset: str, data_dir: str | None) -> RawData:
 
 
 def _load_npz(path: Path, num_classes: int | None) -> RawData:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as exc:
-        raise DatasetError(
-            f"dataset: {path} lacks array {exc}; an npz dataset holds x_train, y_train, "
-            "x_test, y_test (np.savez)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"dataset: cannot read {path} as .npz ({exc})") from None
+    arrays = read_npz(path)
     x_train, x_test = (_images_nchw(arrays[k], path, k) for k in ("x_train", "x_test"))
     y_train, y_test = (_labels(arrays[k], path, k) for k in ("y_train", "y_test"))
     classes = num_classes or int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1

@@ -41,6 +41,7 @@ from lemo_nade.reporting.data import (
 from lemo_nade.search import best_of
 
 REPORT_DIR = "report"
+MARKER_NAME = ".lemo-nade-report"  # a directory holding it may be replaced by a new report
 MD_NAME = "report.md"
 HTML_NAME = "report.html"
 
@@ -398,9 +399,8 @@ def write_report(
         from lemo_nade.reporting.plots import draw_all  # matplotlib only when drawing
 
         draw = draw_all
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"{out_dir} exists and is not a directory; pass another --out-dir")
+    out_dir = (Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR).resolve()
+    _check_replaceable(out_dir, Path(run_dir).resolve())
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -408,6 +408,7 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         plots = draw(data, tmp)
+        (tmp / MARKER_NAME).write_text("made by lemo-nade report; replaced as a whole\n")
         (tmp / MD_NAME).write_text(to_markdown(data, plots), encoding="utf-8")
         (tmp / HTML_NAME).write_text(to_html(data, plots, tmp), encoding="utf-8")
         for f in tmp.iterdir():
@@ -418,7 +419,29 @@ def write_report(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sorted(out_dir.iterdir())
+    return sorted(f for f in out_dir.iterdir() if f.name != MARKER_NAME)
+
+
+def _check_replaceable(out_dir: Path, run_dir: Path) -> None:
+    """The report directory is replaced as a whole, so it must be one: new, empty, or made
+    by ``report`` (its marker, or only report files); never the run or a folder above it."""
+    if out_dir == run_dir or out_dir in run_dir.parents:
+        raise ReportError(
+            f"{out_dir} holds the run itself and would be replaced; pass a new --out-dir"
+        )
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ReportError(f"{out_dir} exists and is not a directory; pass another --out-dir")
+    names = {entry.name for entry in out_dir.iterdir()}
+    made_here = MARKER_NAME in names or all(
+        n in (MD_NAME, HTML_NAME) or n.endswith(".png") for n in names
+    )
+    if not made_here:
+        raise ReportError(
+            f"{out_dir} is not empty and was not made by `lemo-nade report` (it would be "
+            "replaced as a whole); pass a new or empty --out-dir"
+        )
 
 
 def _swap_in(new: Path, target: Path) -> None:
