@@ -56,6 +56,29 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "ESTIMATE" in table.output
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-energy-kwh", "1e-12"), ("--max-hours", "1e-7")]
+)
+def test_energy_and_time_budgets_stop_the_run_between_iterations(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "--iterations", "3", *FAST, flag, value, "--runs-dir", str(runs), "--json"]
+    result = runner.invoke(app, args)
+    run_dir = only_run_dir(runs)
+    doc = json.loads(runner.invoke(app, ["show", str(run_dir), "--json"]).stdout)
+    # the first candidate is recorded whole; the budget stops the run before the next one
+    assert doc["stop_reason"] == flag.removeprefix("--").replace("-", "_")
+    assert doc["status"] == "stopped" and len(doc["iterations"]) == 1
+    first = doc["iterations"][0]
+    if flag == "--max-energy-kwh":
+        assert result.exit_code == 0, result.output
+        assert first["status"] == "ok" and doc["summary"]["search_energy_kwh"] > 1e-12
+    else:  # the time left (0.36 ms) also caps the candidate: at least 1 s, then killed
+        assert first["status"] in {"ok", "timeout"}
+        assert result.exit_code == (0 if first["status"] == "ok" else 1), result.output
+
+
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_run_where_nothing_succeeds_exits_1_with_or_without_json(
     tmp_path: Path, as_json: bool

@@ -179,6 +179,9 @@ def test_worker_records_every_measurement() -> None:
     assert e2 == pytest.approx(sum(m.E2_parts.values()))
     assert m.energy_sources.startswith("cpu=") and "gpu=none" in m.energy_sources
     assert m.energy_source in {"estimate", "rapl", "rapl+estimate"}
+    # the whole measured span holds training, both passes and the timed speed windows
+    assert m.candidate_kwh is not None and m.candidate_kwh >= e1 + e2
+    assert m.spent_kwh == m.candidate_kwh
 
 
 def test_speed_span_covers_the_timed_windows() -> None:

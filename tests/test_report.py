@@ -4,6 +4,7 @@ retrain.json hook, atomic writing, bad input, and the HTML in a real browser."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import json
 import math
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from lemo_nade.cli import app
 from lemo_nade.config import build_config
 from lemo_nade.records import Evaluation, Metrics, Status
+from lemo_nade.report import run_summary
 from lemo_nade.reporting.data import (
     NOT_MEASURED,
     ReportError,
@@ -386,3 +388,29 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     png = bench.screenshot(binary, html_path, tmp_path / "shot.png", 1280, 2000)
     assert png.read_bytes().startswith(PNG)
+
+
+def test_run_summary_applies_pue_and_carbon_intensity_by_hand() -> None:
+    """Eq. 2-3 on the paper row: kWh-PUE = PUE x device kWh, CO2 = intensity x kWh-PUE.
+    Candidates 0, 1, 3, 4 succeeded: E1 = 1e-5 x (idx + 1), E2 = 1e-8 each."""
+    cfg = build_config({"pue": 1.2, "co2_lbs_per_kwh": 0.5})
+    row = run_summary(CHAIN, cfg)
+    device_kwh = 1e-5 * (1 + 2 + 4 + 5) + 4 * 1e-8
+    assert row["search_energy_kwh"] == pytest.approx(device_kwh)
+    assert row["search_kwh_pue"] == pytest.approx(1.2 * device_kwh)
+    assert row["search_co2_lbs"] == pytest.approx(0.5 * 1.2 * device_kwh)
+    assert row["search_hours"] == pytest.approx(5 * 9 / 3600)
+    # the best (#3) evaluated 100 validation images with E2 = 1e-8 kWh
+    assert row["best_iteration"] == 3
+    assert row["inference_kwh_pue_per_image"] == pytest.approx(1.2 * 1e-8 / 100)
+    assert row["inference_co2_lbs_per_image"] == pytest.approx(0.5 * 1.2 * 1e-8 / 100)
+    assert row["energy_estimated"] is True and row["energy_source"] == "estimate"
+    # a candidate whose child measured its whole span counts that, not just E1 + E2
+    m = CHAIN[0].evaluation.metrics
+    assert m is not None
+    whole = dataclasses.replace(m, candidate_kwh=m.E1 + m.E2 + 3e-5)
+    measured = dataclasses.replace(
+        CHAIN[0], evaluation=dataclasses.replace(CHAIN[0].evaluation, metrics=whole)
+    )
+    row2 = run_summary([measured, *CHAIN[1:]], cfg)
+    assert row2["search_energy_kwh"] == pytest.approx(device_kwh + 3e-5)

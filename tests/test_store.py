@@ -77,6 +77,10 @@ def test_round_trip_keeps_everything_and_nan_comes_back_as_nan(tmp_path: Path) -
     assert math.isnan(first.evaluation.metrics.train_loss)
     assert first.evaluation.metrics.val_loss == 0.25
     assert first.evaluation.metrics.P == 1000
+    # fields that may be absent stay None (not NaN): a search candidate has no test pass
+    assert first.evaluation.metrics.test_accuracy is None
+    assert first.evaluation.metrics.candidate_kwh is None
+    assert first.evaluation.metrics.spent_kwh == pytest.approx(1e-5 + 1e-8)
     assert first.prompt_instructions == want.prompt_instructions
     assert first.resolved_instructions == want.resolved_instructions
     assert first.raw_instructions == want.raw_instructions

@@ -204,7 +204,9 @@ class RunConfig(_Frozen):
     # Budgets: a run stops cleanly between iterations when one is spent.
     max_tokens: int | None = Field(None, ge=1, description="LLM tokens in + out, whole run")
     max_cost_usd: float | None = Field(None, gt=0, description="LLM cost, whole run")
-    max_energy_kwh: float | None = Field(None, gt=0, description="E1 + E2, whole run")
+    max_energy_kwh: float | None = Field(
+        None, gt=0, description="device kWh of all candidates, whole run"
+    )
 
     @model_validator(mode="before")
     @classmethod

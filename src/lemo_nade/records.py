@@ -80,6 +80,15 @@ class Metrics:
     test_images: int = 0
     test_energy_kwh: float | None = None  # device energy of the test-set pass
     best_epoch: int = 0
+    # device energy of everything measured in the child: training, every eval pass,
+    # FLOPs and speed (retrain: the test pass too); None in runs recorded before it existed
+    candidate_kwh: float | None = None
+
+    @property
+    def spent_kwh(self) -> float:
+        """Device kWh this candidate cost: its whole measured span where recorded (the
+        search energy of Eq. 2 and the energy budget), else E1 + E2."""
+        return self.candidate_kwh if self.candidate_kwh is not None else self.E1 + self.E2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "F": _num(m.F) if m else None,
         "E1_kwh": _num(m.E1) if m else None,
         "E2_kwh": _num(m.E2) if m else None,
+        "candidate_kwh": _num(m.spent_kwh) if m else None,  # all measured in the child
         "energy_source": m.energy_source if m else None,
         "energy_sources": m.energy_sources if m else None,  # per part: cpu, ram, gpu
         "E1_parts_kwh": {k: _num(v) for k, v in m.E1_parts.items()} if m else None,
@@ -88,15 +89,15 @@ def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
 def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, Any]:
     """One row shaped like the paper's Tables 3/5/6, for the search phase.
 
-    Search energy is the sum of the candidates' E1 + E2 (device kWh) times PUE
-    (Eq. 2 applied to energies); it excludes the LLM's own energy, like the paper, and
-    also each candidate's process start-up, A1 evaluation and speed measurement.
-    ``energy_estimated`` is true when any part of it is an estimate, not a sensor reading.
+    Search energy is the sum of what each evaluated candidate's child measured (training,
+    the A1 and A2 passes, FLOPs and speed; E1 + E2 for runs recorded before that was
+    stored) in device kWh, times PUE (Eq. 2 applied to energies). It excludes the LLM's
+    own energy, like the paper, each child's start-up and data loading, and the partial
+    training of candidates that failed. ``energy_estimated`` is true when any part of it
+    is an estimate, not a sensor reading.
     """
     good = [r for r in records if r.evaluation.metrics is not None]
-    energy_kwh = sum(
-        (r.evaluation.metrics.E1 + r.evaluation.metrics.E2) for r in good if r.evaluation.metrics
-    )
+    energy_kwh = sum(r.evaluation.metrics.spent_kwh for r in good if r.evaluation.metrics)
     sources = sorted({r.evaluation.metrics.energy_source for r in good if r.evaluation.metrics})
     best = best_of(records)
     bm = best.evaluation.metrics if best else None

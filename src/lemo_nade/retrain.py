@@ -117,7 +117,10 @@ def summarise(
 ) -> dict[str, Any]:
     m = evaluation.metrics
     assert m is not None
-    kwh = energy_to_kwh_pue(m.E1 + (m.test_energy_kwh or 0.0), config.pue)
+    spent = m.candidate_kwh  # training, every eval pass, speed and the test pass
+    if spent is None:
+        spent = m.E1 + (m.test_energy_kwh or 0.0)
+    kwh = energy_to_kwh_pue(spent, config.pue)
     per_image = None
     if m.test_energy_kwh is not None and m.test_images:
         per_image = energy_to_kwh_pue(m.test_energy_kwh / m.test_images, config.pue)

@@ -28,13 +28,13 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lemo_nade import __version__
-from lemo_nade.records import Evaluation, Status
+from lemo_nade.records import Evaluation, Metrics, Status
 
 DB_NAME = "run.sqlite"
 LOCK_NAME = "run.lock"
@@ -481,7 +481,11 @@ def _metrics_dict(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     data: dict[str, Any] = json.loads(text)
-    return {k: (math.nan if v is None else v) for k, v in data.items()}
+    return {k: (math.nan if v is None and k not in _MAYBE_ABSENT else v) for k, v in data.items()}
+
+
+# JSON null is a non-finite float (stored as null) except where the field may be absent
+_MAYBE_ABSENT = frozenset(f.name for f in fields(Metrics) if f.default is None)
 
 
 def _record(row: tuple[Any, ...]) -> IterationRecord:

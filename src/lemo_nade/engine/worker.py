@@ -123,17 +123,19 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     power = _Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     sensors_s = time.perf_counter() - sensors_start
     checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
-    with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
-        result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
-    with _stage(Status.FAILED_TRAIN, "measuring"):
-        fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
+    with power.span() as whole:
+        with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
+            result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
+        with _stage(Status.FAILED_TRAIN, "measuring"):
+            fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
+        if job.mode == "retrain":  # the held-out test set, once, after training
+            with _stage(Status.FAILED_TRAIN, "testing"):
+                fields |= _test_once(model, split, job, power)
+            fields["best_epoch"] = result.best_epoch
     fields["measure_time_s"] += sensors_s
-    if job.mode == "retrain":  # the held-out test set, once, after training
-        with _stage(Status.FAILED_TRAIN, "testing"):
-            fields |= _test_once(model, split, job, power)
-        fields["best_epoch"] = result.best_epoch
     return Metrics(
         **fields,
+        candidate_kwh=whole.energy_kwh,
         E1=e1.energy_kwh,
         E1_parts=e1.parts_kwh,
         energy_sources=e1.sources_text(),
