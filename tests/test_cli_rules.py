@@ -48,7 +48,15 @@ def test_rules_table_output() -> None:
         (["rules", "--metrics", '{"A1": 0.5}'], "metrics: missing 'A2'"),
         (["rules", "--metrics", '{"A1":1,"A2":1,"E1":0,"E2":0,"F":1,"Z":3}'], "unknown key 'Z'"),
         (["rules", "--setting", "6", "--metrics", "{}"], "setting: Input should be less than"),
-        (["rules", "--metrics", '{"A1":"x","A2":1,"E1":0,"E2":0,"F":1}'], "A1 must be a number"),
+        (["rules", "--metrics", '{"A1":"x","A2":1,"E1":0,"E2":0,"F":1}'], "A1: expected a finite"),
+        (["rules", "--metrics", '{"A1":92,"A2":1,"E1":0,"E2":0,"F":1}'], "A1: accuracy is a fract"),
+        (["rules", "--metrics", '{"A1":1,"A2":1,"E1":0,"E2":0,"F":-3}'], "metrics.F: must be >= 0"),
+        (["rules", "--metrics", '{"A1":1,"A2":1,"E1":Infinity,"E2":0,"F":1}'], "E1: expected a"),
+        (["run", "--epochs", "3", "--set", "epochs=4"], "epochs: given by --epochs and by --set"),
+        (["run", "--set", "lr=nan"], "lr: Input should be a finite number"),
+        (["run", "--config", "."], "config: . is a directory, not a file"),
+        (["sweep", "."], "sweep: . is a directory, not a file"),
+        (["export", "no-such-dir"], "no-such-dir is not a run directory"),
         (["run", "--iterations", "0"], "iterations: Input should be greater than or equal to 1"),
         (["run", "--dataset", "mnist"], "dataset: unknown dataset 'mnist'"),
         (["run", "--dataset", "cifar10"], "data_dir: dataset 'cifar10' is read from a local"),
@@ -75,3 +83,13 @@ def test_help_on_every_command() -> None:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert "Usage" in result.stdout
+    helped = " ".join(runner.invoke(app, ["run", "--help"]).stdout.split())
+    for default in ("(default 20)", "(default 512)", "(default 0.001)", "(default 10)"):
+        assert default in helped.replace("│ ", "").replace(" │", "")
+
+
+def test_version() -> None:
+    from lemo_nade import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith(f"lemo-nade {__version__} (torch ")

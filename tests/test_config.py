@@ -111,6 +111,8 @@ def test_json_round_trip() -> None:
         ({"priorities": {"PA1": -1}}, "priorities.PA1: Input should be greater than or equal"),
         ({"thresholds": {"TA1": 1.5}}, "thresholds.TA1: Input should be less than or equal to 1"),
         ({"parent": "worst"}, "parent: Input should be 'last' or 'best'"),
+        ({"lr": float("nan")}, "lr: Input should be a finite number"),
+        ({"thresholds": {"TF": float("inf")}}, "thresholds.TF: Input should be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_key(layer: dict, expected: str) -> None:

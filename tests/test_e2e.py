@@ -264,3 +264,30 @@ def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> Non
     with RunStore.open(run_dir) as st:  # the attempts survive the round trip
         stored = st.iterations()[1].attempts
     assert [a["attempt"] for a in stored] == [0, 1]
+
+
+def test_a_stopped_or_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "--iterations", "3", *FAST, "--max-energy-kwh", "1e-12", "--runs-dir"]
+    assert runner.invoke(app, [*args, str(runs)]).exit_code == 0
+    run_dir = only_run_dir(runs)
+    with RunStore.open(run_dir) as st:
+        assert st.status() == ("stopped", "max_energy_kwh") and st.next_index() == 1
+    # the energy budget raised: the run goes on to its 3 iterations, nothing redone
+    more = runner.invoke(app, ["resume", str(run_dir), "--max-energy-kwh", "1", "--json"])
+    assert more.exit_code == 0, more.output
+    doc = json.loads(more.stdout)
+    assert doc["status"] == "finished" and len(doc["iterations"]) == 3
+    assert doc["config"]["max_energy_kwh"] == 1.0
+    # finished: a plain resume says how to go on; fewer iterations than done is refused
+    plain = runner.invoke(app, ["resume", str(run_dir)])
+    assert plain.exit_code == 0 and "already finished" in plain.stderr
+    assert f"resume {run_dir} --iterations 13" in plain.stderr
+    fewer = runner.invoke(app, ["resume", str(run_dir), "--iterations", "3"])
+    assert fewer.exit_code == 2 and "the run already has 3" in fewer.stderr
+    assert runner.invoke(app, ["resume", str(run_dir), "--iterations", "4"]).exit_code == 0
+    with RunStore.open(run_dir) as st:
+        assert st.next_index() == 4 and st.status() == ("finished", "iterations")
+        changes = [data for _, kind, data in st.events() if kind == "config_changed"]
+        assert changes == [{"max_energy_kwh": [1e-12, 1.0]}, {"iterations": [3, 4]}]
+        assert json.loads(st.config_json())["iterations"] == 4

@@ -159,4 +159,6 @@ def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
         assert float(done.stdout) < 1e-4
     bad = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
     assert bad.exit_code == 2 and "allowed: state_dict, torchscript, onnx" in bad.output
+    nowhere = runner.invoke(app, ["export", str(run_dir / "nope"), "--format", "state_dict"])
+    assert nowhere.exit_code == 2 and "is not a run directory (no run.sqlite)" in nowhere.output
     assert not list((run_dir / "export").glob(".*.tmp"))

@@ -139,6 +139,20 @@ def test_bad_run_dirs_get_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "junk" / "run.sqlite").write_text("not a database at all" * 100)
     with pytest.raises(StoreError, match="not a readable run database"):
         RunStore.open(tmp_path / "junk")
+    # an empty file or another program's database is refused and left byte for byte
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "run.sqlite").touch()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with sqlite3.connect(foreign / "run.sqlite") as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    for bad in (tmp_path / "empty", foreign):
+        before = (bad / "run.sqlite").read_bytes()
+        with pytest.raises(StoreError, match="holds no run"):
+            RunStore.open(bad)
+        assert (bad / "run.sqlite").read_bytes() == before
+        assert sorted(p.name for p in bad.iterdir()) == ["run.sqlite"]
     RunStore.create(tmp_path / "r", "{}").close()
     with pytest.raises(StoreError, match="already holds a run"):
         RunStore.create(tmp_path / "r", "{}")

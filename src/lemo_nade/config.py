@@ -52,7 +52,7 @@ class ConfigError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Priorities(_Frozen):
@@ -223,12 +223,23 @@ class RunConfig(_Frozen):
 
 
 def load_toml(path: Path) -> dict[str, Any]:
+    return read_toml(path, "config", "pass an existing TOML file to --config")
+
+
+def read_toml(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A TOML file's table, or one ConfigError line naming ``what`` and the ``fix``."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a directory, not a file; {fix}")
     if not path.is_file():
-        raise ConfigError(f"config: file {path} not found; pass an existing TOML file to --config")
+        raise ConfigError(f"{what}: file {path} not found; {fix}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {path} is not valid TOML ({exc})") from None
+        raise ConfigError(f"{what}: {path} is not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path} ({exc.strerror}); {fix}") from None
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -275,21 +286,26 @@ def build_config(*layers: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line(exc: ValidationError, root: type[BaseModel] = RunConfig) -> str:
+    """pydantic's first error as ``key.path: what is wrong (got VALUE)``; an unknown key
+    lists the allowed ones."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
-        model = _model_at(err["loc"][:-1])
+        model = _model_at(err["loc"][:-1], root)
         allowed = ", ".join(model.model_fields)
         return f"{loc}: unknown key; allowed: {allowed}"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if "input" not in err or isinstance(err["input"], dict):
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg} (got {err['input']!r})"
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = RunConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel]:
+    model: type[BaseModel] = root
     for part in loc:
         annotation = model.model_fields[str(part)].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

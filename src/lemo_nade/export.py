@@ -34,7 +34,7 @@ from lemo_nade.config import config_from_json
 from lemo_nade.records import Status
 from lemo_nade.retrain import RESULT, RetrainError, workdir
 from lemo_nade.search import search_job
-from lemo_nade.store import RunStore
+from lemo_nade.store import DB_NAME, RunStore
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 EXTRAS = {"onnx": ("onnx", "onnxruntime")}
@@ -55,6 +55,11 @@ def export(run_dir: Path, fmt: str) -> dict[str, Any]:
         )
     run_dir = Path(run_dir)
     result_path = run_dir / RESULT
+    if not (run_dir / DB_NAME).is_file():
+        raise ExportError(
+            f"{run_dir} is not a run directory (no {DB_NAME}); "
+            "pass a directory made by `lemo-nade run`"
+        )
     if not result_path.is_file():
         raise ExportError(
             f"{run_dir} has no retrained model; run `lemo-nade retrain {run_dir}` first"

@@ -20,7 +20,13 @@ from typing import Any
 
 from lemo_nade import prompts, rules, sandbox
 from lemo_nade.architects import Architect, ArchitectUnavailable, create_architect
-from lemo_nade.config import RunConfig, config_from_json, config_json
+from lemo_nade.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    config_from_json,
+    config_json,
+)
 from lemo_nade.datasets import resolve_dataset
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
@@ -66,18 +72,29 @@ def create_run_at(config: RunConfig, run_dir: Path, run_id: str | None = None) -
     return run_dir
 
 
+# What ``resume`` may change: how long the run goes on, never what its candidates are.
+EXTENDABLE = ("iterations", "max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
+
+
 def run_search(
     run_dir: Path,
     progress: Progress | None = None,
     evaluate: Evaluator = sandbox.evaluate,
+    extend: dict[str, Any] | None = None,
 ) -> SearchResult:
-    """Run (or continue) the search in ``run_dir`` until a termination condition holds."""
+    """Run (or continue) the search in ``run_dir`` until a termination condition holds.
+
+    ``extend`` changes the run's length or budgets first (keys in ``EXTENDABLE``), so a
+    finished or budget-stopped run can go on; the change is stored with the run.
+    """
     progress = progress or Progress()
     with RunStore.open(run_dir, writer=True) as store:
         config = config_from_json(store.config_json())
+        records = store.iterations()
+        if extend:
+            config = _extended(config, extend, len(records), store)
         task = resolve_dataset(config.dataset, config.data_dir)
         architect = _architect(config, check=True)
-        records = store.iterations()
         if records:
             store.add_event("resumed", {"at_iteration": len(records)})
         store.set_status("running")
@@ -91,6 +108,26 @@ def run_search(
         store.add_event("stopped", {"reason": reason})
         records = store.iterations()
         return SearchResult(run_dir, records, best_of(records), reason)
+
+
+def _extended(config: RunConfig, extend: dict[str, Any], done: int, store: RunStore) -> RunConfig:
+    """``config`` with new length/budget values, validated, stored and recorded."""
+    unknown = sorted(set(extend) - set(EXTENDABLE))
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}: cannot change when resuming; only {', '.join(EXTENDABLE)} can"
+        )
+    if extend.get("iterations") is not None and extend["iterations"] <= done:
+        raise ConfigError(f"iterations: the run already has {done}; give more than {done} to go on")
+    new = build_config(config.model_dump(mode="json"), extend)
+    changed = {
+        k: [getattr(config, k), getattr(new, k)]
+        for k in EXTENDABLE
+        if getattr(config, k) != getattr(new, k)
+    }
+    if changed:
+        store.set_config(config_json(new), changed)
+    return new
 
 
 def _architect(config: RunConfig, check: bool = False) -> Architect:

@@ -206,7 +206,7 @@ class RunStore:
             )
         lock_fd = _lock(run_dir) if writer else None
         try:
-            conn = _connect(db)
+            conn = _connect(db, new=False)
             row = conn.execute("SELECT run_id FROM runs").fetchone()
         except BaseException:
             if lock_fd is not None:
@@ -237,6 +237,16 @@ class RunStore:
 
     def config_json(self) -> str:
         return str(self._one("SELECT config_json FROM runs WHERE run_id = ?")[0])
+
+    def set_config(self, config_json: str, changed: dict[str, Any]) -> None:
+        """Replace the stored config (only the run's length and budgets may change: see
+        ``search.EXTENDABLE``), recording what changed as an event in the same transaction."""
+        with self._conn:
+            self._conn.execute(
+                "UPDATE runs SET config_json = ?, updated_at = ? WHERE run_id = ?",
+                (config_json, time.time(), self.run_id),
+            )
+            _insert_event(self._conn, self.run_id, "config_changed", changed)
 
     def status(self) -> tuple[str, str]:
         status, reason = self._one("SELECT status, reason FROM runs WHERE run_id = ?")
@@ -387,9 +397,17 @@ class RunStore:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, new: bool = True) -> sqlite3.Connection:
+    """Open ``path`` and bring its schema up to date; with ``new=False`` a file that never
+    got lemo-nade's schema (empty, or another program's database) is refused untouched."""
     try:
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        if not new and _user_version(conn, path) == 0:
+            conn.close()
+            raise StoreError(
+                f"{path} holds no run; it was not made by `lemo-nade run` "
+                "(or its creation was cut off): pass a run directory"
+            )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

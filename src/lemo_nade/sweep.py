@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,15 +32,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lemo_nade.config import ConfigError, RunConfig, build_config, config_from_json, load_toml
+from lemo_nade.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    config_from_json,
+    load_toml,
+    one_line,
+    read_toml,
+)
 from lemo_nade.executors import Executor, RunOutcome, RunTask
 from lemo_nade.store import DB_NAME, RunStore, StoreError
 from lemo_nade.store import atomic_write as write_atomic
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PLAN_FORMAT = 1
 PLAN_NAME = "plan.json"
@@ -57,7 +59,7 @@ Scalar = bool | int | float | str
 class Resources(BaseModel):
     """What one run asks of a Ray cluster; the local executor shares the cores instead."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     num_cpus: float = Field(1.0, gt=0, description="CPUs per run (also its torch threads)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per run; a fraction shares a GPU")
@@ -66,7 +68,7 @@ class Resources(BaseModel):
 class SweepFile(BaseModel):
     """The sweep TOML: ``[base]`` (or ``base = "run.toml"``), ``[axes]``, ``[resources]``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base: dict[str, Any] | str = Field(default_factory=dict)
     axes: dict[str, list[Scalar]] = Field(default_factory=dict)
@@ -132,20 +134,11 @@ def load_sweep(path: Path, sets: dict[str, Any] | None = None) -> SweepPlan:
 
     Precedence per run: defaults < ``setting`` < base < ``sets`` (``--set``) < axes.
     """
-    if not path.is_file():
-        raise ConfigError(f"sweep: file {path} not found; pass an existing sweep TOML file")
+    table = read_toml(path, "sweep", "pass an existing sweep TOML file")
     try:
-        sweep = SweepFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sweep: {path} is not valid TOML ({exc})") from None
+        sweep = SweepFile.model_validate(table)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "sweep"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            model = Resources if err["loc"][0] == "resources" else SweepFile
-            msg = f"unknown key; allowed: {', '.join(model.model_fields)}"
-        raise ConfigError(f"sweep {path}: {loc}: {msg}") from None
+        raise ConfigError(f"sweep {path}: {one_line(exc, SweepFile)}") from None
     base = sweep.base
     if isinstance(base, str):  # a run config file, relative to the sweep file
         if not (path.parent / base).is_file():

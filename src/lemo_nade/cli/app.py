@@ -8,11 +8,12 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from lemo_nade import __version__
 from lemo_nade.architects import ArchitectError
 from lemo_nade.config import ConfigError
 from lemo_nade.datasets import DatasetError
@@ -30,6 +31,27 @@ app = typer.Typer(
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
 out = Console(width=_WIDTH)
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+
+        sys.stdout.write(f"lemo-nade {__version__} (torch {torch.__version__})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """LeMo-NADe: discover neural network architectures with an LLM and an expert system."""
+
 
 BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
 F = TypeVar("F", bound=Callable[..., Any])

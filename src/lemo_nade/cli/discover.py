@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,23 @@ import typer
 
 from lemo_nade import rules
 from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, out
-from lemo_nade.config import ConfigError, build_config, load_toml, parse_set
+from lemo_nade.config import ConfigError, RunConfig, build_config, load_toml, parse_set
+
+
+def _default(key: str) -> Any:
+    return RunConfig.model_fields[key].default
+
+
+# The run's length and budgets: set by `run`, raised by `resume` to go on.
+Iterations = Annotated[
+    int | None, typer.Option(help=f"Candidates to try in all (default {_default('iterations')}).")
+]
+MaxHours = Annotated[float | None, typer.Option(help="Stop after this many hours.")]
+MaxTokens = Annotated[int | None, typer.Option(help="Stop after this many LLM tokens (in + out).")]
+MaxCost = Annotated[float | None, typer.Option(help="Stop after this much LLM cost (USD).")]
+MaxEnergy = Annotated[
+    float | None, typer.Option(help="Stop after candidates used this much energy (device kWh).")
+]
 
 
 @app.command("run")
@@ -20,7 +37,9 @@ def run_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="digits (built-in), cifar10, cifar100, imagenet16-120, npz:PATH."),
+        typer.Option(
+            help="digits (built-in, default), cifar10, cifar100, imagenet16-120, npz:PATH."
+        ),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
     llm: Annotated[
@@ -31,29 +50,36 @@ def run_cmd(
         ),
     ] = None,
     temperature: Annotated[
-        float | None, typer.Option(help="LLM sampling temperature (paper: 0; 0.2-1.0 swept).")
+        float | None,
+        typer.Option(help="LLM sampling temperature (default and paper: 0; 0.2-1.0 swept)."),
     ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Stop after this many LLM tokens (in + out).")
-    ] = None,
-    max_cost_usd: Annotated[
-        float | None, typer.Option(help="Stop after this much LLM cost (USD).")
-    ] = None,
-    max_energy_kwh: Annotated[
-        float | None, typer.Option(help="Stop after candidates used this much energy.")
-    ] = None,
+    max_tokens: MaxTokens = None,
+    max_cost_usd: MaxCost = None,
+    max_energy_kwh: MaxEnergy = None,
     setting: Annotated[
-        int | None, typer.Option(help="Paper Table 4 priority setting 1-5 (default 1).")
+        int | None,
+        typer.Option(help=f"Paper Table 4 priority setting 1-5 (default {_default('setting')})."),
     ] = None,
-    iterations: Annotated[int | None, typer.Option(help="Candidates to try (default 10).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for split, training, architect.")] = None,
+    iterations: Iterations = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help=f"Training epochs per candidate (default {_default('epochs')})."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"Training batch size (default {_default('batch_size')}).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=f"Adam learning rate (default {_default('lr')}).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help=f"Seed for split, training, architect (default {_default('seed')})."),
+    ] = None,
     parent: Annotated[
-        str | None, typer.Option(help="Which candidate feeds the next: last (paper) or best.")
+        str | None,
+        typer.Option(help="Which candidate feeds the next: last (paper, default) or best."),
     ] = None,
-    max_hours: Annotated[float | None, typer.Option(help="Stop after this much time.")] = None,
+    max_hours: MaxHours = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories are made.")] = Path("runs"),
     set_: Annotated[
         list[str] | None,
@@ -72,6 +98,12 @@ def run_cmd(
     }  # fmt: skip
     file_layer = load_toml(config) if config else {}
     sets = parse_set(set_ or [])
+    twice = sorted(k for k, v in flags.items() if v is not None and k in sets and sets[k] != v)
+    if twice:
+        raise ConfigError(
+            f"{twice[0]}: given by --{twice[0].replace('_', '-')} and by --set with different "
+            "values; keep one"
+        )
     recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
     cfg = build_config(recorded, file_layer, flags, sets)
     run_dir = create_run(cfg, runs_dir)
@@ -95,13 +127,45 @@ def _replay_base(llm: Any) -> dict[str, Any]:
 @friendly
 def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `lemo-nade run`.")],
+    iterations: Iterations = None,
+    max_hours: MaxHours = None,
+    max_tokens: MaxTokens = None,
+    max_cost_usd: MaxCost = None,
+    max_energy_kwh: MaxEnergy = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Continue an interrupted run with its stored config, seeds and state."""
-    _search(run_dir, as_json)
+    """Continue an interrupted run with its stored config, seeds and state.
+
+    A finished or budget-stopped run goes on when given more iterations or a larger
+    budget; nothing else about the run can change.
+    """
+    extend = {
+        "iterations": iterations, "max_hours": max_hours, "max_tokens": max_tokens,
+        "max_cost_usd": max_cost_usd, "max_energy_kwh": max_energy_kwh,
+    }  # fmt: skip
+    extend = {k: v for k, v in extend.items() if v is not None}
+    if not extend:
+        _note_if_finished(run_dir)
+    _search(run_dir, as_json, extend)
 
 
-def _search(run_dir: Path, as_json: bool) -> None:
+def _note_if_finished(run_dir: Path) -> None:
+    """A run that ran all its iterations has nothing to resume: say how to extend it."""
+    from lemo_nade.store import RunStore
+
+    with RunStore.open(run_dir) as store:
+        status, reason = store.status()
+        done = store.next_index()
+    if status == "finished":
+        err.print(
+            f"note: this run already finished ({reason}, {done} candidates); to go on, "
+            f"give it more: lemo-nade resume {run_dir} --iterations {done + 10}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) -> None:
     from lemo_nade.console import LiveProgress, print_table
     from lemo_nade.search import run_search
     from lemo_nade.store import RunStore
@@ -111,7 +175,7 @@ def _search(run_dir: Path, as_json: bool) -> None:
         out.print(f"run directory: [bold]{run_dir}[/]")
     try:
         with LiveProgress(err if as_json else out, run_dir) as live:
-            result = run_search(run_dir, progress=live.progress)
+            result = run_search(run_dir, progress=live.progress, extend=extend)
     except KeyboardInterrupt:
         raise interrupted(f"lemo-nade resume {run_dir}") from None
     if as_json:
@@ -208,6 +272,7 @@ def rules_cmd(
     unknown = sorted(set(values) - set(rules.METRIC_KEYS))
     if unknown:
         raise ConfigError(f"metrics: unknown key {unknown[0]!r}; allowed: A1, A2, E1, E2, F")
+    _check_metrics(values)
     raw, resolved = rules.instructions_for(
         values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
     )
@@ -217,6 +282,20 @@ def rules_cmd(
     from lemo_nade.console import print_rules
 
     print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
+
+
+def _check_metrics(values: dict[str, Any]) -> None:
+    """Accuracies are fractions 0..1; energies (kWh) and FPS are finite and not negative."""
+    for key, value in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value):
+            raise ConfigError(f"metrics.{key}: expected a finite number, got {value!r}")
+        if key in ("A1", "A2") and not 0 <= value <= 1:
+            raise ConfigError(
+                f"metrics.{key}: accuracy is a fraction 0..1, got {value!r} (write 0.92, not 92)"
+            )
+        if value < 0:
+            raise ConfigError(f"metrics.{key}: must be >= 0, got {value!r}")
 
 
 @app.command("doctor")
