@@ -91,17 +91,28 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
         deadline = time.monotonic() + 180
         while _progress(folder) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        reached = _progress(folder)
-        assert 3 <= reached < 12, reached
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    result = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "12", "--json"])
+    left = json.loads((folder / "progress.json").read_text())
+    reached = left["epoch"]
+    assert 3 <= reached < 12, reached
+    assert left["spent_s"] > 0
+    # the second session changes the learning rate: both protocols stay on record
+    result = runner.invoke(
+        app, ["retrain", str(run_dir), "--epochs", "12", "--lr", "0.005", "--json"]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["resumed_from_epoch"] >= reached and doc["epochs"] == 12
+    assert doc["resumed_from_epoch"] == reached and doc["epochs"] == 12
+    first, second = doc["sessions"]
+    assert (first["from_epoch"], second["from_epoch"]) == (0, reached)
+    assert (first["protocol"]["lr"], second["protocol"]["lr"]) == (0.01, 0.005)
+    assert doc["protocol"]["lr"] == 0.005
+    # the hours include the first session's training up to its last checkpoint
+    assert doc["hours"] * 3600 > left["spent_s"]
 
 
 LOADERS = {

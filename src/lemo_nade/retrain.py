@@ -9,8 +9,11 @@ child's working directory: the child writes ``checkpoint.pt`` there after every 
 its last epoch when run again. The result goes into the run store (event
 ``retrained``) and into ``RUN_DIR/retrain.json``, which ``report`` reads.
 
-Honest accounting: ``hours`` and ``kwh_pue`` cover the session that finished; after a
-resume they do not include earlier, interrupted sessions (``resumed_from_epoch`` says so).
+Honest accounting after a resume: ``hours`` adds the training time of earlier sessions up
+to the checkpoint they left (the child stores it in the checkpoint); ``kwh_pue`` covers
+only the session that finished (``resumed_from_epoch`` says from where). ``sessions``
+lists every session's starting epoch and protocol, so a protocol changed between
+sessions is on record.
 
 Pure main-process side: no torch import.
 """
@@ -35,6 +38,7 @@ from lemo_nade.store import IterationRecord, RunStore, StoreError, atomic_write
 
 RESULT = "retrain.json"
 PROGRESS = "progress.json"
+SESSIONS = "sessions.json"  # one entry per retrain session: from_epoch, protocol
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
 
 
@@ -82,10 +86,12 @@ def retrain(
         config = with_final(config_from_json(store.config_json()), final)
         chosen = choose(store.iterations(), candidate)
         folder = workdir(run_dir, chosen.idx)
-        resumed = _progress(folder).get("epoch", 0)
+        before = _progress(folder)
+        resumed, before_s = int(before.get("epoch", 0)), float(before.get("spent_s") or 0.0)
         final_protocol = final_job(search_job(config, chosen.code), **config.final.model_dump())
         job = replace(final_protocol, mode="retrain")
         store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
+        sessions = _add_session(folder, resumed, config)
         start = time.time()
         evaluation = _with_progress(
             folder,
@@ -101,7 +107,9 @@ def retrain(
                 f"{evaluation.error.strip().splitlines()[-1] if evaluation.error else ''}; "
                 "run the command again to continue from the last checkpoint"
             )
-        result = summarise(chosen, evaluation, config, time.time() - start, resumed, folder)
+        seconds = before_s + time.time() - start
+        result = summarise(chosen, evaluation, config, seconds, resumed, folder)
+        result["sessions"] = sessions
         _atomic_json(Path(run_dir) / RESULT, result)
         store.add_event("retrained", result)
     return result
@@ -148,6 +156,21 @@ def summarise(
         "protocol": config.final.model_dump(),
         "weights": f"retrain/{folder.name}/model_state.pt",  # relative to the run directory
     }
+
+
+def _add_session(folder: Path, from_epoch: int, config: RunConfig) -> list[dict[str, Any]]:
+    """Append this session (starting epoch, protocol, time) to ``folder/sessions.json``."""
+    path = folder / SESSIONS
+    try:
+        sessions: list[dict[str, Any]] = json.loads(path.read_text()) if from_epoch else []
+    except (OSError, ValueError):
+        sessions = []
+    sessions.append(
+        {"from_epoch": from_epoch, "protocol": config.final.model_dump(), "at": time.time()}
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(sessions, indent=1))
+    return sessions
 
 
 def _progress(folder: Path) -> dict[str, Any]:

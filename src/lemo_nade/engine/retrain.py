@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +28,36 @@ WEIGHTS = "model_state.pt"
 
 
 class FileCheckpoint:
-    """``checkpoint.pt`` in ``folder``, replaced atomically."""
+    """``checkpoint.pt`` in ``folder``, replaced atomically.
+
+    It also carries ``spent_s``: the seconds of training up to the checkpoint's epoch,
+    summed over every session that trained toward it (time after a session's last
+    checkpoint is lost work and not counted), so a resumed retrain reports its whole time.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / CHECKPOINT
+        self._session_start = time.monotonic()
+        self._before_s = 0.0  # what earlier sessions spent, from the loaded checkpoint
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
             return None
         state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+        self._before_s = float(state.get("spent_s", 0.0))
         return state
 
     def save(self, state: dict[str, Any]) -> None:
+        spent_s = self._before_s + time.monotonic() - self._session_start
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, tmp)
+        torch.save({**state, "spent_s": spent_s}, tmp)
         os.replace(tmp, self.path)
         progress = {
             "epoch": state["epoch"],
             "best_epoch": state["best_epoch"],
             "train_loss": _finite(state["train_loss"]),
             "val_loss": _finite(state["val_loss"]),
+            "spent_s": spent_s,
         }
         tmp_json = self.path.with_name(PROGRESS + ".tmp")
         tmp_json.write_text(json.dumps(progress))
