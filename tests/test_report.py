@@ -194,6 +194,17 @@ def test_retrain_json_is_optional_checked_and_feeds_the_paper_row(tmp_path: Path
     assert after["co2_lbs"] == pytest.approx(before["co2_lbs"] + 0.5 * 0.954)
     assert after["fps"] == 123.0 and after["retrained_iteration"] == 3
 
+    # a retrained candidate that is not the best by CM: the whole row is that candidate's
+    (run / "retrain.json").write_text(json.dumps({"test_accuracy": 0.8, "iteration": 1}))
+    other = paper_row(load_run(run))
+    assert (other["model_iteration"], other["best_iteration"]) == (1, 3)
+    assert other["validation_accuracy"] == 0.80 and other["params"] == 5000
+    assert other["fps"] == 2000.0
+    write_report(run, tmp_path / "rep", draw=fake_draw)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Retrained model: candidate #1 (best by CM: #3)" in md
+    assert "class Net:  # candidate 1" in md
+
     for bad, why in [
         ("{not json", "not valid JSON"),
         ("[1]", "expected a JSON object"),

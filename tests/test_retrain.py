@@ -100,17 +100,18 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
     reached = left["epoch"]
     assert 3 <= reached < 12, reached
     assert left["spent_s"] > 0
-    # the second session changes the learning rate: both protocols stay on record
-    result = runner.invoke(
-        app, ["retrain", str(run_dir), "--epochs", "12", "--lr", "0.005", "--json"]
-    )
+    # the checkpoint restores the optimiser: continuing it under another lr is refused
+    other_lr = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "12", "--lr", "0.005"])
+    assert other_lr.exit_code == 2
+    assert "--lr: candidate" in other_lr.stderr and "lr = 0.01, not 0.005" in other_lr.stderr
+    # more epochs are allowed; both sessions are on record
+    result = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "13", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["resumed_from_epoch"] == reached and doc["epochs"] == 12
+    assert doc["resumed_from_epoch"] == reached and doc["epochs"] == 13
     first, second = doc["sessions"]
     assert (first["from_epoch"], second["from_epoch"]) == (0, reached)
-    assert (first["protocol"]["lr"], second["protocol"]["lr"]) == (0.01, 0.005)
-    assert doc["protocol"]["lr"] == 0.005
+    assert (first["protocol"]["epochs"], second["protocol"]["epochs"]) == (12, 13)
     # the hours include the first session's training up to its last checkpoint
     assert doc["hours"] * 3600 > left["spent_s"]
 

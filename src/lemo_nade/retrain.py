@@ -90,6 +90,8 @@ def retrain(
         resumed, before_s = int(before.get("epoch", 0)), float(before.get("spent_s") or 0.0)
         final_protocol = final_job(search_job(config, chosen.code), **config.final.model_dump())
         job = replace(final_protocol, mode="retrain")
+        if resumed:
+            _check_same_protocol(folder, config, chosen.idx)
         store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
         sessions = _add_session(folder, resumed, config)
         start = time.time()
@@ -158,18 +160,42 @@ def summarise(
     }
 
 
+# What a continued retrain may change: how long it goes on. The others are the optimiser's
+# and scheduler's state, which the checkpoint restores as they were.
+CAN_CHANGE_ON_RESUME = ("epochs", "early_stopping_patience")
+
+
+def _check_same_protocol(folder: Path, config: RunConfig, idx: int) -> None:
+    """Refuse to continue a checkpoint under a different lr, batch size or plateau rule."""
+    sessions = _sessions(folder)
+    if not sessions:
+        return
+    then, now = sessions[-1].get("protocol", {}), config.final.model_dump()
+    for key, value in now.items():
+        if key not in CAN_CHANGE_ON_RESUME and key in then and then[key] != value:
+            option = "--" + key.replace("_", "-")
+            raise RetrainError(
+                f"{option}: candidate {idx}'s checkpoint was trained with {key} = {then[key]}, "
+                f"not {value}; run with {option} {then[key]} to continue, or add --fresh to "
+                "start over"
+            )
+
+
+def _sessions(folder: Path) -> list[dict[str, Any]]:
+    try:
+        sessions = json.loads((folder / SESSIONS).read_text())
+    except (OSError, ValueError):
+        return []
+    return sessions if isinstance(sessions, list) else []
+
+
 def _add_session(folder: Path, from_epoch: int, config: RunConfig) -> list[dict[str, Any]]:
     """Append this session (starting epoch, protocol, time) to ``folder/sessions.json``."""
-    path = folder / SESSIONS
-    try:
-        sessions: list[dict[str, Any]] = json.loads(path.read_text()) if from_epoch else []
-    except (OSError, ValueError):
-        sessions = []
+    sessions = _sessions(folder) if from_epoch else []
     sessions.append(
         {"from_epoch": from_epoch, "protocol": config.final.model_dump(), "at": time.time()}
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(sessions, indent=1))
+    atomic_write(folder / SESSIONS, json.dumps(sessions, indent=1))
     return sessions
 
 

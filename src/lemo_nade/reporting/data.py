@@ -170,14 +170,18 @@ def paper_row(data: RunData) -> dict[str, Any]:
             else s["inference_co2_lbs_per_image"]
         )
     sources = [x for x in (s["energy_source"], rt.get("energy_source")) if x]
+    # one model per row: the retrained candidate (which need not be the best by CM)
+    model_idx = rt.get("iteration", s["best_iteration"]) if rt else s["best_iteration"]
+    rec = next((r for r in data.records if r.idx == model_idx), None)
+    m = rec.evaluation.metrics if rec is not None else None
     return {
         "test_accuracy": rt.get("test_accuracy"),
-        "validation_accuracy": s["best_validation_accuracy"],
-        "params": rt.get("params", s["best_params"]),
+        "validation_accuracy": m.A2 if m is not None else s["best_validation_accuracy"],
+        "params": rt.get("params", m.P if m is not None else s["best_params"]),
         "hours": hours,
         "kwh_pue": kwh,
         "co2_lbs": lbs,
-        "fps": rt.get("fps", s["best_fps"]),
+        "fps": rt.get("fps", m.F if m is not None else s["best_fps"]),
         "inference_kwh_pue_per_image": infer_kwh,
         "inference_co2_lbs_per_image": infer_lbs,
         "energy_source": "+".join(dict.fromkeys(sources)) or None,
@@ -185,6 +189,7 @@ def paper_row(data: RunData) -> dict[str, Any]:
         "includes_retrain": bool(data.retrain),
         "best_iteration": s["best_iteration"],
         "retrained_iteration": rt.get("iteration", s["best_iteration"]) if rt else None,
+        "model_iteration": model_idx,  # the candidate this row describes
     }
 
 
@@ -314,6 +319,7 @@ COMPARE_COLUMNS: tuple[str, ...] = (
     "status",
     "iterations",
     "best_iteration",
+    "model_iteration",
     "val_accuracy",
     "test_accuracy",
     "params",
@@ -340,6 +346,7 @@ def compare_row(data: RunData) -> dict[str, Any]:
         "status": data.status,
         "iterations": s["iterations"],
         "best_iteration": s["best_iteration"],
+        "model_iteration": p["model_iteration"],  # retrained one, else the best
         "val_accuracy": p["validation_accuracy"],
         "test_accuracy": p["test_accuracy"],
         "params": p["params"],
