@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,3 +292,31 @@ def test_a_stopped_or_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) 
         changes = [data for _, kind, data in st.events() if kind == "config_changed"]
         assert changes == [{"max_energy_kwh": [1e-12, 1.0]}, {"iterations": [3, 4]}]
         assert json.loads(st.config_json())["iterations"] == 4
+
+
+CIFAR_SUBSET = Path(__file__).parents[2] / "shared/data/cifar-10-subset"
+
+
+@pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="CIFAR-10 subset not present")
+def test_a_corrupt_data_file_stops_the_run_as_bad_input_and_resume_goes_on(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data" / "cifar-10-batches-py"
+    shutil.copytree(CIFAR_SUBSET / "cifar-10-batches-py", data)
+    good = (data / "data_batch_2").read_bytes()
+    (data / "data_batch_2").chmod(0o644)
+    (data / "data_batch_2").write_bytes(os.urandom(len(good)))
+    runs = tmp_path / "runs"
+    args = ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--iterations"]
+    args += ["1", "--epochs", "1", "--set", "search_subset=5", "--runs-dir", str(runs)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "data_batch_2" in result.stderr and "Continue with" not in result.stderr
+    assert "fix the data, then continue with: lemo-nade resume" in result.stderr
+    run_dir = only_run_dir(runs)
+    with RunStore.open(run_dir) as st:  # the candidate is not blamed: nothing recorded
+        assert st.next_index() == 0 and st.status()[1].startswith("data_error: ")
+    (data / "data_batch_2").write_bytes(good)
+    resumed = runner.invoke(app, ["resume", str(run_dir), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["iterations"][0]["status"] == "ok"

@@ -19,6 +19,7 @@ class Status(str, enum.Enum):
     FAILED_SYNTAX = "failed_syntax"  # the source does not parse
     FAILED_POLICY = "failed_policy"  # the static policy (AST) rejected it
     FAILED_BUILD = "failed_build"  # importing the code or Net() raised
+    FAILED_DATA = "failed_data"  # the dataset could not be loaded: not the candidate's fault
     FAILED_SHAPE = "failed_shape"  # forward on a dummy batch raised or gave the wrong shape
     FAILED_NAN = "failed_nan"  # training loss became NaN/inf
     FAILED_TRAIN = "failed_train"  # any other exception during training or measuring

@@ -130,6 +130,17 @@ def _extended(config: RunConfig, extend: dict[str, Any], done: int, store: RunSt
     return new
 
 
+class DataUnavailable(Exception):
+    """The sandbox could not load the dataset: the run stops before recording anything."""
+
+
+def _data_error(error: str) -> str:
+    """The DatasetError's own one line from the child's error text."""
+    lines = error.strip().splitlines()
+    last = lines[-1] if lines else "the dataset could not be loaded"
+    return last.split("DatasetError: ", 1)[-1]
+
+
 def _architect(config: RunConfig, check: bool = False) -> Architect:
     return create_architect(
         config.llm, seed=config.seed, max_params=config.max_params, config=config, check=check
@@ -236,6 +247,8 @@ class _Loop:
                 records.append(self.iterate(len(records), records))
             except ArchitectUnavailable as exc:
                 return f"llm_unavailable: {exc}"
+            except DataUnavailable as exc:
+                return f"data_error: {exc}"
 
     def stop_reason(self, records: list[IterationRecord]) -> str | None:
         """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
@@ -300,6 +313,8 @@ class _Loop:
                 break
             self.progress.on_evaluating(idx, proposal)
             evaluation = self.evaluate_proposal(proposal, records)
+            if evaluation.status is Status.FAILED_DATA:  # stop; nothing is the model's fault
+                raise DataUnavailable(_data_error(evaluation.error))
             last = (proposal, evaluation)
             calls.extend(proposal.calls)
             attempts.append(

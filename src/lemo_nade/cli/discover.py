@@ -183,7 +183,16 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
     else:
         print_table(out, result.records)
         out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
-    # the exit code is the same with --json: 1 when the LLM went away or nothing succeeded
+    # the exit code is the same with --json: 2 for bad data, 1 when the LLM went away or
+    # nothing succeeded
+    if result.stop_reason.startswith("data_error: "):
+        err.print(
+            f"[bold red]error:[/] {result.stop_reason.removeprefix('data_error: ')}; fix the "
+            f"data, then continue with: lemo-nade resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     if result.stop_reason.startswith("llm_unavailable"):
         err.print(
             f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "

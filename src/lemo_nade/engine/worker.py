@@ -114,7 +114,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         torch.manual_seed(job.seed)  # reproducible initial weights
         model = _build(namespace)
         weight_decay = _weight_decay(namespace)
-    with _stage(Status.FAILED_TRAIN, "loading the dataset"):
+    with _stage(Status.FAILED_DATA, "loading the dataset"):
         split = split_for_job(job, device, log)  # the seeded 9:1 split (and search subset)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
         check_shape(model.to(device), split)
