@@ -130,6 +130,11 @@ def _extended(config: RunConfig, extend: dict[str, Any], done: int, store: RunSt
     return new
 
 
+class BudgetCut(Exception):
+    """The time budget ran out while a candidate trained: the run stops without recording
+    it (the candidate did nothing wrong), and a resume with more time runs it again."""
+
+
 class DataUnavailable(Exception):
     """The sandbox could not load the dataset: the run stops before recording anything."""
 
@@ -249,6 +254,8 @@ class _Loop:
                 return f"llm_unavailable: {exc}"
             except DataUnavailable as exc:
                 return f"data_error: {exc}"
+            except BudgetCut as exc:
+                return str(exc)
 
     def stop_reason(self, records: list[IterationRecord]) -> str | None:
         """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
@@ -315,6 +322,11 @@ class _Loop:
             evaluation = self.evaluate_proposal(proposal, records)
             if evaluation.status is Status.FAILED_DATA:  # stop; nothing is the model's fault
                 raise DataUnavailable(_data_error(evaluation.error))
+            if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records):
+                self.store.add_event(
+                    "budget_cut", {"iteration": idx, "wall_time_s": evaluation.wall_time_s}
+                )
+                raise BudgetCut("max_hours")
             last = (proposal, evaluation)
             calls.extend(proposal.calls)
             attempts.append(
@@ -380,6 +392,10 @@ class _Loop:
 
     def job(self, code: str) -> EvalJob:
         return search_job(self.config, code)
+
+    def cut_by_time_budget(self, records: list[IterationRecord]) -> bool:
+        """Whether the candidate limit was the time left in ``max_hours``, not its own."""
+        return self.timeout_s(records) < self.config.candidate_timeout_s
 
     def timeout_s(self, records: list[IterationRecord]) -> float:
         """The candidate limit, shortened so a time budget is not overrun by much."""

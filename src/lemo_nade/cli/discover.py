@@ -149,6 +149,9 @@ def resume_cmd(
     _search(run_dir, as_json, extend)
 
 
+BUDGETS = ("max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
+
+
 def _note_if_finished(run_dir: Path) -> None:
     """A run that ran all its iterations has nothing to resume: say how to extend it."""
     from lemo_nade.store import RunStore
@@ -197,6 +200,15 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
         err.print(
             f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "
             f"Continue with: lemo-nade resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    if result.best is None and result.stop_reason in BUDGETS:
+        flag = "--" + result.stop_reason.replace("_", "-")
+        err.print(
+            f"[bold red]failed:[/] the {result.stop_reason} budget ran out before any "
+            f"candidate succeeded; give it more: lemo-nade resume {run_dir} {flag} VALUE",
             highlight=False,
             soft_wrap=True,
         )
