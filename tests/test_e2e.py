@@ -212,7 +212,10 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     ]
 
 
-def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     runs = tmp_path / "runs"
     args = ["run", "--iterations", "6", "--epochs", "3", "--runs-dir", str(runs)]
     proc = subprocess.Popen(
@@ -231,7 +234,7 @@ def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(tmp_path: Path) -> 
                     done = st.next_index()
             time.sleep(0.05)
         assert done >= 1, "no iteration was committed"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -242,6 +245,7 @@ def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(tmp_path: Path) -> 
     assert "Traceback" not in stderr
     with RunStore.open(run_dir) as st:
         assert len(st.iterations()) >= 1
+        assert st.status() == ("stopped", "interrupted")
 
 
 def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> None:

@@ -226,3 +226,19 @@ def test_sigkill_loses_nothing_committed_and_releases_the_lock(tmp_path: Path) -
         st.record_iteration(make_record(41))
     assert not list(run_dir.glob("candidates/.*.tmp"))
     assert os.path.exists(candidate_path(run_dir, 41))
+
+
+def test_a_running_run_whose_process_died_reads_as_interrupted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    RunStore.create(run_dir, "{}").close()
+    writer = RunStore.open(run_dir, writer=True)
+    writer.set_status("running")
+    with RunStore.open(run_dir) as reader:  # the writer is alive: it is running
+        assert reader.status() == ("running", "")
+    assert writer.status() == ("running", "")
+    writer.close()  # the lock goes, the status stays: as when the process is killed
+    with RunStore.open(run_dir) as reader:
+        status, reason = reader.status()
+    assert status == "interrupted" and "resume" in reason
+    with RunStore.open(run_dir, writer=True) as st:  # the probe left no lock behind
+        assert st.status() == ("running", "")

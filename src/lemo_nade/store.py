@@ -249,7 +249,11 @@ class RunStore:
             _insert_event(self._conn, self.run_id, "config_changed", changed)
 
     def status(self) -> tuple[str, str]:
+        """``(status, reason)``; a run stored as running whose lock no process holds is
+        ``interrupted``: its process was killed before it could say so."""
         status, reason = self._one("SELECT status, reason FROM runs WHERE run_id = ?")
+        if status == "running" and self._lock_fd is None and not _held(self.run_dir):
+            return "interrupted", "its process was killed; resume continues it"
         return str(status), str(reason)
 
     def set_status(self, status: str, reason: str = "") -> None:
@@ -443,6 +447,21 @@ def _user_version(conn: sqlite3.Connection, path: Path) -> int:
             f"{SCHEMA_VERSION}; upgrade lemo-nade to read it"
         )
     return int(version)
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether some process holds the run's writer lock (a shared probe, released at once)."""
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a probe lock that was taken
+    return False
 
 
 def _lock(run_dir: Path) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -51,6 +53,13 @@ def _main(
     ] = False,
 ) -> None:
     """LeMo-NADe: discover neural network architectures with an LLM and an expert system."""
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (a scheduler, a closed terminal) stops a run like Ctrl-C: state recorded
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
