@@ -112,6 +112,8 @@ def test_json_round_trip() -> None:
         ({"thresholds": {"TA1": 1.5}}, "thresholds.TA1: Input should be less than or equal to 1"),
         ({"parent": "worst"}, "parent: Input should be 'last' or 'best'"),
         ({"lr": float("nan")}, "lr: Input should be a finite number"),
+        ({"iterations": True}, "iterations: expected a number, not true"),
+        ({"thresholds": {"TF": False}}, "thresholds.TF: expected a number, not false"),
         ({"thresholds": {"TF": float("inf")}}, "thresholds.TF: Input should be a finite number"),
     ],
 )

@@ -4,6 +4,7 @@ builds in torch with the right output shape (no dimension collapse)."""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -226,7 +227,9 @@ def test_growth_past_the_parameter_cap_is_skipped() -> None:
     parent = initial(DIGITS)  # 9,978 parameters; a 128-unit hidden layer adds ~66k
     architect = OfflineArchitect(0, max_params=20_000)
     proposal = architect.propose(request(1, ("AMN", "AD"), parent.to_dict()))
-    assert proposal.notes.startswith("AMN: skipped, would make 0.1M parameters (cap 0.02M)")
+    assert re.match(
+        r"AMN: skipped, would make \d{2,3},\d{3} parameters \(cap 20,000\)", proposal.notes
+    )
     arch = Architecture.from_dict(proposal.state or {})
     assert arch.dense == () and arch.blocks[0].dropout == 0.1  # AD still applied
     for iteration in range(20):  # explore respects the cap too
@@ -258,3 +261,9 @@ def test_the_code_that_just_failed_is_not_proposed_again() -> None:
     failed = OfflineArchitect(0).propose(request(2, ("AMK",), parent))  # AMK is deterministic
     again = replace(request(3, ("AMK",), parent), failed_code=failed.code)
     assert OfflineArchitect(0).propose(again).code != failed.code
+
+
+def test_an_initial_model_over_the_cap_says_so() -> None:
+    first = request(0, (), None, parent_code=None)
+    proposal = OfflineArchitect(0, max_params=1000).propose(first)
+    assert "9,978 parameters, over max_params 1,000" in proposal.notes

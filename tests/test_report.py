@@ -425,3 +425,12 @@ def test_run_summary_applies_pue_and_carbon_intensity_by_hand() -> None:
     )
     row2 = run_summary([measured, *CHAIN[1:]], cfg)
     assert row2["search_energy_kwh"] == pytest.approx(device_kwh + 3e-5)
+
+
+def test_long_notes_are_cut_at_a_word_with_an_ellipsis() -> None:
+    from lemo_nade.reporting.render import clip
+
+    text = "AMK: channels 16 -> 24; AR: weight decay 0 -> 0.0001"
+    assert clip(text, 100) == text
+    assert clip(text, 48) == "AMK: channels 16 -> 24; AR: weight decay 0 ->…"
+    assert len(clip(text, 48)) <= 48 and clip("x" * 10, 5) == "xxxx…"

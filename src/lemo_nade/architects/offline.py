@@ -62,6 +62,8 @@ class OfflineArchitect:
         if request.failed_code is not None and render(arch, task) == request.failed_code:
             notes.append("same as the candidate that just failed")
             arch = self._explore(arch, task, rng, notes)
+        if (count := param_count(arch, task)) > self.max_params:
+            notes.append(f"{count:,} parameters, over max_params {self.max_params:,}")
         return Proposal(code=render(arch, task), state=arch.to_dict(), notes="; ".join(notes))
 
     @staticmethod
@@ -110,8 +112,7 @@ class OfflineArchitect:
         return count <= self.max_params or count <= param_count(old, task)
 
     def _too_big(self, new: Architecture, task: TaskSpec) -> str:
-        millions = param_count(new, task) / 1e6
-        return f"would make {millions:.1f}M parameters (cap {self.max_params / 1e6:g}M)"
+        return f"would make {param_count(new, task):,} parameters (cap {self.max_params:,})"
 
 
 @register("offline")

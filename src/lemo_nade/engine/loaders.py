@@ -243,7 +243,7 @@ def _check_official(batch: _Batch, images: int, info: DatasetInfo, notes: list[s
         size = f"{images} images" + (
             f", the official file has {official.images}" if official.images else ""
         )
-        notes.append(f"{where}: not the official file ({size}); md5 not checked, structure is")
+        notes.append(f"{where}: not the official file ({size}); md5 not checked, structure checked")
 
 
 def _load_cifar(info: DatasetInfo, folder: Path) -> RawData:

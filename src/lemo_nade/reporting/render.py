@@ -137,6 +137,14 @@ def summary_table(data: RunData) -> Table:
     return Table(headers, [row], text_cols=frozenset({0, 9}))
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a space, with "…" when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:") + "…"
+
+
 def iterations_table(data: RunData) -> Table:
     rows, classes = [], []
     by_idx = {r.idx: r for r in data.records}
@@ -161,7 +169,7 @@ def iterations_table(data: RunData) -> Table:
                 fmt(row["CM"], ".3f"),
                 instructions_text(rec),
                 " ".join(row["instructions_out"]) or "—",
-                (row["error"] or row["notes"] or "").replace("\n", " ")[:200],
+                clip((row["error"] or row["notes"] or "").replace("\n", " "), 200),
             )
         )
         classes.append("best" if row["best"] else ("failed" if row["status"] != "ok" else ""))
