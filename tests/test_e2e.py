@@ -314,6 +314,12 @@ def test_a_corrupt_data_file_stops_the_run_as_bad_input_and_resume_goes_on(
     good = (data / "data_batch_2").read_bytes()
     (data / "data_batch_2").chmod(0o644)
     (data / "data_batch_2").write_bytes(os.urandom(len(good)))
+    # doctor reads the files whole, as the sandbox will
+    check = ["doctor", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--json"]
+    doctor = runner.invoke(app, check)
+    assert doctor.exit_code == 1
+    found = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert found["dataset"]["status"] == "fail" and "data_batch_2" in found["dataset"]["detail"]
     runs = tmp_path / "runs"
     args = ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--iterations"]
     args += ["1", "--epochs", "1", "--set", "search_subset=5", "--runs-dir", str(runs)]
@@ -325,6 +331,8 @@ def test_a_corrupt_data_file_stops_the_run_as_bad_input_and_resume_goes_on(
     with RunStore.open(run_dir) as st:  # the candidate is not blamed: nothing recorded
         assert st.next_index() == 0 and st.status()[1].startswith("data_error: ")
     (data / "data_batch_2").write_bytes(good)
+    fixed = {c["check"]: c for c in json.loads(runner.invoke(app, check).stdout)["checks"]}
+    assert fixed["dataset"]["status"] == "ok" and "5,085 training" in fixed["dataset"]["detail"]
     resumed = runner.invoke(app, ["resume", str(run_dir), "--json"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["iterations"][0]["status"] == "ok"

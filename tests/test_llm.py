@@ -280,6 +280,10 @@ def test_doctor_checks_the_endpoint_and_never_shows_the_key(fake: FakeLLM) -> No
     down = ["doctor", "--llm", "ollama:m", "--set", 'base_url="http://127.0.0.1:9/v1"']
     failed = runner.invoke(app, down)
     assert failed.exit_code == 1 and "cannot reach" in failed.output
+    unknown = runner.invoke(app, ["doctor", "--llm", "foo:bar", "--json"])
+    rows = {c["check"]: c for c in json.loads(unknown.stdout)["checks"]}
+    assert unknown.exit_code == 1 and "reachable" not in rows
+    assert "unknown architect 'foo'" in rows["architect"]["detail"]
 
 
 # -- prompt snapshots ------------------------------------------------------------------

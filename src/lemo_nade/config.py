@@ -308,6 +308,8 @@ def one_line(exc: ValidationError, root: type[BaseModel] = RunConfig) -> str:
     if err["type"] == "extra_forbidden":
         model = _model_at(err["loc"][:-1], root)
         allowed = ", ".join(model.model_fields)
+        if root is RunConfig and loc in ("axes", "base", "resources"):
+            return f"{loc}: unknown key; this looks like a sweep file: lemo-nade sweep FILE"
         return f"{loc}: unknown key; allowed: {allowed}"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if "input" not in err or isinstance(err["input"], dict):

@@ -213,6 +213,10 @@ def read_npz(path: Path, keys: tuple[str, ...] = NPZ_KEYS) -> dict[str, Any]:
 
 def _npz_spec(name: str) -> TaskSpec:
     path = Path(name[4:])
+    if path.is_dir():
+        raise DatasetError(
+            f"dataset: {path} is a directory; pass the .npz file itself: --dataset npz:FILE.npz"
+        )
     if not path.is_file():
         raise DatasetError(f"dataset: npz file {path} not found; pass --dataset npz:PATH")
     arrays = read_npz(path, ("x_train", "y_train"))

@@ -69,6 +69,11 @@ def llm_checks(config: RunConfig) -> list[Check]:
                 + ("" if key_set or needed else " (not needed for a local server)"),
             )
         )
+    else:  # not a provider lemo-nade knows: nothing to reach
+        try:
+            create_architect(config.llm, config=config)
+        except ArchitectError as exc:
+            return [_check("architect", "fail", str(exc))]
     start = time.perf_counter()
     try:
         create_architect(config.llm, config=config, check=True)
@@ -123,11 +128,21 @@ def sensor_checks() -> list[Check]:
 
 
 def data_checks(config: RunConfig) -> list[Check]:
+    """The dataset read whole, as a candidate's sandbox will read it (every file parsed,
+    official md5s compared), so a corrupt file shows here rather than in a run."""
     from lemo_nade.datasets import DatasetError, resolve_dataset
+    from lemo_nade.engine.loaders import load
 
     try:
         task: Any = resolve_dataset(config.dataset, config.data_dir)
+        start = time.perf_counter()
+        raw = load(config.dataset, config.data_dir)
     except DatasetError as exc:
         return [_check("dataset", "fail", str(exc))]
     c, h, w = task.input_shape
-    return [_check("dataset", "ok", f"{config.dataset}: {c}x{h}x{w}, {task.num_classes} classes")]
+    seconds = time.perf_counter() - start
+    text = (
+        f"{config.dataset}: {c}x{h}x{w}, {task.num_classes} classes, {len(raw.x_train):,} "
+        f"training and {len(raw.x_test):,} test images, read in {seconds:.1f} s"
+    )
+    return [_check("dataset", "ok", text)] + [_check("data file", "info", n) for n in raw.notes]

@@ -263,8 +263,8 @@ def _prepare(plan: SweepPlan, sweep_dir: Path) -> dict[str, str]:
         if stored != run.config:
             raise ConfigError(
                 f"sweep {sweep_dir}: run {run.name} was made with a different config "
-                f"({_first_difference(stored, run.config)}); the sweep file changed: "
-                "restore it, or pass a new --sweep-dir"
+                f"({_first_difference(stored, run.config)}); the sweep file or --set changed: "
+                "restore them, or pass a new --sweep-dir"
             )
     new = [r for r in plan.runs if r.name not in states]
     for run in new:

@@ -117,5 +117,6 @@ def json_arg(text: str | None, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what}: not valid JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"{what}: expected a JSON object like '{{\"A1\": 0.8}}'")
+        example = {"metrics": '{"A1": 0.8}', "priorities": '{"PF": 0.5}'}.get(what, '{"TA1": 0.9}')
+        raise ConfigError(f"{what}: expected a JSON object like '{example}'")
     return value

@@ -127,7 +127,9 @@ def _replay_base(llm: Any) -> dict[str, Any]:
 @friendly
 def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `lemo-nade run`.")],
-    iterations: Iterations = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Go on to this many candidates in all (default: stored).")
+    ] = None,
     max_hours: MaxHours = None,
     max_tokens: MaxTokens = None,
     max_cost_usd: MaxCost = None,
@@ -326,6 +328,8 @@ def doctor_cmd(
     llm: Annotated[
         str | None, typer.Option(help="Architect to check, e.g. ollama:llama3.1.")
     ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset to check (default digits).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config overrides, e.g. base_url=URL.")
     ] = None,
@@ -336,7 +340,8 @@ def doctor_cmd(
     from lemo_nade.doctor import run_checks
 
     file_layer = load_toml(config) if config else {}
-    cfg = build_config(file_layer, {"llm": llm}, parse_set(set_ or []))
+    flags = {"llm": llm, "dataset": dataset, "data_dir": data_dir}
+    cfg = build_config(file_layer, flags, parse_set(set_ or []))
     checks = run_checks(cfg)
     if as_json:
         sys.stdout.write(json.dumps({"checks": checks}, indent=2) + "\n")

@@ -68,7 +68,8 @@ def retrain_cmd(
     acc = result["test_accuracy"]
     out.print(
         f"candidate {result['iteration']}: test accuracy {acc:.4f} on {result['test_images']} "
-        f"images after {result['epochs']} epochs (best {result['best_epoch']}); "
+        f"images after {result['epochs']} epoch{'' if result['epochs'] == 1 else 's'} "
+        f"(best {result['best_epoch']}); "
         f"{result['fps']:,.0f} FPS, {result['hours'] * 3600:.1f} s, "
         f"{result['kwh_pue']:.3e} kWh-PUE ({result['energy_source']}). "
         f"Saved to {run_dir}/retrain.json",
