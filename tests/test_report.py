@@ -255,7 +255,15 @@ def test_report_command_writes_a_self_contained_page(tmp_path: Path) -> None:
 def test_report_shows_the_retrain_and_replaces_the_old_report_whole(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", CHAIN)
     write_report(run, draw=fake_draw)
-    (run / "report" / "stale.txt").write_text("from before")
+    # a file the user put there is not deleted with the old report
+    (run / "report" / "notes.md").write_text("mine")
+    with pytest.raises(ReportError, match="holds notes.md, which `lemo-nade report` did not"):
+        write_report(run, draw=fake_draw)
+    (run / "report" / "notes.md").unlink()
+    # a plot an earlier report wrote (listed in its marker) goes with it
+    marker = run / "report" / ".lemo-nade-report"
+    marker.write_text(marker.read_text() + "c.png\n")
+    (run / "report" / "c.png").write_bytes(b"old plot")
     (run / "retrain.json").write_text(json.dumps({"test_accuracy": 0.9123, "hours": 2.0}))
     written = write_report(run, draw=fake_draw)
     assert sorted(p.name for p in written) == ["a.png", "b.png", "report.html", "report.md"]

@@ -42,6 +42,7 @@ from lemo_nade.search import best_of
 
 REPORT_DIR = "report"
 MARKER_NAME = ".lemo-nade-report"  # a directory holding it may be replaced by a new report
+MARKER_HEADER = "made by lemo-nade report; replaced as a whole; it wrote:\n"
 MD_NAME = "report.md"
 HTML_NAME = "report.html"
 
@@ -422,9 +423,10 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         plots = draw(data, tmp)
-        (tmp / MARKER_NAME).write_text("made by lemo-nade report; replaced as a whole\n")
         (tmp / MD_NAME).write_text(to_markdown(data, plots), encoding="utf-8")
         (tmp / HTML_NAME).write_text(to_html(data, plots, tmp), encoding="utf-8")
+        written = sorted(f.name for f in tmp.iterdir())
+        (tmp / MARKER_NAME).write_text(MARKER_HEADER + "".join(f"{n}\n" for n in written))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -447,15 +449,30 @@ def _check_replaceable(out_dir: Path, run_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise ReportError(f"{out_dir} exists and is not a directory; pass another --out-dir")
-    names = {entry.name for entry in out_dir.iterdir()}
-    made_here = MARKER_NAME in names or all(
-        n in (MD_NAME, HTML_NAME) or n.endswith(".png") for n in names
-    )
-    if not made_here:
+    names = {entry.name for entry in out_dir.iterdir()} - {MARKER_NAME}
+    ours = _written_by_report(out_dir / MARKER_NAME)
+    foreign = sorted(n for n in names if n not in ours) if ours is not None else []
+    if ours is None and not all(n in (MD_NAME, HTML_NAME) or n.endswith(".png") for n in names):
         raise ReportError(
             f"{out_dir} is not empty and was not made by `lemo-nade report` (it would be "
             "replaced as a whole); pass a new or empty --out-dir"
         )
+    if foreign:
+        raise ReportError(
+            f"{out_dir} holds {foreign[0]}, which `lemo-nade report` did not write and would "
+            "delete with the old report; move it out, or pass another --out-dir"
+        )
+
+
+def _written_by_report(marker: Path) -> set[str] | None:
+    """The files the report in ``marker``'s directory wrote; None without a marker."""
+    try:
+        lines = marker.read_text().splitlines()
+    except OSError:
+        return None
+    if lines[:1] != [MARKER_HEADER.strip()]:  # an older marker: report files and plots
+        return {MD_NAME, HTML_NAME} | {n for n in os.listdir(marker.parent) if n.endswith(".png")}
+    return set(lines[1:])
 
 
 def _swap_in(new: Path, target: Path) -> None:
