@@ -257,7 +257,7 @@ def test_report_shows_the_retrain_and_replaces_the_old_report_whole(tmp_path: Pa
     write_report(run, draw=fake_draw)
     # a file the user put there is not deleted with the old report
     (run / "report" / "notes.md").write_text("mine")
-    with pytest.raises(ReportError, match="holds notes.md, which `lemo-nade report` did not"):
+    with pytest.raises(ReportError, match=r"holds notes\.md, which `lemo-nade report` did not"):
         write_report(run, draw=fake_draw)
     (run / "report" / "notes.md").unlink()
     # a plot an earlier report wrote (listed in its marker) goes with it

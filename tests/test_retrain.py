@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,13 @@ def test_retrain_writes_test_accuracy_and_records_it(run_dir: Path) -> None:
     with RunStore.open(run_dir) as st:
         events = {kind: data for _, kind, data in st.events()}
     assert events["retrained"]["test_accuracy"] == doc["test_accuracy"]
+    # show says it too, in the table and the JSON
+    table = runner.invoke(app, ["show", str(run_dir)])
+    assert f"test accuracy {100 * doc['test_accuracy']:.2f}%" in table.stdout
+    shown = json.loads(runner.invoke(app, ["show", str(run_dir), "--json"]).stdout)
+    assert shown["retrain"]["test_accuracy"] == doc["test_accuracy"]
+    assert shown["paper_row"]["test_accuracy"] == doc["test_accuracy"]
+    assert not list((run_dir / "retrain").glob("*/torchinductor_*"))
 
 
 def test_bad_candidates_are_refused(run_dir: Path, tmp_path: Path) -> None:
@@ -84,6 +92,7 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
     best = json.loads(runner.invoke(app, ["show", str(run_dir), "--json"]).stdout)["summary"]
     folder = run_dir / "retrain" / f"{best['best_iteration']:03d}"
     args = [sys.executable, "-m", "lemo_nade", "retrain", str(run_dir), "--epochs", "12"]
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier test's progress.json is not ours
     proc = subprocess.Popen(
         [*args, "--fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -173,4 +182,9 @@ def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
     assert bad.exit_code == 2 and "allowed: state_dict, torchscript, onnx" in bad.output
     nowhere = runner.invoke(app, ["export", str(run_dir / "nope"), "--format", "state_dict"])
     assert nowhere.exit_code == 2 and "is not a run directory (no run.sqlite)" in nowhere.output
+    # a new retrain makes another model: the exports of the old one are set aside
+    again = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "1", "--fresh"])
+    assert again.exit_code == 0, again.output
+    assert not (run_dir / "export").exists()
+    assert (run_dir / "export.previous" / "state_dict" / "model_card.json").is_file()
     assert not list((run_dir / "export").glob(".*.tmp"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -100,6 +101,8 @@ def retrain(
             on_progress,
             lambda: sandbox.evaluate(job, timeout_s, config.memory_limit_mb, workdir=folder),
         )
+        for cache in folder.glob("torchinductor_*"):  # torch's compile cache, via TMPDIR
+            shutil.rmtree(cache, ignore_errors=True)
         if evaluation.status is not Status.OK or evaluation.metrics is None:
             store.add_event(
                 "retrain_failed", {"iteration": chosen.idx, "status": evaluation.status.value}
@@ -114,7 +117,17 @@ def retrain(
         result["sessions"] = sessions
         _atomic_json(Path(run_dir) / RESULT, result)
         store.add_event("retrained", result)
+        _retire_exports(Path(run_dir))
     return result
+
+
+def _retire_exports(run_dir: Path) -> None:
+    """Exports are of the model retrain.json described before: move them to
+    ``export.previous/`` (replacing an older one) so ``export/`` never mixes models."""
+    exports, previous = run_dir / "export", run_dir / "export.previous"
+    if exports.is_dir():
+        shutil.rmtree(previous, ignore_errors=True)
+        exports.rename(previous)
 
 
 def summarise(

@@ -6,13 +6,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lemo_nade import rules
 from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, out
 from lemo_nade.config import ConfigError, RunConfig, build_config, load_toml, parse_set
+
+if TYPE_CHECKING:
+    from lemo_nade.reporting.data import RunData
 
 
 def _default(key: str) -> Any:
@@ -231,41 +234,45 @@ def show_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print a run's per-iteration table and its summary (paper Table 3 shape)."""
+    """Print a run's per-iteration table and its summary (paper Table 3 shape), and the
+    retrained model's result when `lemo-nade retrain` has run."""
     from lemo_nade.console import print_summary, print_table
-    from lemo_nade.store import RunStore
+    from lemo_nade.reporting.data import load_run
 
+    data = load_run(run_dir)
     if as_json:
-        _print_show_json(run_dir)
+        _print_show_json(run_dir, data)
         return
-    with RunStore.open(run_dir) as store:
-        from lemo_nade.config import config_from_json
+    print_table(out, data.records)
+    print_summary(out, data.records, data.config, data.status, data.reason)
+    rt = data.retrain
+    if rt is not None:
+        done = f"candidate {rt['iteration']}, " if "iteration" in rt else ""
+        out.print(
+            f"retrained: {done}test accuracy {100 * rt['test_accuracy']:.2f}%"
+            + (f" on {rt['test_images']:,} images" if rt.get("test_images") else "")
+            + (f", {rt['hours'] * 3600:.1f} s" if "hours" in rt else "")
+            + (f", {rt['kwh_pue']:.3e} kWh-PUE" if "kwh_pue" in rt else "")
+            + f"  ({run_dir / 'retrain.json'})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
-        records = store.iterations()
-        status, reason = store.status()
-        config = config_from_json(store.config_json())
-    print_table(out, records)
-    print_summary(out, records, config, status, reason)
 
+def _print_show_json(run_dir: Path, data: RunData | None = None) -> None:
+    from lemo_nade.reporting.data import load_run, paper_row
 
-def _print_show_json(run_dir: Path) -> None:
-    from lemo_nade.config import config_from_json
-    from lemo_nade.report import iteration_rows, run_summary
-    from lemo_nade.store import RunStore
-
-    with RunStore.open(run_dir) as store:
-        records = store.iterations()
-        status, reason = store.status()
-        config = config_from_json(store.config_json())
-        run_id = store.run_id
+    data = data or load_run(run_dir)
     doc = {
-        "run_id": run_id,
+        "run_id": data.run_id,
         "run_dir": str(run_dir),
-        "status": status,
-        "stop_reason": reason,
-        "config": config.model_dump(),
-        "summary": run_summary(records, config),
-        "iterations": iteration_rows(records),
+        "status": data.status,
+        "stop_reason": data.reason,
+        "config": data.config.model_dump(),
+        "summary": data.summary,
+        "iterations": data.rows,
+        "retrain": data.retrain,  # RUN_DIR/retrain.json, or null before a retrain
+        "paper_row": paper_row(data) if data.records else None,  # search + retrain
     }
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 

@@ -59,7 +59,7 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
         "llm",
         "setting",
         "iters",
-        "best val acc",
+        "val acc",
         "test acc",
         "params",
         "hours",
@@ -70,11 +70,10 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
         "LLM cost",
     )
     for h in heads:
+        text = h in ("run", "dataset", "llm", "energy")
+        # numbers never break across lines; the text columns fold instead
         table.add_column(
-            h,
-            justify="left" if h in ("run", "dataset", "llm", "energy") else "right",
-            overflow="fold",
-            no_wrap=h == "run",
+            h, justify="left" if text else "right", overflow="fold", no_wrap=not text or h == "run"
         )
     for r in rows:
         acc, test, cost = r["val_accuracy"], r["test_accuracy"], r["llm_cost_usd"]
