@@ -414,3 +414,21 @@ def test_temp_dirs_of_dead_runs_are_swept(own_tmp: Path) -> None:
     other.mkdir()
     assert sandbox.sweep_stale_workdirs() == [stale.name]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_fork_server_preloads_the_training_imports_without_starting_threads() -> None:
+    """Children inherit torch._dynamo (Adam imports it: seconds per candidate otherwise);
+    the server must stay single-threaded for fork to be safe."""
+    code = (
+        "import os, sys\n"
+        "from lemo_nade.engine import forkserver\n"
+        "forkserver.preload()\n"
+        "print('torch._dynamo' in sys.modules, len(os.listdir('/proc/self/task')))\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "1"]
