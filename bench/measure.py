@@ -10,6 +10,9 @@
    what a candidate records), batch-1 latency p50/p95 and the time one measurement takes.
    Once with the shortest budget the worker gives (a candidate that trains < 2 s) and
    once with the longest (one that trains >= 100 s); see ``measure.speed_budget_s``.
+   "machine CV" is the CV of a fixed matrix-product loop of the same length timed right
+   after each measurement: how much the machine itself drifts at that cadence, below
+   which no FPS measurement can go.
 2. Measuring overhead: ``--candidates`` real candidates (that model, the default search
    protocol: 20 epochs, batch 512) through the sandbox, as a search runs them. Overhead =
    the worker's ``measure_time_s`` (sensor set-up, FLOPs, FPS and latency) / the
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,28 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
 
 
+def _fixed_work(threads: int, seconds: float) -> Callable[[], float]:
+    """A fixed number of 256x256 matrix products, calibrated once to take ``seconds``;
+    calling it returns how long they took this time."""
+    x = torch.randn(256, 256)
+
+    def timed(n: int) -> float:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                x @ x
+            return time.perf_counter() - start
+        finally:
+            torch.set_num_threads(old)
+
+    timed(5)
+    per_op = timed(50) / 50
+    count = max(1, round(seconds / per_op))
+    return lambda: timed(count)
+
+
 def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
     code = render(initial(TASK), TASK)
     torch.manual_seed(0)
@@ -90,10 +116,16 @@ def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
     for n in threads:
         for label, kwargs in configs.items():
             before = load_text()
-            runs = [
-                measure.measure_speed(model, split.x_val, 512, split.normalize, threads=n, **kwargs)
-                for _ in range(repeats)
-            ]
+            fixed = _fixed_work(n, 0.7 * kwargs["budget_s"])
+            runs, machine = [], []
+            for _ in range(repeats):  # each measurement, then the same fixed work: its
+                # spread is the machine's own at this cadence, the floor for the FPS CV
+                runs.append(
+                    measure.measure_speed(
+                        model, split.x_val, 512, split.normalize, threads=n, **kwargs
+                    )
+                )
+                machine.append(1 / fixed())
             fps = [r.fps for r in runs]
             rows.append(
                 {
@@ -102,6 +134,7 @@ def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
                     "batch": runs[0].fps_batch,
                     "median_fps": statistics.median(fps),
                     "cv_over_repeats": cv(fps),
+                    "machine_cv": cv(machine),
                     "median_window_cv": statistics.median(r.fps_cv for r in runs),
                     "latency_ms_p50": statistics.median(r.latency_ms_p50 for r in runs),
                     "latency_ms_p95": statistics.median(r.latency_ms_p95 for r in runs),
@@ -223,6 +256,7 @@ def show(doc: dict[str, Any]) -> None:
         "batch",
         "median FPS",
         "CV over repeats",
+        "machine CV",
         "median window CV",
         "p50 ms",
         "p95 ms",
@@ -237,6 +271,7 @@ def show(doc: dict[str, Any]) -> None:
             str(r["batch"]),
             f"{r['median_fps']:,.0f}",
             f"{r['cv_over_repeats']:.1%}",
+            f"{r['machine_cv']:.1%}",
             f"{r['median_window_cv']:.1%}",
             f"{r['latency_ms_p50']:.3f}",
             f"{r['latency_ms_p95']:.3f}",
