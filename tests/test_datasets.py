@@ -300,7 +300,7 @@ def test_checksum_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     notes = load("cifar10", str(tmp_path)).notes
     assert (
         "cifar-10-batches-py/data_batch_1: not the official file (4 images, the official file "
-        "has 10000); md5 not checked, structure is"
+        "has 10000); md5 not checked, structure checked"
     ) in notes
 
 

@@ -192,7 +192,7 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     run_dir = only_run_dir(runs)
     with RunStore.open(run_dir) as st:
         before = st.iterations()
-        assert st.status()[0] == "running"  # it died without a chance to say so
+        assert st.status()[0] == "interrupted"  # it died without a chance to say so
     assert len(before) >= 2
 
     result = runner.invoke(app, ["resume", str(run_dir), "--json"])

@@ -417,18 +417,22 @@ def test_temp_dirs_of_dead_runs_are_swept(own_tmp: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_the_fork_server_preloads_the_training_imports_without_starting_threads() -> None:
+def test_the_fork_server_preloads_the_training_imports_without_starting_threads(
+    tmp_path: Path,
+) -> None:
     """Children inherit torch._dynamo (Adam imports it: seconds per candidate otherwise);
-    the server must stay single-threaded for fork to be safe."""
+    the server must stay single-threaded for fork to be safe, and create no directory."""
     code = (
         "import os, sys\n"
         "from lemo_nade.engine import forkserver\n"
         "forkserver.preload()\n"
         "print('torch._dynamo' in sys.modules, len(os.listdir('/proc/self/task')))\n"
     )
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "1"]
+    assert list(tmp_path.iterdir()) == []  # torch's compile cache was not made in TMPDIR

@@ -45,8 +45,23 @@ SETUP_FAILED = 71  # exit code: the child could not set up its session or files
 def preload() -> None:
     """Import what the training path would import lazily in every child: Adam's
     constructor imports ``torch._dynamo`` (2-3 s on a 2-core machine, more than training
-    a small candidate). Imports only: no torch operation runs and no thread starts."""
-    import torch._dynamo  # noqa: F401
+    a small candidate). Imports only: no torch operation runs and no thread starts.
+
+    The import creates torch's compile-cache directory; it is pointed at "/", which
+    exists, so nothing is created (the server has no directory of its own), and the
+    children, which never import it again, keep the default under their own TMPDIR."""
+    previous = os.environ.get(INDUCTOR_CACHE_VAR)
+    os.environ[INDUCTOR_CACHE_VAR] = os.path.abspath(os.sep)
+    try:
+        import torch._dynamo  # noqa: F401
+    finally:
+        if previous is None:
+            del os.environ[INDUCTOR_CACHE_VAR]
+        else:
+            os.environ[INDUCTOR_CACHE_VAR] = previous
+
+
+INDUCTOR_CACHE_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def main() -> int:
