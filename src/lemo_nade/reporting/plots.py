@@ -93,10 +93,12 @@ def fig_pareto(data: RunData) -> Figure:
         ax.step(fx, fy, where="post", color=FAIL_COLOUR, lw=1.5, label="Pareto front")
         ax.scatter(fx, fy, s=160, facecolors="none", edgecolors=FAIL_COLOUR, linewidths=1.5)
     best = _best_idx(data)
+    labels: dict[tuple[int, float], list[str]] = {}  # one label per point: "#3/#4"
     for r, m in zip(ok, metrics, strict=True):
-        ax.annotate(
-            f"#{r.idx}", (m.P, 100 * m.A2), fontsize=8, xytext=(4, 4), textcoords="offset points"
-        )
+        labels.setdefault((m.P, round(100 * m.A2, 2)), []).append(f"#{r.idx}")
+    for (x, y), names in labels.items():
+        ax.annotate("/".join(names), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    for r, m in zip(ok, metrics, strict=True):
         if r.idx == best:
             ax.scatter(
                 [m.P],
