@@ -433,6 +433,12 @@ def test_run_summary_applies_pue_and_carbon_intensity_by_hand() -> None:
     )
     row2 = run_summary([measured, *CHAIN[1:]], cfg)
     assert row2["search_energy_kwh"] == pytest.approx(device_kwh + 3e-5)
+    # and a failed candidate adds what its child measured before it failed
+    failed = dataclasses.replace(
+        CHAIN[2], evaluation=dataclasses.replace(CHAIN[2].evaluation, failure_kwh=4e-6)
+    )
+    row3 = run_summary([*CHAIN[:2], failed, *CHAIN[3:]], cfg)
+    assert row3["search_energy_kwh"] == pytest.approx(device_kwh + 4e-6)
 
 
 def test_long_notes_are_cut_at_a_word_with_an_ellipsis() -> None:

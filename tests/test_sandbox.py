@@ -145,6 +145,12 @@ def test_shape_and_nan_failures_come_back_from_the_child(
     evaluation = sandbox.evaluate(_job(code), timeout_s=60)
     assert evaluation.status is status, evaluation.error
     assert needle in evaluation.error and evaluation.metrics is None
+    # a failure during training still reports what it spent; one before training, nothing
+    if status is Status.FAILED_NAN:
+        assert evaluation.failure_kwh is not None and evaluation.failure_kwh > 0
+        assert evaluation.spent_kwh == evaluation.failure_kwh
+    else:
+        assert evaluation.failure_kwh is None and evaluation.spent_kwh == 0.0
 
 
 def test_build_failure_comes_back_with_the_candidate_traceback() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,25 @@ def test_a_running_run_whose_process_died_reads_as_interrupted(tmp_path: Path) -
     assert status == "interrupted" and "resume" in reason
     with RunStore.open(run_dir, writer=True) as st:  # the probe left no lock behind
         assert st.status() == ("running", "")
+
+
+def test_a_store_from_before_failure_energy_gains_it_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    with RunStore.create(tmp_path / "r", "{}") as st:
+        st.record_iteration(make_record(0))
+    conn = sqlite3.connect(tmp_path / "r" / "run.sqlite")  # back to what schema 2 wrote
+    conn.execute("ALTER TABLE iterations DROP COLUMN failure_kwh")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with RunStore.open(tmp_path / "r", writer=True) as st:  # migration 3 runs
+        (first,) = st.iterations()
+        assert first.evaluation.failure_kwh is None and first.idx == 0
+        failed = make_record(1, ok=False)
+        st.record_iteration(
+            replace(failed, evaluation=replace(failed.evaluation, failure_kwh=2.5e-6))
+        )
+    with RunStore.open(tmp_path / "r") as st:
+        assert st.iterations()[1].evaluation.failure_kwh == 2.5e-6
+        assert st.iterations()[1].evaluation.spent_kwh == 2.5e-6

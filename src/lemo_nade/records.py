@@ -113,6 +113,18 @@ class Evaluation:
     error: str = ""  # one-paragraph error text (last lines of the traceback), fed back to the LLM
     wall_time_s: float = 0.0
     log_tail: str = ""  # capped stdout/stderr of the child
+    # device kWh the child measured before a failure (training that diverged, a measuring
+    # error); None when nothing was measured (failed before training, killed, or OK:
+    # an OK candidate's energy is in its metrics)
+    failure_kwh: float | None = None
+
+    @property
+    def spent_kwh(self) -> float:
+        """Device kWh this candidate cost, as far as it was measured: the search energy of
+        Eq. 2 and the energy budget add these up."""
+        if self.metrics is not None:
+            return self.metrics.spent_kwh
+        return self.failure_kwh or 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +133,7 @@ class Evaluation:
             "error": self.error,
             "wall_time_s": self.wall_time_s,
             "log_tail": self.log_tail,
+            "failure_kwh": self.failure_kwh,
         }
 
     @classmethod
@@ -132,6 +145,7 @@ class Evaluation:
             error=data.get("error", ""),
             wall_time_s=float(data.get("wall_time_s", 0.0)),
             log_tail=data.get("log_tail", ""),
+            failure_kwh=data.get("failure_kwh"),
         )
 
 

@@ -89,15 +89,15 @@ def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
 def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, Any]:
     """One row shaped like the paper's Tables 3/5/6, for the search phase.
 
-    Search energy is the sum of what each evaluated candidate's child measured (training,
-    the A1 and A2 passes, FLOPs and speed; E1 + E2 for runs recorded before that was
-    stored) in device kWh, times PUE (Eq. 2 applied to energies). It excludes the LLM's
-    own energy, like the paper, each child's start-up and data loading, and the partial
-    training of candidates that failed. ``energy_estimated`` is true when any part of it
-    is an estimate, not a sensor reading.
+    Search energy is the sum of what each candidate's child measured (training, the A1
+    and A2 passes, FLOPs and speed; E1 + E2 for runs recorded before that was stored;
+    for a failed candidate, what it spent training before it failed) in device kWh,
+    times PUE (Eq. 2 applied to energies). It excludes the LLM's own energy, like the
+    paper, each child's start-up and data loading, and candidates killed by a timeout.
+    ``energy_estimated`` is true when any part of it is an estimate, not a sensor reading.
     """
     good = [r for r in records if r.evaluation.metrics is not None]
-    energy_kwh = sum(r.evaluation.metrics.spent_kwh for r in good if r.evaluation.metrics)
+    energy_kwh = sum(r.evaluation.spent_kwh for r in records)
     sources = sorted({r.evaluation.metrics.energy_source for r in good if r.evaluation.metrics})
     best = best_of(records)
     bm = best.evaluation.metrics if best else None

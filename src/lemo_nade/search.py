@@ -186,7 +186,7 @@ def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def totals(records: list[IterationRecord]) -> dict[str, float]:
     """What a run has spent so far, for the budgets and the report."""
     usage = sum_usage(r.usage for r in records)
-    energy = sum(r.evaluation.metrics.spent_kwh for r in records if r.evaluation.metrics)
+    energy = sum(r.evaluation.spent_kwh for r in records)
     return {
         "total_tokens": float(usage.get("total_tokens", 0)),
         "cost_usd": float(usage.get("cost_usd") or 0.0),

@@ -106,8 +106,18 @@ MIGRATIONS: tuple[str, ...] = (
         call_json TEXT NOT NULL
     );
     """,
+    # 3: the energy a failed candidate's child measured before it failed.
+    """
+    ALTER TABLE iterations ADD COLUMN failure_kwh REAL
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+ITERATION_COLUMNS = (
+    "run_id, idx, started_at, finished_at, parent_idx, architect, status, error, wall_time_s,"
+    " log_tail, a1, a2, e1, e2, fps, params, metrics_json, cm, code, state_json, notes,"
+    " prompt_instructions_json, raw_instructions_json, resolved_instructions_json,"
+    " usage_json, failure_kwh"
+)
 
 
 class StoreError(Exception):
@@ -311,11 +321,14 @@ class RunStore:
             _dumps(rec.raw_instructions),
             _dumps(rec.resolved_instructions),
             _dumps(rec.usage),
+            _finite(ev.failure_kwh),
         )
         try:
             with self._conn:
                 self._conn.execute(
-                    f"INSERT INTO iterations VALUES ({', '.join('?' * len(row))})", row
+                    f"INSERT INTO iterations ({ITERATION_COLUMNS}) "
+                    f"VALUES ({', '.join('?' * len(row))})",
+                    row,
                 )
                 self._conn.executemany(
                     "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -352,7 +365,7 @@ class RunStore:
             "SELECT idx, started_at, finished_at, parent_idx, architect, status, error,"
             " wall_time_s, log_tail, metrics_json, cm, code, state_json, notes,"
             " prompt_instructions_json, raw_instructions_json, resolved_instructions_json,"
-            " usage_json FROM iterations WHERE run_id = ? ORDER BY idx",
+            " usage_json, failure_kwh FROM iterations WHERE run_id = ? ORDER BY idx",
             (self.run_id,),
         ).fetchall()
         attempts: dict[int, list[dict[str, Any]]] = {}
@@ -545,6 +558,7 @@ def _record(row: tuple[Any, ...]) -> IterationRecord:
         raw_json,
         resolved_json,
         usage_json,
+        failure_kwh,
     ) = row
     evaluation = Evaluation.from_dict(
         {
@@ -553,6 +567,7 @@ def _record(row: tuple[Any, ...]) -> IterationRecord:
             "error": error,
             "wall_time_s": wall_time_s,
             "log_tail": log_tail,
+            "failure_kwh": failure_kwh,
         }
     )
     return IterationRecord(

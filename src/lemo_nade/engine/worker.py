@@ -55,6 +55,7 @@ class StageFailed(Exception):
         super().__init__(error)
         self.status = status
         self.error = error
+        self.spent_kwh: float | None = None  # energy measured before the failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +95,10 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
         metrics = _evaluate(job, log)
     except StageFailed as failed:
         return Evaluation(
-            failed.status, error=failed.error, wall_time_s=time.perf_counter() - start
+            failed.status,
+            error=failed.error,
+            wall_time_s=time.perf_counter() - start,
+            failure_kwh=failed.spent_kwh,
         )
     return Evaluation(Status.OK, metrics, wall_time_s=time.perf_counter() - start)
 
@@ -123,15 +127,20 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     power = _Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     sensors_s = time.perf_counter() - sensors_start
     checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
-    with power.span() as whole:
-        with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
-            result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
-        with _stage(Status.FAILED_TRAIN, "measuring"):
-            fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
-        if job.mode == "retrain":  # the held-out test set, once, after training
-            with _stage(Status.FAILED_TRAIN, "testing"):
-                fields |= _test_once(model, split, job, power)
-            fields["best_epoch"] = result.best_epoch
+    whole = None
+    try:
+        with power.span() as whole:
+            with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
+                result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
+            with _stage(Status.FAILED_TRAIN, "measuring"):
+                fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
+            if job.mode == "retrain":  # the held-out test set, once, after training
+                with _stage(Status.FAILED_TRAIN, "testing"):
+                    fields |= _test_once(model, split, job, power)
+                fields["best_epoch"] = result.best_epoch
+    except StageFailed as failed:  # what was spent before it failed still counts
+        failed.spent_kwh = whole.energy_kwh if whole is not None else None
+        raise
     fields["measure_time_s"] += sensors_s
     return Metrics(
         **fields,
