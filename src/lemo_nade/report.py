@@ -36,7 +36,10 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "F": _num(m.F) if m else None,
         "E1_kwh": _num(m.E1) if m else None,
         "E2_kwh": _num(m.E2) if m else None,
-        "candidate_kwh": _num(m.spent_kwh) if m else None,  # all measured in the child
+        # all the child measured (a failed one: before it failed); None if nothing was
+        "candidate_kwh": (
+            _num(rec.evaluation.spent_kwh) if m or rec.evaluation.failure_kwh is not None else None
+        ),
         "energy_source": m.energy_source if m else None,
         "energy_sources": m.energy_sources if m else None,  # per part: cpu, ram, gpu
         "E1_parts_kwh": {k: _num(v) for k, v in m.E1_parts.items()} if m else None,
