@@ -151,3 +151,10 @@ def test_pure_core_imports_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_set_keys_follow_toml_so_a_quoted_name_may_hold_dots() -> None:
+    sets = parse_set(['prices."gpt-4.1"=[2, 8]', "prices.my-model=[0.5, 1.5]", "seed=3"])
+    assert sets == {"prices": {"gpt-4.1": [2, 8], "my-model": [0.5, 1.5]}, "seed": 3}
+    cfg = build_config(sets)
+    assert cfg.prices["gpt-4.1"] == (2.0, 8.0) and cfg.prices["my-model"] == (0.5, 1.5)

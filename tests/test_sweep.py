@@ -310,3 +310,17 @@ def test_jobs_2_gives_the_same_results_as_sequential_and_the_report(
     assert markdown == report.stdout
     assert markdown.count("\n| ") == 2 and f"{100 * rows[0]['val_accuracy']:.2f}%" in markdown
     assert (out_dir / "accuracy_vs_energy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_where_nothing_succeeds_fails_the_sweep_like_it_fails_run(tmp_path: Path) -> None:
+    sweep_file = write(
+        tmp_path / "s.toml",
+        "[base]\niterations = 1\nepochs = 5000\ncandidate_timeout_s = 1\n[axes]\nseed = [0]\n",
+    )
+    sweep_dir = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", str(sweep_file), "--sweep-dir", str(sweep_dir)])
+    assert result.exit_code == 1, result.output
+    assert "1 failed" in result.output
+    (status,) = read_status(sweep_dir).values()
+    assert status["state"] == "failed"
+    assert status["reason"] == "no candidate succeeded (iterations)"

@@ -265,11 +265,25 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             value = raw
         node = out
-        *parents, leaf = key.split(".")
+        *parents, leaf = _key_path(key.strip())
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+def _key_path(key: str) -> list[str]:
+    """A TOML key as its parts: ``a.b`` -> [a, b]; ``prices."gpt-4.1"`` -> [prices, gpt-4.1]
+    (quotes keep a dot inside a name). Not a valid TOML key: split on dots."""
+    try:
+        table: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return key.split(".")
+    path: list[str] = []
+    while isinstance(table, dict) and len(table) == 1:
+        ((part, table),) = table.items()
+        path.append(part)
+    return path
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
