@@ -191,41 +191,36 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
     else:
         print_table(out, result.records)
         out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
-    # the exit code is the same with --json: 2 for bad data, 1 when the LLM went away or
-    # nothing succeeded
-    if result.stop_reason.startswith("data_error: "):
-        err.print(
-            f"[bold red]error:[/] {result.stop_reason.removeprefix('data_error: ')}; fix the "
-            f"data, then continue with: lemo-nade resume {run_dir}",
-            highlight=False,
-            soft_wrap=True,
+    verdict = _verdict(result.stop_reason, result.best is None, run_dir)
+    if verdict is not None:  # the same exit code with --json
+        code, message = verdict
+        label = "error" if code == 2 else "failed"
+        err.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
+
+
+def _verdict(reason: str, nothing_succeeded: bool, run_dir: Path) -> tuple[int, str] | None:
+    """Exit code and message of a search that did not end well: 2 for bad data, 1 when
+    the LLM went away or no candidate succeeded; None when it did end well."""
+    if reason.startswith("data_error: "):
+        return 2, (
+            f"{reason.removeprefix('data_error: ')}; fix the data, then continue with: "
+            f"lemo-nade resume {run_dir}"
         )
-        raise typer.Exit(2)
-    if result.stop_reason.startswith("llm_unavailable"):
-        err.print(
-            f"[bold red]failed:[/] the LLM stopped answering; what was done is saved. "
-            f"Continue with: lemo-nade resume {run_dir}",
-            highlight=False,
-            soft_wrap=True,
+    if reason.startswith("llm_unavailable"):
+        return 1, (
+            "the LLM stopped answering; what was done is saved. "
+            f"Continue with: lemo-nade resume {run_dir}"
         )
-        raise typer.Exit(1)
-    if result.best is None and result.stop_reason in BUDGETS:
-        flag = "--" + result.stop_reason.replace("_", "-")
-        err.print(
-            f"[bold red]failed:[/] the {result.stop_reason} budget ran out before any "
-            f"candidate succeeded; give it more: lemo-nade resume {run_dir} {flag} VALUE",
-            highlight=False,
-            soft_wrap=True,
+    if nothing_succeeded and reason in BUDGETS:
+        flag = "--" + reason.replace("_", "-")
+        return 1, (
+            f"the {reason} budget ran out before any candidate succeeded; give it more: "
+            f"lemo-nade resume {run_dir} {flag} VALUE"
         )
-        raise typer.Exit(1)
-    if result.best is None:
-        err.print(
-            "[bold red]failed:[/] no candidate succeeded; see each one's error with "
-            f"lemo-nade show {run_dir}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1)
+    if nothing_succeeded:
+        return 1, f"no candidate succeeded; see each one's error with lemo-nade show {run_dir}"
+    return None
 
 
 @app.command("show")
