@@ -113,6 +113,7 @@ def test_json_round_trip() -> None:
         ({"parent": "worst"}, "parent: Input should be 'last' or 'best'"),
         ({"lr": float("nan")}, "lr: Input should be a finite number"),
         ({"iterations": True}, "iterations: expected a number, not true"),
+        ({"parent": True}, "parent: Input should be 'last' or 'best'"),
         ({"thresholds": {"TF": False}}, "thresholds.TF: expected a number, not false"),
         ({"thresholds": {"TF": float("inf")}}, "thresholds.TF: Input should be a finite number"),
     ],

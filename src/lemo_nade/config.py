@@ -61,9 +61,10 @@ class _Frozen(BaseModel):
         """pydantic reads ``true`` as 1 for a number; ``iterations = true`` is a mistake."""
         if isinstance(value, bool) and info.field_name is not None:
             annotation = cls.model_fields[info.field_name].annotation
-            if annotation is not Any and bool not in (annotation, *get_args(annotation)):
+            kinds = (annotation, *get_args(annotation))
+            if bool not in kinds and (int in kinds or float in kinds):
                 raise ValueError(f"expected a number, not {str(value).lower()}")
-        return value
+        return value  # other types: pydantic's own message (e.g. "a valid string")
 
 
 class Priorities(_Frozen):
