@@ -74,11 +74,10 @@ def execute_run(task: RunTask, threads: int) -> RunOutcome:
         result = run_search(Path(task.run_dir), evaluate=partial(_evaluate_with_threads, threads))
         with RunStore.open(Path(task.run_dir)) as store:
             state, reason = store.status()
-        # what `lemo-nade run` exits non-zero for is a failure here too
-        if reason.startswith(("data_error", "llm_unavailable")):
+        if result.exit_code:  # what `lemo-nade run` exits non-zero for fails here too
             state = "failed"
-        elif result.best is None:
-            state, reason = "failed", f"no candidate succeeded ({reason})"
+            if not reason.startswith(("data_error", "llm_unavailable")):
+                reason = f"no candidate succeeded ({reason})"
     except Exception as exc:  # a failed run is an outcome: the sweep goes on
         state, reason = "failed", f"{type(exc).__name__}: {exc}"
     seconds = round(time.monotonic() - started, 3)

@@ -51,6 +51,16 @@ class SearchResult:
     best: IterationRecord | None
     stop_reason: str
 
+    @property
+    def exit_code(self) -> int:
+        """What ``lemo-nade run`` exits with (a sweep counts non-zero as failed): 2 when
+        the data could not be read, 1 when the LLM went away or no candidate succeeded."""
+        if self.stop_reason.startswith("data_error: "):
+            return 2
+        if self.stop_reason.startswith("llm_unavailable") or self.best is None:
+            return 1
+        return 0
+
 
 def check_config(config: RunConfig) -> None:
     """Validate what can be validated before any work: the dataset and the architect."""
@@ -72,8 +82,10 @@ def create_run_at(config: RunConfig, run_dir: Path, run_id: str | None = None) -
     return run_dir
 
 
+# Each stops the run between iterations when reached (see ``_Loop.stop_reason``).
+BUDGETS = ("max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
 # What ``resume`` may change: how long the run goes on, never what its candidates are.
-EXTENDABLE = ("iterations", "max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
+EXTENDABLE = ("iterations", *BUDGETS)
 
 
 def run_search(

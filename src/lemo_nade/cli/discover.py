@@ -154,9 +154,6 @@ def resume_cmd(
     _search(run_dir, as_json, extend)
 
 
-BUDGETS = ("max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
-
-
 def _note_if_finished(run_dir: Path) -> None:
     """A run that ran all its iterations has nothing to resume: say how to extend it."""
     from lemo_nade.store import RunStore
@@ -191,36 +188,34 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
     else:
         print_table(out, result.records)
         out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
-    verdict = _verdict(result.stop_reason, result.best is None, run_dir)
-    if verdict is not None:  # the same exit code with --json
-        code, message = verdict
-        label = "error" if code == 2 else "failed"
+    if result.exit_code:  # the same exit code with --json
+        label = "error" if result.exit_code == 2 else "failed"
+        message = _why(result.stop_reason, run_dir)
         err.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
+        raise typer.Exit(result.exit_code)
 
 
-def _verdict(reason: str, nothing_succeeded: bool, run_dir: Path) -> tuple[int, str] | None:
-    """Exit code and message of a search that did not end well: 2 for bad data, 1 when
-    the LLM went away or no candidate succeeded; None when it did end well."""
+def _why(reason: str, run_dir: Path) -> str:
+    """What went wrong in a search that exits non-zero, and how to go on."""
+    from lemo_nade.search import BUDGETS
+
     if reason.startswith("data_error: "):
-        return 2, (
+        return (
             f"{reason.removeprefix('data_error: ')}; fix the data, then continue with: "
             f"lemo-nade resume {run_dir}"
         )
     if reason.startswith("llm_unavailable"):
-        return 1, (
+        return (
             "the LLM stopped answering; what was done is saved. "
             f"Continue with: lemo-nade resume {run_dir}"
         )
-    if nothing_succeeded and reason in BUDGETS:
+    if reason in BUDGETS:
         flag = "--" + reason.replace("_", "-")
-        return 1, (
+        return (
             f"the {reason} budget ran out before any candidate succeeded; give it more: "
             f"lemo-nade resume {run_dir} {flag} VALUE"
         )
-    if nothing_succeeded:
-        return 1, f"no candidate succeeded; see each one's error with lemo-nade show {run_dir}"
-    return None
+    return f"no candidate succeeded; see each one's error with lemo-nade show {run_dir}"
 
 
 @app.command("show")
