@@ -45,8 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lemo_nade import sandbox
-from lemo_nade.arch import initial
-from lemo_nade.arch_render import render
+from lemo_nade.architects.offline.arch import initial
+from lemo_nade.architects.offline.render import render
 from lemo_nade.engine import energy, measure
 from lemo_nade.engine.data import make_split
 from lemo_nade.engine.loaders import load

@@ -56,8 +56,8 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lemo_nade.arch import initial
-from lemo_nade.arch_render import render
+from lemo_nade.architects.offline.arch import initial
+from lemo_nade.architects.offline.render import render
 from lemo_nade.engine.augment import PAPER_AUGMENT, affine_matrices, augment, warp
 from lemo_nade.engine.data import Split, make_split
 from lemo_nade.engine.loaders import RawData, load

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CANDIDATE_NAME = "lemo-candidate"  # lemo_nade.confine.NAME
+CANDIDATE_NAME = "lemo-candidate"  # lemo_nade.engine.confine.NAME
 
 
 def children(pid: int) -> list[int]:

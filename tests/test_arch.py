@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lemo_nade.arch import (
+from lemo_nade.architects.offline.arch import (
     EDITS,
     ArchError,
     Architecture,
@@ -25,7 +25,7 @@ from lemo_nade.arch import (
     initial,
     try_apply,
 )
-from lemo_nade.arch_render import render
+from lemo_nade.architects.offline.render import render
 from lemo_nade.records import TaskSpec
 from lemo_nade.rules import INSTRUCTIONS
 
@@ -338,6 +338,7 @@ def test_any_instruction_sequence_stays_valid_and_renders(
 
 def test_arch_and_offline_architect_import_no_torch() -> None:
     code = (
-        "import sys, lemo_nade.arch, lemo_nade.architects.offline; sys.exit('torch' in sys.modules)"
+        "import sys, lemo_nade.architects.offline.arch, lemo_nade.architects.offline; "
+        "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

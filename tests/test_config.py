@@ -146,7 +146,7 @@ def test_pure_core_imports_no_torch() -> None:
 
     code = (
         "import sys; import lemo_nade.config, lemo_nade.rules, lemo_nade.score, "
-        "lemo_nade.store, lemo_nade.search, lemo_nade.report, lemo_nade.sandbox; "
+        "lemo_nade.store, lemo_nade.search, lemo_nade.reporting.rows, lemo_nade.sandbox; "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

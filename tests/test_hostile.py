@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from lemo_nade import confine, sandbox
+from lemo_nade import sandbox
+from lemo_nade.engine import confine
 from lemo_nade.records import EvalJob, Evaluation, Status
 from proctools import alive, eventually, live_candidates, with_cmdline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lemo_nade import linux
+from lemo_nade.engine import linux
 
 
 def test_assemble_resolves_labels_to_relative_jumps() -> None:

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from fake_llm import FakeLLM, serve
 from lemo_nade import prompts
-from lemo_nade.arch import initial
-from lemo_nade.arch_render import render
 from lemo_nade.architects import ArchitectError, create_architect
+from lemo_nade.architects.offline.arch import initial
+from lemo_nade.architects.offline.render import render
 from lemo_nade.cli import app
 from lemo_nade.config import RunConfig, build_config
 from lemo_nade.datasets import resolve_dataset
@@ -237,8 +237,8 @@ def architect_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[t
 def test_architect_contract(architect_spec: tuple[Any, str]) -> None:
     """Every architect: code with one Net that passes the policy, for a first request and
     for a request with a parent and instructions; usage is a dict."""
-    from lemo_nade.policy import check
     from lemo_nade.records import ProposalRequest
+    from lemo_nade.sandbox.policy import check
 
     architect, kind = architect_spec
     first = architect.propose(ProposalRequest(0, TASK, None, None, ()))

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from lemo_nade.arch import Architecture, ConvBlock, apply, initial
-from lemo_nade.arch_render import param_count, render
 from lemo_nade.architects import ArchitectError, available, create_architect
 from lemo_nade.architects.offline import DEFAULT_MAX_PARAMS, OfflineArchitect
+from lemo_nade.architects.offline.arch import Architecture, ConvBlock, apply, initial
+from lemo_nade.architects.offline.render import param_count, render
 from lemo_nade.records import ProposalRequest, TaskSpec
 from lemo_nade.rules import INSTRUCTIONS, resolve_conflict
 

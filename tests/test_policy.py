@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from lemo_nade.policy import DEFAULT_POLICY, check
 from lemo_nade.records import Status
+from lemo_nade.sandbox.policy import DEFAULT_POLICY, check
 
 GOOD = '''"""A fine model; its __init__ builds layers."""
 from __future__ import annotations

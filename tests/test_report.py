@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 from lemo_nade.cli import app
 from lemo_nade.config import build_config
 from lemo_nade.records import Evaluation, Metrics, Status
-from lemo_nade.report import run_summary
 from lemo_nade.reporting.data import (
     NOT_MEASURED,
     ReportError,
@@ -33,6 +32,7 @@ from lemo_nade.reporting.data import (
     pareto_front,
 )
 from lemo_nade.reporting.render import write_report
+from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import IterationRecord, RunStore
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lemo_nade.cli import app
-from lemo_nade.retrain import workdir
+from lemo_nade.results.retrain import workdir
 from lemo_nade.store import RunStore
 
 runner = CliRunner()

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from candidates import SMALL_CNN
-from lemo_nade import launch, sandbox
+from lemo_nade import sandbox
 from lemo_nade.records import EvalJob, Evaluation, Status
+from lemo_nade.sandbox import launch
 from proctools import (
     alive,
     descendants,

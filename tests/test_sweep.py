@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from lemo_nade.cli import app
 from lemo_nade.config import ConfigError
-from lemo_nade.executors import RunOutcome, RunTask
 from lemo_nade.store import RunStore
-from lemo_nade.sweep import load_sweep, read_status, run_sweep
+from lemo_nade.sweeps.executors import RunOutcome, RunTask
+from lemo_nade.sweeps.plan import load_sweep, read_status, run_sweep
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

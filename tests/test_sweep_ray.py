@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lemo_nade.cli import app
-from lemo_nade.executors import LocalExecutor
-from lemo_nade.sweep import load_sweep, run_sweep
+from lemo_nade.sweeps.executors import LocalExecutor
+from lemo_nade.sweeps.plan import load_sweep, run_sweep
 from test_sweep import TINY, results, workers, write
 
 ray: Any = pytest.importorskip("ray")

@@ -16,8 +16,8 @@ import ast
 import re
 
 from lemo_nade import rules
-from lemo_nade.policy import DEFAULT_POLICY
 from lemo_nade.records import Metrics, ProposalRequest, Status, TaskSpec
+from lemo_nade.sandbox.policy import DEFAULT_POLICY
 
 SYSTEM = """\
 You are an expert in designing neural network architectures for image classification.

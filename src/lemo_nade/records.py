@@ -230,7 +230,7 @@ class EvalJob:
     compile: bool = False  # torch.compile the model for training
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set;
-    # "export": load the retrained weights and write ``export_format`` (see lemo_nade.export)
+    # "export": load the retrained weights and write ``export_format`` (results.export)
     export_format: str = ""
 
     def to_dict(self) -> dict[str, Any]:

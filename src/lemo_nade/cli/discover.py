@@ -171,7 +171,7 @@ def _note_if_finished(run_dir: Path) -> None:
 
 
 def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) -> None:
-    from lemo_nade.console import LiveProgress, print_table
+    from lemo_nade.cli.console import LiveProgress, print_table
     from lemo_nade.search import run_search
     from lemo_nade.store import RunStore
 
@@ -226,7 +226,7 @@ def show_cmd(
 ) -> None:
     """Print a run's per-iteration table and its summary (paper Table 3 shape), and the
     retrained model's result when `lemo-nade retrain` has run."""
-    from lemo_nade.console import print_summary, print_table
+    from lemo_nade.cli.console import print_summary, print_table
     from lemo_nade.reporting.data import load_run
 
     data = load_run(run_dir)
@@ -299,7 +299,7 @@ def rules_cmd(
     if as_json:
         sys.stdout.write(json.dumps({"raw": raw, "resolved": resolved}) + "\n")
         return
-    from lemo_nade.console import print_rules
+    from lemo_nade.cli.console import print_rules
 
     print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
 
@@ -334,7 +334,7 @@ def doctor_cmd(
 ) -> None:
     """Check the set-up: the architect's endpoint and key (never shown), torch, device,
     energy sensors and the built-in dataset. Exit 1 when a check fails."""
-    from lemo_nade.doctor import run_checks
+    from lemo_nade.cli.doctor import run_checks
 
     file_layer = load_toml(config) if config else {}
     flags = {"llm": llm, "dataset": dataset, "data_dir": data_dir}

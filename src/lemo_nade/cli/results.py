@@ -42,7 +42,7 @@ def retrain_cmd(
     Interrupted? Run the same command again: it continues from the last epoch."""
     import shutil
 
-    from lemo_nade import retrain as rt
+    from lemo_nade.results import retrain as rt
     from lemo_nade.store import RunStore
 
     final = {
@@ -84,7 +84,7 @@ def _retrain_with_progress(
     """``retrain.retrain`` with a progress bar of epochs, validation loss and best epoch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lemo_nade import retrain as rt
+    from lemo_nade.results import retrain as rt
 
     with Progress(
         TextColumn("retraining candidate {task.fields[idx]}"),
@@ -116,7 +116,7 @@ def export_cmd(
 ) -> None:
     """Write the retrained model with its source, preprocessing and a model card to
     RUN_DIR/export/FORMAT/, checked against PyTorch on real test images."""
-    from lemo_nade.export import export
+    from lemo_nade.results.export import export
 
     card = export(run_dir, fmt)
     if as_json:

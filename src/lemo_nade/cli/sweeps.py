@@ -47,8 +47,8 @@ def sweep_cmd(
     The same command again skips finished runs, resumes interrupted ones, retries failed ones.
     Exit code 1 if any run failed.
     """
-    from lemo_nade.executors import create_executor
-    from lemo_nade.sweep import SweepProgress, load_sweep, run_sweep
+    from lemo_nade.sweeps.executors import create_executor
+    from lemo_nade.sweeps.plan import SweepProgress, load_sweep, run_sweep
 
     plan = load_sweep(sweep_file, parse_set(set_ or []))
     sweep_dir = sweep_dir or Path("sweeps") / sweep_file.stem
@@ -89,7 +89,7 @@ def _executor_options(
     executor: str, jobs: int | None, address: str | None, resources: dict[str, Any]
 ) -> dict[str, Any]:
     """The executor's options from the flags; a flag for the other executor is bad input."""
-    from lemo_nade.executors import available_cores
+    from lemo_nade.sweeps.executors import available_cores
 
     if executor == "ray":
         if jobs is not None:
@@ -117,7 +117,7 @@ def sweep_report_cmd(
 
     Writes sweep.md, sweep.csv and sweep.json (the same rows) and accuracy_vs_energy.png.
     """
-    from lemo_nade.sweep_report import write_report
+    from lemo_nade.reporting.sweep_table import write_report
 
     texts, written = write_report(sweep_dir, out_dir)
     sys.stdout.write(texts["sweep.json" if as_json else "sweep.md"])

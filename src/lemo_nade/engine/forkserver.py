@@ -2,8 +2,9 @@
 
 Importing torch costs about a second (more on a loaded machine); a fresh interpreter per
 candidate pays it every time. This process imports torch and :mod:`lemo_nade.engine`
-once, probes which kernel isolation works (:func:`lemo_nade.confine.probe`), and then,
-for each request, forks a clean child that confines itself (:func:`lemo_nade.confine.contain`)
+once, probes which kernel isolation works (:func:`lemo_nade.engine.confine.probe`), and
+then, for each request, forks a clean child that confines itself
+(:func:`lemo_nade.engine.confine.contain`)
 and runs the candidate. It runs no torch operation itself, so no thread pool or CUDA
 context exists to be inherited in a broken state; ``OPENBLAS_NUM_THREADS=1`` (set by the
 sandbox) keeps numpy's import from starting threads, so the server is single-threaded
@@ -35,8 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lemo_nade import confine
-from lemo_nade.engine import worker
+from lemo_nade.engine import confine, worker
 
 SERVER_NAME = b"lemo-forkserver"
 SETUP_FAILED = 71  # exit code: the child could not set up its session or files

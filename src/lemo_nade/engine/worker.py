@@ -7,7 +7,7 @@ the exit code is 0 whenever a result was written. Normally a child of the fork s
 (:mod:`lemo_nade.engine.forkserver`) calls it; the fallback is a fresh interpreter,
 ``python -m lemo_nade.engine.worker REQUEST_JSON RESULT_JSON``, where REQUEST_JSON is
 ``{"job": {...}, "spec": {...}, "confine": true}`` (the same fields the fork server
-gets). Either way the process first confines itself (:func:`lemo_nade.confine.contain`).
+gets). Either way the process first confines itself (:func:`lemo_nade.engine.confine.contain`).
 Only :mod:`lemo_nade.sandbox` should start this: it is where ``exec`` of generated code
 is acceptable, because it runs in a throw-away process with a scrubbed environment,
 resource limits, a temporary working directory and the kernel isolation available.
@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lemo_nade import confine
-from lemo_nade.engine import measure, retrain
+from lemo_nade.engine import confine, measure, retrain
 from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status

@@ -15,7 +15,7 @@ from typing import Any
 
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
-from lemo_nade.report import iteration_rows, run_summary
+from lemo_nade.reporting.rows import iteration_rows, run_summary
 from lemo_nade.score import co2_lbs
 from lemo_nade.store import IterationRecord, RunStore, StoreError
 

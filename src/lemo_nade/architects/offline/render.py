@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from lemo_nade.arch import Architecture, ConvBlock
+from lemo_nade.architects.offline.arch import Architecture, ConvBlock
 from lemo_nade.records import TaskSpec
 
 

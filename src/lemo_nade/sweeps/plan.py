@@ -13,7 +13,7 @@ skipped, any other is continued by :func:`~lemo_nade.search.run_search` from its
 last committed iteration, and a failed run is tried again. A run whose stored config
 differs from the plan (the sweep file changed under it) is refused before any work.
 
-Pure main-process side: no torch. Where runs execute is :mod:`lemo_nade.executors`.
+Pure main-process side: no torch. Where runs execute is :mod:`lemo_nade.sweeps.executors`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lemo_nade.config import (
     one_line,
     read_toml,
 )
-from lemo_nade.executors import Executor, RunOutcome, RunTask
+from lemo_nade.sweeps.executors import Executor, RunOutcome, RunTask
 from lemo_nade.store import DB_NAME, RunStore, StoreError
 from lemo_nade.store import atomic_write as write_atomic
 

@@ -3,7 +3,7 @@
 One row per planned run, in plan order (the product of the axes, the first axis
 varying slowest: ``llm`` then ``setting`` gives Table 3's rows, ``temperature`` then
 ``setting`` gives Table 8's). The same rows are written as Markdown, CSV and JSON.
-Metrics come from :func:`lemo_nade.report.run_summary` over the run's store, so they
+Metrics come from :func:`lemo_nade.reporting.rows.run_summary` over the run's store, so they
 mean exactly what ``lemo-nade show`` says: the best candidate by CM, search energy
 as kWh-PUE (Eq. 2) and CO2 (Eq. 3). ``hours`` is the search time; the paper's also
 includes retraining. ``test_acc`` comes from each run's ``retrain.json`` (written by
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from lemo_nade.config import config_from_json
-from lemo_nade.report import run_summary
 from lemo_nade.reporting.data import load_retrain
+from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import DB_NAME, RunStore
-from lemo_nade.sweep import read_plan, read_status, run_dir_of
+from lemo_nade.sweeps.plan import read_plan, read_status, run_dir_of
 
 PLOT_NAME = "accuracy_vs_energy.png"
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.records import Proposal, ProposalRequest
-from lemo_nade.report import iteration_row, iteration_rows, run_summary
+from lemo_nade.reporting.rows import iteration_row, iteration_rows, run_summary
 from lemo_nade.search import Progress as SearchProgress
 from lemo_nade.store import IterationRecord, RunStore
 

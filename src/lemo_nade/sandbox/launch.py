@@ -1,5 +1,5 @@
 """Starting a sandboxed child from the run process: through the fork server, or in a
-fresh interpreter. What the child then does to itself is :mod:`lemo_nade.confine`; what
+fresh interpreter. What the child then does to itself is :mod:`lemo_nade.engine.confine`; what
 a run does with the outcome is :mod:`lemo_nade.sandbox` (which documents the whole).
 
 Both paths give the child the scrubbed environment (:func:`child_env`), its own session,
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lemo_nade import confine
+from lemo_nade.engine import confine
 
 KEPT_ENV_VARS = (
     "PATH",

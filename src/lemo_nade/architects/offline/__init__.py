@@ -1,5 +1,5 @@
 """The offline architect: the expert system's instructions applied directly to a
-structured architecture (``lemo_nade.arch``) and rendered to PyTorch source.
+structured architecture (``lemo_nade.architects.offline.arch``) and rendered to PyTorch source.
 
 No LLM, no network, no torch: the default for ``--llm offline`` and the ablation
 baseline that shows what the rule book alone achieves. Deterministic: the same request
@@ -12,15 +12,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from lemo_nade.arch import (
+from lemo_nade.architects import Architect, ArchitectError, register
+from lemo_nade.architects.offline.arch import (
     ArchError,
     Architecture,
     apply,
     explore,
     initial,
 )
-from lemo_nade.arch_render import param_count, render
-from lemo_nade.architects import Architect, ArchitectError, register
+from lemo_nade.architects.offline.render import param_count, render
 from lemo_nade.records import Proposal, ProposalRequest, TaskSpec
 
 _SEED_MIX = 1_000_003  # (seed, iteration) pairs map to distinct rng seeds while iteration < this

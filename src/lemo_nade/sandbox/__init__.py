@@ -7,7 +7,7 @@ tail of the child's output. Template: karpathy/nanochat's ``execution.py``.
 
 How a candidate runs:
 
-- static policy first (:mod:`lemo_nade.policy`); a rejected candidate starts no process;
+- static policy first (:mod:`lemo_nade.sandbox.policy`); a rejected candidate starts no process;
 - a new temporary directory per candidate (cwd, HOME and TMPDIR; removed after; one
   left behind by a run that was SIGKILLed is removed by the next run's first candidate);
 - a fork server (:mod:`lemo_nade.engine.forkserver`, Linux): one long-lived process that
@@ -17,11 +17,11 @@ How a candidate runs:
   child it forks. If it cannot start, or with ``fresh_process=True``, or off Linux, or
   with ``LEMO_NADE_FORKSERVER=0``, each candidate gets a fresh
   ``python -m lemo_nade.engine.worker`` instead (same limits, about a second slower);
-- a scrubbed environment: only :data:`lemo_nade.launch.KEPT_ENV_VARS` pass, so API keys
+- a scrubbed environment: only :data:`lemo_nade.sandbox.launch.KEPT_ENV_VARS` pass, so API keys
   and tokens in the parent's environment are not visible to the candidate;
 - rlimits: address space (``memory_limit_mb``, when given), CPU seconds (a backstop
   behind the wall clock), file size, open files, processes, no core dumps;
-- kernel isolation where Linux allows it without privileges (:mod:`lemo_nade.confine`):
+- kernel isolation where Linux allows it without privileges (:mod:`lemo_nade.engine.confine`):
   user, PID and network namespaces (no network; every process the candidate starts
   dies with it; a task limit of its own), Landlock (reads only the Python installation,
   system libraries, the package and the dataset; writes only its temporary directory;
@@ -34,7 +34,7 @@ How a candidate runs:
 - a wall-clock limit: on expiry the child's whole process group gets SIGKILL
   (``TIMEOUT``); the group is killed after a normal exit too, so stray processes do
   not linger. The run process keeps a backstop: if the fork server does not answer
-  :data:`lemo_nade.launch.GRACE_S` after the limit, the server itself is killed (and
+  :data:`lemo_nade.sandbox.launch.GRACE_S` after the limit, the server itself is killed (and
   with it the child);
 - stdout/stderr go to a file; only its last ``log_cap_bytes`` are read back;
 - the result file is opened without following links and must be a small regular file.
@@ -92,8 +92,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from lemo_nade import confine, launch, policy
+from lemo_nade.engine import confine
 from lemo_nade.records import EvalJob, Evaluation, Status
+from lemo_nade.sandbox import launch, policy
 
 FILE_SIZE_LIMIT_BYTES = confine.FILE_SIZE_LIMIT_BYTES
 RESULT_SIZE_LIMIT_BYTES = 1 * 2**20

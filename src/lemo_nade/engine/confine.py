@@ -1,6 +1,7 @@
 """Kernel-level confinement of one candidate process, without privileges (Linux).
 
-Pure: no torch import; the Linux calls are :mod:`lemo_nade.linux` (ctypes into libc). Used by the
+Pure: no torch import; the Linux calls are :mod:`lemo_nade.engine.linux` (ctypes into
+libc). Used by the
 sandboxed child (:mod:`lemo_nade.engine.forkserver` and :mod:`lemo_nade.engine.worker`),
 never by the main process. :func:`contain` turns the calling process (single-threaded,
 already in its own session, with stdout/stderr on the log) into a confined one and runs
@@ -71,8 +72,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from lemo_nade import linux
-from lemo_nade.linux import (
+from lemo_nade.engine import linux
+from lemo_nade.engine.linux import (
     ARCH,
     CLONE_NEWNET,
     CLONE_NEWPID,

@@ -1,7 +1,7 @@
 """Thin ctypes wrappers over the Linux calls the sandbox uses: prctl, unshare and id
 maps, Landlock, a classic-BPF seccomp filter, capabilities; with the constants and the
 per-architecture syscall tables they need. Pure: no torch; no policy (which paths, which
-steps: that is :mod:`lemo_nade.confine`). Every failed call raises :class:`ConfineError`
+steps: that is :mod:`lemo_nade.engine.confine`). Every failed call raises :class:`ConfineError`
 with the errno and the call named."""
 
 from __future__ import annotations

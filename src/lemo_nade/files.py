@@ -1,0 +1,36 @@
+"""Writing a file so that a reader sees the old one or the whole new one, never half.
+
+Pure (no torch): used by the main process (store, reports, retrain bookkeeping) and by the
+child side (the worker's result, the retrain checkpoint's progress file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lemo_nade.numbers import jsonable
+
+
+def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a hidden temporary file and a rename.
+
+    ``fsync`` makes the new content durable before the rename (a crash leaves the old file
+    or the new one); a short-lived file a process reads back at once can skip it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, value: Any, indent: int | None = 2, fsync: bool = True) -> None:
+    """:func:`atomic_write` of ``value`` as strict JSON (NaN and infinities become null)."""
+    text = json.dumps(jsonable(value), indent=indent, allow_nan=False)
+    atomic_write(path, text, fsync=fsync)
