@@ -18,16 +18,22 @@ def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a hidden temporary file and a rename.
 
     ``fsync`` makes the new content durable before the rename (a crash leaves the old file
-    or the new one); a short-lived file a process reads back at once can skip it."""
+    or the new one); a short-lived file a process reads back at once can skip it. Missing
+    parent directories are created. Two writers of the same path at once are not supported
+    (they share the temporary name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no hidden half file behind
+        raise
 
 
 def atomic_write_json(path: Path, value: Any, indent: int | None = 2, fsync: bool = True) -> None:

@@ -34,10 +34,12 @@ def jsonable(value: Any) -> Any:
 
 
 def fmt(value: Any, spec: str = "", missing_text: str = MISSING) -> str:
-    """``missing_text`` for a missing or non-finite value, else ``format(value, spec)``
-    (``spec`` applies to floats only, so an int or a string prints as itself)."""
+    """``missing_text`` for a missing value (None, NaN, an infinity), else a number as
+    ``format(value, spec)``: ``fmt(20000, ",")`` is ``20,000``, ``fmt(0.9, ".2%")`` is
+    ``90.00%``. Anything else (a string, a bool) prints as ``str(value)``, whatever ``spec``
+    says, so one call serves a column whose cells are numbers or words."""
     if missing(value):
         return missing_text
-    if isinstance(value, float) or (spec and isinstance(value, int) and spec[-1:] in "eEfFgG%"):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, spec)
     return str(value)
