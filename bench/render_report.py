@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     html_path = args.run_dir / "report" / "report.html"
     t0 = time.perf_counter()
     if not args.no_write:
-        from lemo_nade.reporting.render import write_report
+        from lemo_nade.reporting.write import write_report
 
         write_report(args.run_dir)
     t1 = time.perf_counter()

@@ -31,8 +31,8 @@ from lemo_nade.reporting.data import (
     paper_row,
     pareto_front,
 )
-from lemo_nade.reporting.render import write_report
 from lemo_nade.reporting.rows import run_summary
+from lemo_nade.reporting.write import write_report
 from lemo_nade.store import IterationRecord, RunStore
 
 runner = CliRunner()

@@ -149,7 +149,7 @@ def report_cmd(
     cost come from RUN_DIR/retrain.json when present. The report directory is
     replaced as a whole, never left half-written.
     """
-    from lemo_nade.reporting.render import HTML_NAME, write_report
+    from lemo_nade.reporting.write import HTML_NAME, write_report
 
     target = out_dir or run_dir / "report"
     written = write_report(run_dir, target)

@@ -1,10 +1,7 @@
-"""A run's report as Markdown and as one self-contained HTML page, written atomically.
-
-``write_report(run_dir)`` fills ``RUN_DIR/report/`` with ``report.md`` (images linked
-by relative path), ``report.html`` (the same content with the images base64-embedded,
-no external reference; a Content-Security-Policy forbids any) and the plots as PNG.
-Everything is written into a temporary directory next to it and swapped in at the
-end, so a failure leaves the previous report (or none), never half of one.
+"""A run's report as text: Markdown (images linked by relative path) and one
+self-contained HTML page (the same content with the images base64-embedded, no external
+reference; a Content-Security-Policy forbids any). Nothing here writes a file:
+:mod:`lemo_nade.reporting.write` puts the pages and plots on disk.
 """
 
 from __future__ import annotations
@@ -13,38 +10,25 @@ import base64
 import hashlib
 import html
 import json
-import math
-import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lemo_nade import __version__
+from lemo_nade.numbers import MISSING, fmt
 from lemo_nade.reporting.data import (
     NOT_MEASURED,
     RETRAIN_NAME,
-    ReportError,
     RunData,
     instructions_text,
     lineage_rows,
     lineage_tree,
-    load_run,
     paper_row,
     pareto_iterations,
-    require_success,
 )
 from lemo_nade.search import best_of
-
-REPORT_DIR = "report"
-MARKER_NAME = ".lemo-nade-report"  # a directory holding it may be replaced by a new report
-MARKER_HEADER = "made by lemo-nade report; replaced as a whole; it wrote:\n"
-MD_NAME = "report.md"
-HTML_NAME = "report.html"
 
 # Sets data-images-ok on <body> once every image has decoded: the headless-browser check
 # (bench/render_report.py) reads it from the dumped DOM.
@@ -76,22 +60,7 @@ pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.8rem;line-height
 """
 
 
-# -- formatting ----------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-def fmt(value: Any, spec: str = "") -> str:
-    """``—`` for a missing or non-finite value, else ``format(value, spec)``."""
-    if _missing(value):
-        return "—"
-    return format(value, spec)
-
-
-def pct(value: Any) -> str:
-    return "—" if _missing(value) else f"{100 * value:.2f}%"
+# -- tables --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -124,8 +93,8 @@ def summary_table(data: RunData) -> Table:
         "energy source",
     )
     row = (
-        pct(p["test_accuracy"]) if p["test_accuracy"] is not None else NOT_MEASURED,
-        pct(p["validation_accuracy"]),
+        fmt(p["test_accuracy"], ".2%") if p["test_accuracy"] is not None else NOT_MEASURED,
+        fmt(p["validation_accuracy"], ".2%"),
         fmt(p["params"], ","),
         fmt(p["hours"], ".4f"),
         fmt(p["kwh_pue"], ".4f" if (p["kwh_pue"] or 0) >= 1e-3 else ".3E"),
@@ -133,7 +102,7 @@ def summary_table(data: RunData) -> Table:
         fmt(p["fps"], ",.2f"),
         fmt(p["inference_kwh_pue_per_image"], ".2E"),
         fmt(p["inference_co2_lbs_per_image"], ".2E"),
-        p["energy_source"] or "—",
+        p["energy_source"] or MISSING,
     )
     return Table(headers, [row], text_cols=frozenset({0, 9}))
 
@@ -159,17 +128,17 @@ def iterations_table(data: RunData) -> Table:
                 marks + str(row["iteration"]),
                 fmt(row["parent"]),
                 row["status"],
-                pct(row["A1"]),
-                pct(row["A2"]),
+                fmt(row["A1"], ".2%"),
+                fmt(row["A2"], ".2%"),
                 fmt(row["P"], ","),
                 fmt(mflops, ".3f"),
                 fmt(row["F"], ",.0f"),
                 fmt(row["E1_kwh"], ".2e"),
                 fmt(row["E2_kwh"], ".2e"),
-                row["energy_source"] or "—",
+                row["energy_source"] or MISSING,
                 fmt(row["CM"], ".3f"),
                 instructions_text(rec),
-                " ".join(row["instructions_out"]) or "—",
+                " ".join(row["instructions_out"]) or MISSING,
                 clip((row["error"] or row["notes"] or "").replace("\n", " "), 200),
             )
         )
@@ -197,7 +166,7 @@ def iterations_table(data: RunData) -> Table:
 def lineage_table(data: RunData) -> Table:
     rows = []
     for row in lineage_rows(data.records):
-        parent = "—" if row["parent"] is None else f"#{row['parent']}"
+        parent = MISSING if row["parent"] is None else f"#{row['parent']}"
         what = "; ".join(row["described"]) or (
             "initial model" if row["parent"] is None else "no instruction (explore)"
         )
@@ -222,7 +191,7 @@ def _meta(data: RunData) -> list[tuple[str, str]]:
         ("budget", f"{c.iterations} iterations × {c.epochs} epochs, batch {c.batch_size}"),
         (
             "started",
-            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)) if started else "—",
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)) if started else MISSING,
         ),
         ("candidates", f"{s['iterations']} ({statuses})"),
         (
@@ -392,101 +361,3 @@ def to_html(data: RunData, plots: list[tuple[str, str]], image_dir: Path) -> str
 </body>
 </html>
 """
-
-
-# -- writing -------------------------------------------------------------------------------
-
-
-def write_report(
-    run_dir: Path,
-    out_dir: Path | None = None,
-    draw: Callable[[RunData, Path], list[tuple[str, str]]] | None = None,
-) -> list[Path]:
-    """Write the report into ``out_dir`` (default ``RUN_DIR/report``) and return the files.
-
-    Raises :class:`~lemo_nade.store.StoreError` for a missing run directory and
-    :class:`~lemo_nade.reporting.data.ReportError` for a run with no good candidate or an
-    unusable ``retrain.json``, before anything is written.
-    """
-    data = load_run(run_dir)
-    require_success(data)
-    if draw is None:
-        from lemo_nade.reporting.plots import draw_all  # matplotlib only when drawing
-
-        draw = draw_all
-    out_dir = (Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR).resolve()
-    _check_replaceable(out_dir, Path(run_dir).resolve())
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReportError(f"cannot create {out_dir.parent}: {exc.strerror}") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        plots = draw(data, tmp)
-        (tmp / MD_NAME).write_text(to_markdown(data, plots), encoding="utf-8")
-        (tmp / HTML_NAME).write_text(to_html(data, plots, tmp), encoding="utf-8")
-        written = sorted(f.name for f in tmp.iterdir())
-        (tmp / MARKER_NAME).write_text(MARKER_HEADER + "".join(f"{n}\n" for n in written))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(f for f in out_dir.iterdir() if f.name != MARKER_NAME)
-
-
-def _check_replaceable(out_dir: Path, run_dir: Path) -> None:
-    """The report directory is replaced as a whole, so it must be one: new, empty, or made
-    by ``report`` (its marker, or only report files); never the run or a folder above it."""
-    if out_dir == run_dir or out_dir in run_dir.parents:
-        raise ReportError(
-            f"{out_dir} holds the run itself and would be replaced; pass a new --out-dir"
-        )
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ReportError(f"{out_dir} exists and is not a directory; pass another --out-dir")
-    names = {entry.name for entry in out_dir.iterdir()} - {MARKER_NAME}
-    ours = _written_by_report(out_dir / MARKER_NAME)
-    foreign = sorted(n for n in names if n not in ours) if ours is not None else []
-    if ours is None and not all(n in (MD_NAME, HTML_NAME) or n.endswith(".png") for n in names):
-        raise ReportError(
-            f"{out_dir} is not empty and was not made by `lemo-nade report` (it would be "
-            "replaced as a whole); pass a new or empty --out-dir"
-        )
-    if foreign:
-        raise ReportError(
-            f"{out_dir} holds {foreign[0]}, which `lemo-nade report` did not write and would "
-            "delete with the old report; move it out, or pass another --out-dir"
-        )
-
-
-def _written_by_report(marker: Path) -> set[str] | None:
-    """The files the report in ``marker``'s directory wrote; None without a marker."""
-    try:
-        lines = marker.read_text().splitlines()
-    except OSError:
-        return None
-    if lines[:1] != [MARKER_HEADER.strip()]:  # an older marker: report files and plots
-        return {MD_NAME, HTML_NAME} | {n for n in os.listdir(marker.parent) if n.endswith(".png")}
-    return set(lines[1:])
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Replace ``target`` by the directory ``new``: the old report stays whole until the
-    new one is complete, and is removed only after the rename."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.{os.getpid()}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
