@@ -32,7 +32,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from lemo_nade import prompts
-from lemo_nade.architects import Architect, ArchitectError, ArchitectUnavailable, register
+from lemo_nade.architects import (
+    Architect,
+    ArchitectError,
+    ArchitectUnavailable,
+    Check,
+    Checks,
+    Factory,
+    llm_settings,
+    reachable,
+    register,
+)
 from lemo_nade.records import Proposal, ProposalRequest
 
 if TYPE_CHECKING:
@@ -134,7 +144,7 @@ class OpenAIArchitect:
             ) from None
 
     def _key_env(self) -> str:
-        return self.config.api_key_env or PRESETS[self.provider].key_env
+        return endpoint(self.provider, self.config)[1]
 
     def propose(self, request: ProposalRequest) -> Proposal:
         openai = self._openai
@@ -270,7 +280,14 @@ def is_local_url(url: str | None) -> bool:
         return False
 
 
-def _factory(provider: str) -> Any:
+def endpoint(provider: str, config: RunConfig) -> tuple[str | None, str]:
+    """Where to send requests (None: the SDK's default, OpenAI) and which environment
+    variable holds the key: the config's ``base_url``/``api_key_env`` over the preset."""
+    preset = PRESETS[provider]
+    return config.base_url or preset.base_url, config.api_key_env or preset.key_env
+
+
+def _factory(provider: str) -> Factory:
     def create(arg: str, **options: Any) -> Architect:
         from lemo_nade.config import build_config
 
@@ -280,8 +297,7 @@ def _factory(provider: str) -> Any:
             )
         config: RunConfig = options.get("config") or build_config({})
         preset = PRESETS[provider]
-        base_url = config.base_url or preset.base_url
-        key_env = config.api_key_env or preset.key_env
+        base_url, key_env = endpoint(provider, config)
         api_key = os.environ.get(key_env, "")
         if not api_key:
             if preset.needs_key and not is_local_url(base_url):
@@ -313,5 +329,24 @@ def _example(provider: str) -> str:
     }[provider]
 
 
+def _checks(provider: str) -> Checks:
+    def checks(config: RunConfig) -> list[Check]:
+        """The endpoint, whether the key's variable is set (never its value), and
+        whether the endpoint answers a model list."""
+        base_url, key_env = endpoint(provider, config)
+        key_set = bool(os.environ.get(key_env))
+        needed = PRESETS[provider].needs_key
+        note = "" if key_set or needed else " (not needed for a local server)"
+        key = f"${key_env} is {'set' if key_set else 'not set'}{note}"
+        return [
+            llm_settings(config),
+            Check("endpoint", "info", base_url or "https://api.openai.com/v1 (SDK default)"),
+            Check("api key", "ok" if key_set or not needed else "fail", key),
+            reachable(config),
+        ]
+
+    return checks
+
+
 for _provider in PRESETS:
-    register(_provider)(_factory(_provider))
+    register(_provider, checks=_checks(_provider))(_factory(_provider))

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lemo_nade import prompts
-from lemo_nade.architects import Architect, ArchitectError, ArchitectUnavailable, register
+from lemo_nade.architects import Architect, ArchitectError, ArchitectUnavailable, Check, register
 from lemo_nade.architects.llm import proposal_from_answer
 from lemo_nade.records import Proposal, ProposalRequest
+
+if TYPE_CHECKING:
+    from lemo_nade.config import RunConfig
 
 
 class ReplayArchitect:
@@ -56,9 +59,19 @@ class ReplayArchitect:
         return proposal_from_answer(response["text"], response.get("finish_reason"), usage, call)
 
 
-@register("replay")
+def replay_checks(config: RunConfig) -> list[Check]:
+    """The recording opens and holds calls; nothing is reached over the network."""
+    try:
+        create_replay(config.llm.partition(":")[2], config=config)
+    except ArchitectError as exc:
+        return [Check("architect", "fail", str(exc))]
+    where = config.llm.partition(":")[2]
+    return [Check("architect", "ok", f"replaying the LLM calls recorded in {where}")]
+
+
+@register("replay", checks=replay_checks, deterministic=True)
 def create_replay(arg: str, **options: Any) -> Architect:
-    from lemo_nade.config import RunConfig, build_config
+    from lemo_nade.config import build_config
     from lemo_nade.store import RunStore, StoreError
 
     if not arg:

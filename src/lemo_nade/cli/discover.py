@@ -341,7 +341,8 @@ def doctor_cmd(
     cfg = build_config(file_layer, flags, parse_set(set_ or []))
     checks = run_checks(cfg)
     if as_json:
-        sys.stdout.write(json.dumps({"checks": checks}, indent=2) + "\n")
+        rows = [c.row() for c in checks]
+        sys.stdout.write(json.dumps({"checks": rows}, indent=2) + "\n")
     else:
         from rich.table import Table
 
@@ -350,7 +351,7 @@ def doctor_cmd(
             table.add_column(name, overflow="fold")
         colour = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
         for c in checks:
-            table.add_row(c["check"], f"[{colour[c['status']]}]{c['status']}[/]", c["detail"])
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
         out.print(table)
-    if any(c["status"] == "fail" for c in checks):
+    if any(c.status == "fail" for c in checks):
         raise typer.Exit(1)

@@ -10,9 +10,9 @@ which the loop hands back as the next request's ``parent_state``.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lemo_nade.architects import Architect, ArchitectError, register
+from lemo_nade.architects import Architect, ArchitectError, Check, register
 from lemo_nade.architects.offline.arch import (
     ArchError,
     Architecture,
@@ -115,7 +115,16 @@ class OfflineArchitect:
         return f"would make {param_count(new, task):,} parameters (cap {self.max_params:,})"
 
 
-@register("offline")
+if TYPE_CHECKING:
+    from lemo_nade.config import RunConfig
+
+
+def offline_checks(config: RunConfig) -> list[Check]:
+    """Nothing to reach or configure: the rule book runs here, without torch."""
+    return [Check("architect", "ok", "offline (no LLM, no network)")]
+
+
+@register("offline", checks=offline_checks, deterministic=True)
 def create_offline(arg: str, **options: Any) -> Architect:
     """``offline`` takes no argument. Options used: ``seed``, ``max_params``; others ignored."""
     if arg:
