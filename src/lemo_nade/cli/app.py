@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from lemo_nade import __version__
 from lemo_nade.architects import ArchitectError
@@ -22,7 +23,40 @@ from lemo_nade.datasets import DatasetError
 from lemo_nade.rules import RulesInputError
 from lemo_nade.store import StoreError
 
-app = typer.Typer(
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """typer's rich help prints every option's type in the value column, flags included
+    (``--json <bool>``), as if they took a value; an empty metavar leaves it blank.
+    ``--help`` is made by click at help time, so this runs on each command's params then."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """Every command registered on :data:`app` shows its flags as flags (see ``_plain_flags``)."""
+
+    def command(
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **options: Any
+    ) -> Callable[[F], F]:
+        return super().command(name, cls=cls or _Command, **options)
+
+
+app = _App(
+    cls=_Group,
     help="LeMo-NADe: discover neural network architectures with an LLM and an expert system.",
     no_args_is_help=True,
     add_completion=False,
@@ -63,7 +97,6 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _bad_input(message: str) -> typer.Exit:
