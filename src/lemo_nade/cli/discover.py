@@ -34,61 +34,72 @@ MaxEnergy = Annotated[
 ]
 
 
+# `run`'s own options: the flags layer of the run's config.
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")]
+Dataset = Annotated[
+    str | None,
+    typer.Option(help="digits (built-in, default), cifar10, cifar100, imagenet16-120, npz:PATH."),
+]
+DataDir = Annotated[str | None, typer.Option(help="Directory with the dataset files.")]
+Llm = Annotated[
+    str | None,
+    typer.Option(
+        help="Architect: offline (default, no LLM), openai:MODEL, gemini:MODEL, "
+        "ollama:MODEL, vllm:MODEL, llamacpp:MODEL, or replay:RUN_DIR."
+    ),
+]
+Temperature = Annotated[
+    float | None,
+    typer.Option(help="LLM sampling temperature (default and paper: 0; 0.2-1.0 swept)."),
+]
+Setting = Annotated[
+    int | None,
+    typer.Option(help=f"Paper Table 4 priority setting 1-5 (default {_default('setting')})."),
+]
+Epochs = Annotated[
+    int | None, typer.Option(help=f"Training epochs per candidate (default {_default('epochs')}).")
+]
+BatchSize = Annotated[
+    int | None, typer.Option(help=f"Training batch size (default {_default('batch_size')}).")
+]
+Lr = Annotated[float | None, typer.Option(help=f"Adam learning rate (default {_default('lr')}).")]
+Seed = Annotated[
+    int | None,
+    typer.Option(help=f"Seed for split, training, architect (default {_default('seed')})."),
+]
+Parent = Annotated[
+    str | None, typer.Option(help="Which candidate feeds the next: last (paper, default) or best.")
+]
+RunsDir = Annotated[Path, typer.Option(help="Where run directories are made.")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Any config key, e.g. --set thresholds.TA2=0.9 (repeatable)."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
 @app.command("run")
 @friendly
 def run_cmd(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="digits (built-in, default), cifar10, cifar100, imagenet16-120, npz:PATH."
-        ),
-    ] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
-    llm: Annotated[
-        str | None,
-        typer.Option(
-            help="Architect: offline (default, no LLM), openai:MODEL, gemini:MODEL, "
-            "ollama:MODEL, vllm:MODEL, llamacpp:MODEL, or replay:RUN_DIR."
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(help="LLM sampling temperature (default and paper: 0; 0.2-1.0 swept)."),
-    ] = None,
+    config: ConfigFile = None,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    llm: Llm = None,
+    temperature: Temperature = None,
     max_tokens: MaxTokens = None,
     max_cost_usd: MaxCost = None,
     max_energy_kwh: MaxEnergy = None,
-    setting: Annotated[
-        int | None,
-        typer.Option(help=f"Paper Table 4 priority setting 1-5 (default {_default('setting')})."),
-    ] = None,
+    setting: Setting = None,
     iterations: Iterations = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(help=f"Training epochs per candidate (default {_default('epochs')})."),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=f"Training batch size (default {_default('batch_size')}).")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help=f"Adam learning rate (default {_default('lr')}).")
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help=f"Seed for split, training, architect (default {_default('seed')})."),
-    ] = None,
-    parent: Annotated[
-        str | None,
-        typer.Option(help="Which candidate feeds the next: last (paper, default) or best."),
-    ] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
+    parent: Parent = None,
     max_hours: MaxHours = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories are made.")] = Path("runs"),
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Any config key, e.g. --set thresholds.TA2=0.9 (repeatable)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    runs_dir: RunsDir = Path("runs"),
+    set_: Sets = None,
+    as_json: AsJson = False,
 ) -> None:
     """Start a discovery run (paper Algorithm 1) and print the per-iteration table."""
     from lemo_nade.search import create_run
@@ -99,8 +110,16 @@ def run_cmd(
         "seed": seed, "parent": parent, "max_hours": max_hours, "temperature": temperature,
         "max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "max_energy_kwh": max_energy_kwh,
     }  # fmt: skip
+    run_dir = create_run(_run_config(config, flags, set_ or []), runs_dir)
+    _search(run_dir, as_json)
+
+
+def _run_config(config: Path | None, flags: dict[str, Any], set_: list[str]) -> RunConfig:
+    """The layers, later over earlier: a replayed run's config, the TOML file, the flags,
+    ``--set``. One key given by its flag and by ``--set`` with different values is bad
+    input: neither silently wins."""
     file_layer = load_toml(config) if config else {}
-    sets = parse_set(set_ or [])
+    sets = parse_set(set_)
     twice = sorted(k for k, v in flags.items() if v is not None and k in sets and sets[k] != v)
     if twice:
         raise ConfigError(
@@ -108,9 +127,7 @@ def run_cmd(
             "values; keep one"
         )
     recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
-    cfg = build_config(recorded, file_layer, flags, sets)
-    run_dir = create_run(cfg, runs_dir)
-    _search(run_dir, as_json)
+    return build_config(recorded, file_layer, flags, sets)
 
 
 def _replay_base(llm: Any) -> dict[str, Any]:
