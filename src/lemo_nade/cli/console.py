@@ -23,18 +23,13 @@ from rich.table import Table
 
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.numbers import fmt
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.reporting.rows import iteration_row, iteration_rows, run_summary
 from lemo_nade.search import Progress as SearchProgress
 from lemo_nade.store import IterationRecord, RunStore
 
-
-def _fmt(value: Any, spec: str = ".4f") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
+DASH = "-"  # a missing or non-finite value in the terminal (the report files show "—")
 
 
 class LiveProgress:
@@ -84,9 +79,10 @@ class LiveProgress:
         mark = " [bold green]★ best[/]" if row["best"] else ""
         if row["status"] == "ok":
             line = (
-                f"{row['iteration']:>4}  ok  A1 {row['A1']:.3f}  A2 {row['A2']:.3f}  "
-                f"P {row['P']:,}  F {row['F']:,.0f}  CM {row['CM']:.3f}{mark}  "
-                f"next: {' '.join(row['instructions_out']) or '-'}"
+                f"{row['iteration']:>4}  ok  A1 {fmt(row['A1'], '.3f', DASH)}  "
+                f"A2 {fmt(row['A2'], '.3f', DASH)}  P {fmt(row['P'], ',', DASH)}  "
+                f"F {fmt(row['F'], ',.0f', DASH)}  CM {fmt(row['CM'], '.3f', DASH)}{mark}  "
+                f"next: {' '.join(row['instructions_out']) or DASH}"
             )
         else:
             line = f"{row['iteration']:>4}  [red]{row['status']}[/]  {row['error'] or ''}"
@@ -103,18 +99,18 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
     for row in iteration_rows(records):
         table.add_row(
             ("★ " if row["best"] else "") + str(row["iteration"]),
-            _fmt(row["parent"]),
+            fmt(row["parent"], "", DASH),
             row["status"],
-            _fmt(row["A1"], ".3f"),
-            _fmt(row["A2"], ".3f"),
-            f"{row['P']:,}" if row["P"] is not None else "-",
-            _fmt(row["flops_per_image"] / 1e6 if row["flops_per_image"] else None, ".3f"),
-            _fmt(row["F"], ",.0f"),
-            _fmt(row["latency_ms_p50"], ".3f"),
-            _fmt(row["E1_kwh"], ".2e"),
-            _fmt(row["E2_kwh"], ".2e"),
-            row["energy_source"] or "-",
-            _fmt(row["CM"], ".3f"),
+            fmt(row["A1"], ".3f", DASH),
+            fmt(row["A2"], ".3f", DASH),
+            fmt(row["P"], ",", DASH),
+            fmt(row["flops_per_image"] / 1e6 if row["flops_per_image"] else None, ".3f", DASH),
+            fmt(row["F"], ",.0f", DASH),
+            fmt(row["latency_ms_p50"], ".3f", DASH),
+            fmt(row["E1_kwh"], ".2e", DASH),
+            fmt(row["E2_kwh"], ".2e", DASH),
+            row["energy_source"] or DASH,
+            fmt(row["CM"], ".3f", DASH),
             " ".join(row["instructions_in"])
             or ("(initial)" if row["parent"] is None else "(none: explore)"),
             style="bold green" if row["best"] else None,
@@ -130,20 +126,22 @@ def print_summary(
     reason: str | None,
 ) -> None:
     s = run_summary(records, config)
-    source = s["energy_source"] or "-"
+    source = s["energy_source"] or DASH
     label = " (ESTIMATE)" if s["energy_estimated"] else ""
     console.print(
-        f"status: {status} ({reason or '-'}); iterations: {s['iterations']}; "
-        f"invalid candidates: {_fmt(s['invalid_rate'], '.0%')}"
+        f"status: {status} ({reason or DASH}); iterations: {s['iterations']}; "
+        f"invalid candidates: {fmt(s['invalid_rate'], '.0%', DASH)}"
     )
     console.print(
-        f"best: iteration {_fmt(s['best_iteration'])}, CM {_fmt(s['best_cm'])}, "
-        f"validation accuracy {_fmt(s['best_validation_accuracy'])}, "
-        f"params {_fmt(s['best_params'])}, FPS {_fmt(s['best_fps'], ',.0f')}"
+        f"best: iteration {fmt(s['best_iteration'], '', DASH)}, "
+        f"CM {fmt(s['best_cm'], '.4f', DASH)}, "
+        f"validation accuracy {fmt(s['best_validation_accuracy'], '.4f', DASH)}, "
+        f"params {fmt(s['best_params'], '', DASH)}, FPS {fmt(s['best_fps'], ',.0f', DASH)}"
     )
     console.print(
-        f"search: {s['search_hours']:.4f} h, {s['search_kwh_pue']:.3e} kWh-PUE{label}, "
-        f"{s['search_co2_lbs']:.3e} lbs CO2e  [dim](energy source: {source}; "
+        f"search: {fmt(s['search_hours'], '.4f', DASH)} h, "
+        f"{fmt(s['search_kwh_pue'], '.3e', DASH)} kWh-PUE{label}, "
+        f"{fmt(s['search_co2_lbs'], '.3e', DASH)} lbs CO2e  [dim](energy source: {source}; "
         f"PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)[/]",
         highlight=False,
     )
@@ -153,7 +151,7 @@ def print_summary(
             f"LLM: {s['llm_calls']} calls, {s['llm_prompt_tokens']:,} tokens in, "
             f"{s['llm_completion_tokens']:,} out, {s['llm_latency_s']:.1f} s, "
             f"cost {'unknown' if cost is None else f'${cost:.4f}'}; "
-            f"invalid answers: {_fmt(s['attempt_invalid_rate'], '.0%')} "
+            f"invalid answers: {fmt(s['attempt_invalid_rate'], '.0%', DASH)} "
             f"of {s['attempts']} attempts",
             highlight=False,
         )
@@ -176,16 +174,15 @@ def print_paper_row(console: Console, s: dict[str, Any]) -> None:
     )
     for name in heads:
         table.add_column(name, justify="right", overflow="fold")
-    acc = s["best_validation_accuracy"]
     table.add_row(
-        _fmt(acc * 100 if acc is not None else None, ".2f") + ("%" if acc is not None else ""),
-        _fmt(s["best_params"]),
-        _fmt(s["search_hours"], ".4f"),
-        _fmt(s["search_kwh_pue"], ".4e"),
-        _fmt(s["search_co2_lbs"], ".4e"),
-        _fmt(s["best_fps"], ".2f"),
-        _fmt(s["inference_kwh_pue_per_image"], ".2e"),
-        _fmt(s["inference_co2_lbs_per_image"], ".2e"),
+        fmt(s["best_validation_accuracy"], ".2%", DASH),
+        fmt(s["best_params"], "", DASH),
+        fmt(s["search_hours"], ".4f", DASH),
+        fmt(s["search_kwh_pue"], ".4e", DASH),
+        fmt(s["search_co2_lbs"], ".4e", DASH),
+        fmt(s["best_fps"], ".2f", DASH),
+        fmt(s["inference_kwh_pue_per_image"], ".2e", DASH),
+        fmt(s["inference_co2_lbs_per_image"], ".2e", DASH),
     )
     console.print(table)
     if s["energy_estimated"] and s.get("energy_note"):

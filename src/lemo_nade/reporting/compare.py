@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from lemo_nade.numbers import MISSING, fmt, jsonable
 from lemo_nade.reporting.data import COMPARE_COLUMNS, compare_row, load_run
 
 
@@ -22,16 +22,10 @@ def compare_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return [compare_row(load_run(d)) for d in run_dirs]
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def to_json(rows: list[dict[str, Any]]) -> str:
     doc = {
         "columns": list(COMPARE_COLUMNS),
-        "rows": [{k: _clean(v) for k, v in r.items()} for r in rows],
+        "rows": [jsonable(r) for r in rows],
     }
     return json.dumps(doc, indent=2) + "\n"
 
@@ -40,13 +34,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COMPARE_COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _clean(v) for k, v in r.items()} for r in rows)
+    writer.writerows(jsonable(r) for r in rows)
     return buf.getvalue()
-
-
-def _f(value: Any, spec: str) -> str:
-    value = _clean(value)
-    return "—" if value is None else format(value, spec)
 
 
 def rich_table(rows: list[dict[str, Any]]) -> Table:
@@ -76,21 +65,21 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
             h, justify="left" if text else "right", overflow="fold", no_wrap=not text or h == "run"
         )
     for r in rows:
-        acc, test, cost = r["val_accuracy"], r["test_accuracy"], r["llm_cost_usd"]
+        cost = r["llm_cost_usd"]
         table.add_row(
             r["run_id"],
             r["dataset"],
             r["llm"],
-            _f(r["setting"], ""),
+            fmt(r["setting"]),
             f"{r['iterations']}" + ("" if r["status"] == "finished" else f" ({r['status']})"),
-            _f(None if acc is None else 100 * acc, ".2f") + ("%" if acc is not None else ""),
-            _f(None if test is None else 100 * test, ".2f") + ("%" if test is not None else ""),
-            _f(r["params"], ","),
-            _f(r["hours"], ".4f"),
-            _f(r["kwh_pue"], ".3e"),
-            _f(r["co2_lbs"], ".3e"),
-            _f(r["fps"], ",.0f"),
-            r["energy_source"] or "—",
-            "—" if cost is None else f"${cost:.4f}",
+            fmt(r["val_accuracy"], ".2%"),
+            fmt(r["test_accuracy"], ".2%"),
+            fmt(r["params"], ","),
+            fmt(r["hours"], ".4f"),
+            fmt(r["kwh_pue"], ".3e"),
+            fmt(r["co2_lbs"], ".3e"),
+            fmt(r["fps"], ",.0f"),
+            r["energy_source"] or MISSING,
+            MISSING if cost is None else f"${cost:.4f}",
         )
     return table

@@ -15,6 +15,7 @@ from typing import Any
 
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.numbers import finite, missing
 from lemo_nade.reporting.rows import iteration_rows, run_summary
 from lemo_nade.score import co2_lbs
 from lemo_nade.store import IterationRecord, RunStore, StoreError
@@ -125,12 +126,7 @@ def load_retrain(run_dir: Path) -> dict[str, Any] | None:
         elif key in RETRAIN_INTS:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         else:
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and value >= 0
-            )
+            ok = finite(value) is not None and value >= 0
         if not ok:
             kind = {**RETRAIN_NUMBERS, **RETRAIN_INTS, **RETRAIN_STRINGS}[key]
             raise ReportError(f"{path}: {key} = {value!r} is not valid ({kind})")
@@ -201,7 +197,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     minimise the second (parameters). A point is dominated when another is at least as
     good in both and better in one; equal points are all kept. Points with a non-finite
     value are never on the front. Sorted by the second value, then the index."""
-    good = [(i, a, p) for i, (a, p) in enumerate(points) if math.isfinite(a) and math.isfinite(p)]
+    good = [(i, a, p) for i, (a, p) in enumerate(points) if not (missing(a) or missing(p))]
     # Sweep by parameters ascending, accuracy descending: a point is on the front when its
     # accuracy beats every point with fewer parameters (or equals the best at equal size).
     good.sort(key=lambda t: (t[2], -t[1], t[0]))
@@ -264,7 +260,7 @@ def lineage_tree(records: Sequence[IterationRecord], best_idx: int | None = None
 
     def label(r: IterationRecord) -> str:
         what = f"#{r.idx} {r.status.value}"
-        if r.cm is not None and math.isfinite(r.cm):
+        if not missing(r.cm):
             what += f" CM {r.cm:.3f}"
         if r.idx == best_idx:
             what += " ★ best"

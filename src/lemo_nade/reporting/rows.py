@@ -7,54 +7,48 @@ intensity they used.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from lemo_nade.config import RunConfig
+from lemo_nade.numbers import jsonable
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.search import best_of, elapsed_s, sum_usage
 from lemo_nade.store import IterationRecord
 
 
-def _num(value: float | None) -> float | None:
-    """JSON has no NaN/inf: report them as null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return value
-
-
 def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str, Any]:
+    """One candidate as a row; every non-finite number in it is None (JSON has no NaN)."""
     m = rec.evaluation.metrics
-    return {
+    row = {
         "iteration": rec.idx,
         "parent": rec.parent_idx,
         "status": rec.evaluation.status.value,
         "best": rec.idx == best_idx,
-        "A1": _num(m.A1) if m else None,
-        "A2": _num(m.A2) if m else None,
+        "A1": m.A1 if m else None,
+        "A2": m.A2 if m else None,
         "P": m.P if m else None,
-        "F": _num(m.F) if m else None,
-        "E1_kwh": _num(m.E1) if m else None,
-        "E2_kwh": _num(m.E2) if m else None,
+        "F": m.F if m else None,
+        "E1_kwh": m.E1 if m else None,
+        "E2_kwh": m.E2 if m else None,
         # all the child measured (a failed one: before it failed); None if nothing was
         "candidate_kwh": (
-            _num(rec.evaluation.spent_kwh) if m or rec.evaluation.failure_kwh is not None else None
+            rec.evaluation.spent_kwh if m or rec.evaluation.failure_kwh is not None else None
         ),
         "energy_source": m.energy_source if m else None,
         "energy_sources": m.energy_sources if m else None,  # per part: cpu, ram, gpu
-        "E1_parts_kwh": {k: _num(v) for k, v in m.E1_parts.items()} if m else None,
-        "E2_parts_kwh": {k: _num(v) for k, v in m.E2_parts.items()} if m else None,
+        "E1_parts_kwh": m.E1_parts if m else None,
+        "E2_parts_kwh": m.E2_parts if m else None,
         "energy_note": m.energy_note if m else None,
         "P_trainable": m.params_trainable if m else None,
-        "model_mb": _num(m.model_mb) if m else None,
-        "flops_per_image": _num(m.flops_per_image) if m else None,
+        "model_mb": m.model_mb if m else None,
+        "flops_per_image": m.flops_per_image if m else None,
         "fps_batch": m.fps_batch if m else None,
-        "fps_cv": _num(m.fps_cv) if m else None,
-        "latency_ms_p50": _num(m.latency_ms_p50) if m else None,
-        "latency_ms_p95": _num(m.latency_ms_p95) if m else None,
+        "fps_cv": m.fps_cv if m else None,
+        "latency_ms_p50": m.latency_ms_p50 if m else None,
+        "latency_ms_p95": m.latency_ms_p95 if m else None,
         "threads": m.threads if m else None,
-        "measure_time_s": _num(m.measure_time_s) if m else None,
-        "CM": _num(rec.cm),
+        "measure_time_s": m.measure_time_s if m else None,
+        "CM": rec.cm,
         "instructions_in": [code for code, _ in rec.prompt_instructions],
         "instructions_out": [code for code, _ in rec.resolved_instructions],
         "wall_time_s": round(rec.finished_at - rec.started_at, 3),
@@ -64,6 +58,7 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "llm_tokens": rec.usage.get("total_tokens", 0),
         "llm_cost_usd": rec.usage.get("cost_usd", 0.0) if rec.usage else 0.0,
     }
+    return jsonable(row)
 
 
 def iteration_rows(records: list[IterationRecord]) -> list[dict[str, Any]]:
@@ -116,10 +111,10 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
         "statuses": statuses,
         "invalid_rate": (len(records) - len(good)) / len(records) if records else None,
         "best_iteration": best.idx if best else None,
-        "best_cm": _num(best.cm) if best else None,
-        "best_validation_accuracy": _num(bm.A2) if bm else None,
+        "best_cm": jsonable(best.cm) if best else None,
+        "best_validation_accuracy": jsonable(bm.A2) if bm else None,
         "best_params": bm.P if bm else None,
-        "best_fps": _num(bm.F) if bm else None,
+        "best_fps": jsonable(bm.F) if bm else None,
         "search_hours": elapsed_s(records) / 3600,
         "search_kwh_pue": search_kwh_pue,
         "search_co2_lbs": co2_lbs(search_kwh_pue, config.co2_lbs_per_kwh),
@@ -131,10 +126,10 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
         "energy_estimated": any("estimate" in s or "unmeasured" in s for s in sources),
         "energy_note": bm.energy_note if bm else None,
         "search_energy_kwh": energy_kwh,  # device energy, before PUE
-        "best_latency_ms_p50": _num(bm.latency_ms_p50) if bm else None,
-        "best_latency_ms_p95": _num(bm.latency_ms_p95) if bm else None,
-        "best_fps_cv": _num(bm.fps_cv) if bm else None,
-        "best_flops_per_image": _num(bm.flops_per_image) if bm else None,
+        "best_latency_ms_p50": jsonable(bm.latency_ms_p50) if bm else None,
+        "best_latency_ms_p95": jsonable(bm.latency_ms_p95) if bm else None,
+        "best_fps_cv": jsonable(bm.fps_cv) if bm else None,
+        "best_flops_per_image": jsonable(bm.flops_per_image) if bm else None,
         **llm_summary(records),
         "pue": config.pue,
         "co2_lbs_per_kwh": config.co2_lbs_per_kwh,

@@ -17,12 +17,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lemo_nade.config import config_from_json
+from lemo_nade.files import atomic_write
+from lemo_nade.numbers import fmt
 from lemo_nade.reporting.data import load_retrain
 from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import DB_NAME, RunStore
@@ -31,32 +31,21 @@ from lemo_nade.sweeps.plan import read_plan, read_status, run_dir_of
 PLOT_NAME = "accuracy_vs_energy.png"
 
 
-def _pct(v: Any) -> str:
-    return f"{100 * v:.2f}%"
-
-
-def _sci(v: Any) -> str:
-    return f"{v:.2E}"
-
-
-def _g4(v: Any) -> str:
-    return f"{v:.4g}"
-
-
-# (key, Markdown header, Markdown format); the rows' other keys are the axes and "run".
-METRICS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("status", "status", str),
-    ("iterations_done", "iters", str),
-    ("test_accuracy", "test acc", _pct),
-    ("val_accuracy", "val acc", _pct),
-    ("params", "params", lambda v: f"{v:,}"),
-    ("search_hours", "hours", _g4),
-    ("search_kwh_pue", "kWh-PUE", _g4),
-    ("search_co2_lbs", "CO2 lbs", _g4),
-    ("fps", "FPS", lambda v: f"{v:,.0f}"),
-    ("infer_kwh_pue_per_image", "infer kWh-PUE/img", _sci),
-    ("infer_co2_lbs_per_image", "infer CO2 lbs/img", _sci),
-    ("energy_source", "energy", str),
+# (key, Markdown header, format spec for :func:`lemo_nade.numbers.fmt`); the rows' other
+# keys are the axes and "run", shown as they are.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("status", "status", ""),
+    ("iterations_done", "iters", ""),
+    ("test_accuracy", "test acc", ".2%"),
+    ("val_accuracy", "val acc", ".2%"),
+    ("params", "params", ","),
+    ("search_hours", "hours", ".4g"),
+    ("search_kwh_pue", "kWh-PUE", ".4g"),
+    ("search_co2_lbs", "CO2 lbs", ".4g"),
+    ("fps", "FPS", ",.0f"),
+    ("infer_kwh_pue_per_image", "infer kWh-PUE/img", ".2E"),
+    ("infer_co2_lbs_per_image", "infer CO2 lbs/img", ".2E"),
+    ("energy_source", "energy", ""),
 )
 
 
@@ -104,23 +93,17 @@ def columns(axis_keys: list[str]) -> list[str]:
 
 
 def to_markdown(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
-    fmt = {key: f for key, _, f in METRICS}
+    specs = {key: spec for key, _, spec in METRICS}
     headers = [*axis_keys, *(h for _, h, _ in METRICS)]
     keys = [*axis_keys, *(k for k, _, _ in METRICS)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [_cell(row.get(k), fmt.get(k, str)) for k in keys]
+        cells = [fmt(row.get(k), specs.get(k, "")).replace("|", "\\|") for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["", *(f"- {r['run']} failed: {r['error']}" for r in failed)]
     return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return fmt(value).replace("|", "\\|")
 
 
 def to_csv(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
@@ -166,13 +149,19 @@ def plot_accuracy_vs_energy(axis_keys: list[str], rows: list[dict[str, Any]], pa
     ax.set_title("accuracy vs energy across runs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    atomic_write(path, png.getvalue())
     return True
 
 
-def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[dict[str, str], list[Path]]:
+def write_sweep_report(
+    sweep_dir: Path, out_dir: Path | None = None
+) -> tuple[dict[str, str], list[Path]]:
     """Write ``sweep.md``, ``sweep.csv``, ``sweep.json`` and the plot into ``out_dir``
-    (default ``SWEEP_DIR/report``); return the texts by file name and the files written."""
+    (default ``SWEEP_DIR/report``); return the texts by file name and the files written.
+    Each file is replaced atomically (a reader sees the old one or the whole new one); the
+    set is not replaced as a whole."""
     axis_keys, rows = sweep_rows(sweep_dir)
     out_dir = out_dir or sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +172,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[dict[str
     }
     written = []
     for name, text in texts.items():
-        (out_dir / name).write_text(text, encoding="utf-8")
+        atomic_write(out_dir / name, text)
         written.append(out_dir / name)
     if plot_accuracy_vs_energy(axis_keys, rows, out_dir / PLOT_NAME):
         written.append(out_dir / PLOT_NAME)
