@@ -4,42 +4,51 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lemo_nade.cli.app import app, err, friendly, out
 from lemo_nade.config import ConfigError, parse_set
 
+if TYPE_CHECKING:
+    from lemo_nade.sweeps.plan import SweepProgress
+
+
+SweepFile = Annotated[
+    Path, typer.Argument(help="Sweep TOML: \\[base] run config, \\[axes], \\[resources].")
+]
+SweepDir = Annotated[
+    Path | None,
+    typer.Option(help="Where the runs go (default: sweeps/<file name without .toml>)."),
+]
+Executor = Annotated[
+    str, typer.Option(help="local (this machine) or ray (a Ray cluster; lemo-nade\\[ray]).")
+]
+Jobs = Annotated[
+    int | None, typer.Option(min=1, help="local: runs at once, capped at the cores (default 1).")
+]
+Address = Annotated[
+    str | None,
+    typer.Option(help="ray: cluster address, auto or ray://HOST:PORT (default: start one)."),
+]
+BaseSets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a base key for every run, e.g. --set epochs=1."),
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="List the planned runs and exit.")]
+
 
 @app.command("sweep")
 @friendly
 def sweep_cmd(
-    sweep_file: Annotated[
-        Path, typer.Argument(help="Sweep TOML: \\[base] run config, \\[axes], \\[resources].")
-    ],
-    sweep_dir: Annotated[
-        Path | None,
-        typer.Option(help="Where the runs go (default: sweeps/<file name without .toml>)."),
-    ] = None,
-    executor: Annotated[
-        str, typer.Option(help="local (this machine) or ray (a Ray cluster; lemo-nade\\[ray]).")
-    ] = "local",
-    jobs: Annotated[
-        int | None,
-        typer.Option(min=1, help="local: runs at once, capped at the cores (default 1)."),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(help="ray: cluster address, auto or ray://HOST:PORT (default: start one)."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a base key for every run, e.g. --set epochs=1."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List the planned runs and exit.")
-    ] = False,
+    sweep_file: SweepFile,
+    sweep_dir: SweepDir = None,
+    executor: Executor = "local",
+    jobs: Jobs = None,
+    address: Address = None,
+    set_: BaseSets = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Run a grid of runs (the product of the sweep file's axes), resumably.
 
@@ -48,7 +57,7 @@ def sweep_cmd(
     Exit code 1 if any run failed.
     """
     from lemo_nade.sweeps.executors import create_executor
-    from lemo_nade.sweeps.plan import SweepProgress, load_sweep, run_sweep
+    from lemo_nade.sweeps.plan import load_sweep, run_sweep
 
     plan = load_sweep(sweep_file, parse_set(set_ or []))
     sweep_dir = sweep_dir or Path("sweeps") / sweep_file.stem
@@ -59,19 +68,8 @@ def sweep_cmd(
         return
     options = _executor_options(executor, jobs, address, plan.resources.model_dump())
     runner = create_executor(executor, **options)
-
-    def ready(tasks: list[Any], skipped: tuple[str, ...]) -> None:
-        out.print(
-            f"sweep directory: [bold]{sweep_dir}[/]: {len(plan.runs)} runs, "
-            f"{len(skipped)} already finished, {len(tasks)} to run ({executor})"
-        )
-
-    def ended(o: Any) -> None:
-        why = "" if o.state == "finished" else f": {o.reason}"
-        out.print(f"{o.state} {o.name} in {o.seconds:.1f} s{why}", highlight=False, soft_wrap=True)
-
     try:
-        result = run_sweep(plan, sweep_dir, runner, SweepProgress(ready, ended))
+        result = run_sweep(plan, sweep_dir, runner, _progress(len(plan.runs), sweep_dir, executor))
     except KeyboardInterrupt:
         err.print("interrupted; continue with the same command")
         raise typer.Exit(130) from None
@@ -83,6 +81,23 @@ def sweep_cmd(
     )
     if result.failed:
         raise typer.Exit(1)
+
+
+def _progress(planned: int, sweep_dir: Path, executor: str) -> SweepProgress:
+    """One line when the sweep knows what is left to run, and one as each run ends."""
+    from lemo_nade.sweeps.plan import SweepProgress
+
+    def ready(tasks: list[Any], skipped: tuple[str, ...]) -> None:
+        out.print(
+            f"sweep directory: [bold]{sweep_dir}[/]: {planned} runs, "
+            f"{len(skipped)} already finished, {len(tasks)} to run ({executor})"
+        )
+
+    def ended(o: Any) -> None:
+        why = "" if o.state == "finished" else f": {o.reason}"
+        out.print(f"{o.state} {o.name} in {o.seconds:.1f} s{why}", highlight=False, soft_wrap=True)
+
+    return SweepProgress(ready, ended)
 
 
 def _executor_options(
