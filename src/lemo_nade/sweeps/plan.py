@@ -190,6 +190,9 @@ def run_name(axes: dict[str, Scalar]) -> str:
 
 
 def _fmt(value: Scalar) -> str:
+    """An axis value as the sweep file spells it (true/false, a float's repr), for a run's
+    directory name: it must never change, or resumed sweeps lose their runs. Not a number
+    display (tables use :func:`lemo_nade.numbers.fmt`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value) if isinstance(value, float) else str(value)
