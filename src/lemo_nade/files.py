@@ -6,10 +6,12 @@ child side (the worker's result, the retrain checkpoint's progress file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lemo_nade.numbers import jsonable
 
@@ -21,12 +23,21 @@ def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
     or the new one); a short-lived file a process reads back at once can skip it. Missing
     parent directories are created. Two writers of the same path at once are not supported
     (they share the temporary name)."""
+    with atomic_file(path, fsync=fsync) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, fsync: bool = True) -> Iterator[BinaryIO]:
+    """:func:`atomic_write` for a writer that streams (e.g. ``torch.save(state, f)``: a
+    checkpoint is not built in memory a second time): the open temporary file, renamed
+    to ``path`` when the block ends, removed if the block raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
