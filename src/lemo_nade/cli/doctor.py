@@ -9,11 +9,11 @@ set or not set, never shown. Torch is imported in a child only: the doctor stays
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import subprocess
 import sys
-import time
 from typing import Any
 
 from lemo_nade import __version__
@@ -78,22 +78,40 @@ def sensor_checks() -> list[Check]:
     return rows
 
 
+# Run in a child: the loaders hand torch tensors to the sandbox, so they import torch.
+_READ_DATA = """
+import json, sys, time
+from lemo_nade.datasets import DatasetError, resolve_dataset
+from lemo_nade.engine.loaders import load
+name, folder = sys.argv[1], sys.argv[2] or None
+try:
+    task = resolve_dataset(name, folder)
+    start = time.perf_counter()
+    raw = load(name, folder)
+except DatasetError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    seconds = time.perf_counter() - start
+    print(json.dumps({"shape": task.input_shape, "classes": task.num_classes, "notes": raw.notes,
+                      "train": len(raw.x_train), "test": len(raw.x_test), "seconds": seconds}))
+"""
+
+
 def data_checks(config: RunConfig) -> list[Check]:
     """The dataset read whole, as a candidate's sandbox will read it (every file parsed,
-    official md5s compared), so a corrupt file shows here rather than in a run."""
-    from lemo_nade.datasets import DatasetError, resolve_dataset
-    from lemo_nade.engine.loaders import load
-
-    try:
-        task: Any = resolve_dataset(config.dataset, config.data_dir)
-        start = time.perf_counter()
-        raw = load(config.dataset, config.data_dir)
-    except DatasetError as exc:
-        return [Check("dataset", "fail", str(exc))]
-    c, h, w = task.input_shape
-    seconds = time.perf_counter() - start
+    official md5s compared), so a corrupt file shows here rather than in a run. In a
+    child, as the torch check, so the doctor's own process never imports torch."""
+    args = [sys.executable, "-c", _READ_DATA, config.dataset, config.data_dir or ""]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return [Check("dataset", "fail", f"cannot read the dataset: {last}")]
+    read: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if "error" in read:
+        return [Check("dataset", "fail", read["error"])]
+    c, h, w = read["shape"]
     text = (
-        f"{config.dataset}: {c}x{h}x{w}, {task.num_classes} classes, {len(raw.x_train):,} "
-        f"training and {len(raw.x_test):,} test images, read in {seconds:.1f} s"
+        f"{config.dataset}: {c}x{h}x{w}, {read['classes']} classes, {read['train']:,} "
+        f"training and {read['test']:,} test images, read in {read['seconds']:.1f} s"
     )
-    return [Check("dataset", "ok", text)] + [Check("data file", "info", n) for n in raw.notes]
+    return [Check("dataset", "ok", text)] + [Check("data file", "info", n) for n in read["notes"]]
