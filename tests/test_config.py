@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -139,19 +138,6 @@ def test_parse_set_rejects_missing_equals() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["iterations"])
     assert parse_set(["llm=offline"]) == {"llm": "offline"}
-
-
-def test_pure_core_imports_no_torch() -> None:
-    import subprocess
-
-    code = (
-        "import sys; import lemo_nade.config, lemo_nade.rules, lemo_nade.score, "
-        "lemo_nade.store, lemo_nade.search, lemo_nade.reporting.rows, lemo_nade.sandbox; "
-        "print('torch' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
 
 
 def test_set_keys_follow_toml_so_a_quoted_name_may_hold_dots() -> None:
