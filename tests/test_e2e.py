@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from lemo_nade import sandbox
 from lemo_nade.cli import app
 from lemo_nade.records import EvalJob, Evaluation, Status
-from lemo_nade.search import create_run, run_search
+from lemo_nade.runs import create_run
+from lemo_nade.search import run_search
 from lemo_nade.store import RunStore
 from proctools import alive, cmdline, comm, descendants
 
@@ -267,12 +268,12 @@ def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> Non
     result = run_search(run_dir, Progress(), evaluate=flaky)
     assert [r.status for r in result.records] == [Status.OK, Status.OK]
     second = result.records[1]
-    assert [a["status"] for a in second.attempts] == ["failed_build", "ok"]
-    assert "boom" in second.attempts[0]["error"]
+    assert [a.status for a in second.attempts] == [Status.FAILED_BUILD, Status.OK]
+    assert "boom" in second.attempts[0].error
     assert len(calls) == 3
     with RunStore.open(run_dir) as st:  # the attempts survive the round trip
         stored = st.iterations()[1].attempts
-    assert [a["attempt"] for a in stored] == [0, 1]
+    assert [a.attempt for a in stored] == [0, 1]
 
 
 def test_a_stopped_or_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:

@@ -331,11 +331,10 @@ def test_allocator_tuning_takes_on_glibc() -> None:
 
 def test_search_config_reaches_the_job() -> None:
     from lemo_nade.config import build_config
-    from lemo_nade.search import _Loop
+    from lemo_nade.runs import search_job
 
     def job_for(**settings: Any) -> EvalJob:
-        loop = _Loop(build_config(settings), None, None, None, None, None)  # type: ignore[arg-type]
-        return loop.job("code")
+        return search_job(build_config(settings), "code")
 
     default = job_for()
     assert (default.subset_per_class, default.subset_fraction) == (0, 1.0)

@@ -157,7 +157,7 @@ def test_first_proposal_is_the_initial_model_as_is() -> None:
     proposal = OfflineArchitect(0).propose(request(0, parent_code=None))
     assert proposal.state == initial(DIGITS).to_dict()
     assert proposal.code == render(initial(DIGITS), DIGITS)
-    assert "initial model" in proposal.notes and proposal.usage == {}
+    assert "initial model" in proposal.notes and proposal.usage is None
 
 
 def test_instructions_are_applied_in_order_to_the_parent_state() -> None:

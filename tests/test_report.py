@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from lemo_nade.cli import app
 from lemo_nade.config import build_config
+from lemo_nade.history import IterationRecord
 from lemo_nade.records import Evaluation, Metrics, Status
 from lemo_nade.reporting.data import (
     ReportError,
@@ -31,7 +32,8 @@ from lemo_nade.reporting.data import (
 )
 from lemo_nade.reporting.rows import run_summary
 from lemo_nade.reporting.write import write_report
-from lemo_nade.store import IterationRecord, RunStore
+from lemo_nade.store import RunStore
+from lemo_nade.usage import Usage
 
 runner = CliRunner()
 # A 1x1 PNG, for the tests that do not need real plots (fast).
@@ -77,7 +79,7 @@ def record(
         notes=f"made {idx}",
         evaluation=evaluation,
         cm=cm,
-        usage={"calls": 1, "total_tokens": 50, "cost_usd": 0.01},
+        usage=Usage(calls=1, total_tokens=50, cost_usd=0.01),
     )
 
 

@@ -10,6 +10,8 @@ import enum
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from lemo_nade.usage import LLMCall, Usage
+
 
 class Status(str, enum.Enum):
     """How a candidate ended. Failures are states, stored like successes (optuna's TrialState)."""
@@ -190,10 +192,10 @@ class Proposal:
     code: str
     state: dict[str, Any] | None = None  # structured form, when the architect has one
     notes: str = ""  # what was done, e.g. the edits applied, for the report
-    usage: dict[str, Any] = field(default_factory=dict)  # tokens, latency, cost (LLM architects)
+    usage: Usage | None = None  # tokens, latency, cost (LLM architects); None: no LLM used
     rejected: str | None = None  # why the answer holds no usable code (then not evaluated)
     answer: str = ""  # the architect's raw answer, when it differs from ``code``
-    calls: tuple[dict[str, Any], ...] = ()  # LLM exchanges, stored for replay
+    calls: tuple[LLMCall, ...] = ()  # LLM exchanges, stored for replay
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,81 @@
 """The discovery loop, paper Algorithm 1, with the run store as its memory.
 
-Every iteration: choose the parent (the last or the best good candidate), ask the
-architect for code given the parent's resolved instructions (and the last error,
-if the previous candidate failed), evaluate it in the sandbox, compute the next
-instructions (Algorithm 2 -> 3) and CM (Eq. 1), and commit it all in one
-transaction. Resuming is replaying the committed iterations: the loop keeps no
-state the store does not have, so a crash loses at most the iteration in flight.
+Every iteration (:meth:`Search.iterate`): build the request from the parent (the last or
+the best good candidate: its code and resolved instructions, and the last error if the
+previous candidate failed), let the architect propose code and evaluate it in the
+sandbox, repairing what never got to train (:meth:`Search.propose`), judge it (the next
+instructions, Algorithm 2 -> 3, and CM, Eq. 1) and commit it all in one transaction.
+Resuming is replaying the committed iterations: the loop keeps no state the store does
+not have, so a crash loses at most the iteration in flight.
+
+Expected endings are values, not exceptions: each step returns a :class:`Stop` when the
+run cannot go on (a budget, the data, the architect), and the loop returns it.
 
 Pure main-process side: no torch import (the sandbox child does the training).
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lemo_nade import prompts, rules, sandbox
-from lemo_nade.architects import Architect, ArchitectUnavailable, create_architect
-from lemo_nade.config import (
-    ConfigError,
-    RunConfig,
-    build_config,
-    config_from_json,
-    config_json,
-)
+from lemo_nade import prompts, rules, runs, sandbox
+from lemo_nade.architects import Architect, ArchitectUnavailable
+from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.datasets import resolve_dataset
+from lemo_nade.history import Attempt, IterationRecord, best_of, elapsed_s, totals
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
-from lemo_nade.store import IterationRecord, RunStore, new_run_id
+from lemo_nade.store import RunStore
+from lemo_nade.usage import LLMCall, sum_usage
 
 Evaluator = Callable[[EvalJob, float, "int | None"], Evaluation]
+
+
+class StopReason(str, enum.Enum):
+    """Why a search stopped: its length or a budget ran out (Algorithm 1, line 21), or it
+    cannot go on until something outside it is fixed (the LLM, the data)."""
+
+    ITERATIONS = "iterations"
+    MAX_HOURS = "max_hours"
+    MAX_ENERGY_KWH = "max_energy_kwh"
+    MAX_TOKENS = "max_tokens"
+    MAX_COST_USD = "max_cost_usd"
+    LLM_UNAVAILABLE = "llm_unavailable"
+    DATA_ERROR = "data_error"
+
+
+_WITH_DETAIL = (StopReason.LLM_UNAVAILABLE, StopReason.DATA_ERROR)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A stop reason and, for the LLM and the data, their one-line message."""
+
+    reason: StopReason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        """The run's stored reason and what the CLI prints: ``iterations``, ``max_hours``,
+        ``llm_unavailable: MESSAGE``, ``data_error: MESSAGE``."""
+        if self.reason in _WITH_DETAIL:
+            return f"{self.reason.value}: {self.detail}"
+        return self.reason.value
+
+    @property
+    def budget(self) -> bool:
+        """Whether a budget (one of ``runs.BUDGETS``) ended the run: resume can raise it."""
+        return self.reason.value in runs.BUDGETS
+
+    @property
+    def external(self) -> bool:
+        """Whether the run stopped for something outside its candidates (LLM, data)."""
+        return self.reason in _WITH_DETAIL
 
 
 @dataclass(frozen=True)
@@ -49,54 +92,34 @@ class SearchResult:
     run_dir: Path
     records: list[IterationRecord]
     best: IterationRecord | None
-    stop_reason: str
+    stop: Stop
+
+    @property
+    def stop_reason(self) -> str:
+        """The stop as stored with the run (``str(stop)``)."""
+        return str(self.stop)
 
     @property
     def exit_code(self) -> int:
         """What ``lemo-nade run`` exits with (a sweep counts non-zero as failed): 2 when
         the data could not be read, 1 when the LLM went away or no candidate succeeded."""
-        if self.stop_reason.startswith("data_error: "):
+        if self.stop.reason is StopReason.DATA_ERROR:
             return 2
-        if self.stop_reason.startswith("llm_unavailable") or self.best is None:
+        if self.stop.reason is StopReason.LLM_UNAVAILABLE or self.best is None:
             return 1
         return 0
-
-
-def check_config(config: RunConfig) -> None:
-    """Validate what can be validated before any work: the dataset and the architect."""
-    resolve_dataset(config.dataset, config.data_dir)  # raises DatasetError with the fix
-    _architect(config, check=True)  # raises ArchitectError with the fix (key, endpoint)
-
-
-def create_run(config: RunConfig, runs_dir: Path) -> Path:
-    """Validate what can be validated before any work, then make ``runs_dir/RUN_ID``."""
-    check_config(config)
-    run_id = new_run_id()
-    return create_run_at(config, runs_dir / run_id, run_id)
-
-
-def create_run_at(config: RunConfig, run_dir: Path, run_id: str | None = None) -> Path:
-    """Make a run directory at a chosen path (a sweep names its runs by their axis
-    values); call :func:`check_config` first."""
-    RunStore.create(run_dir, config_json(config), run_id=run_id or new_run_id()).close()
-    return run_dir
-
-
-# Each stops the run between iterations when reached (see ``_Loop.stop_reason``).
-BUDGETS = ("max_hours", "max_energy_kwh", "max_tokens", "max_cost_usd")
-# What ``resume`` may change: how long the run goes on, never what its candidates are.
-EXTENDABLE = ("iterations", *BUDGETS)
 
 
 def run_search(
     run_dir: Path,
     progress: Progress | None = None,
-    evaluate: Evaluator = sandbox.evaluate,
+    evaluate: Evaluator | None = None,
     extend: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Run (or continue) the search in ``run_dir`` until a termination condition holds.
 
-    ``extend`` changes the run's length or budgets first (keys in ``EXTENDABLE``), so a
+    ``evaluate`` trains and measures one candidate (default: the sandbox). ``extend``
+    changes the run's length or budgets first (keys in ``runs.EXTENDABLE``), so a
     finished or budget-stopped run can go on; the change is stored with the run.
     """
     progress = progress or Progress()
@@ -104,140 +127,58 @@ def run_search(
         config = config_from_json(store.config_json())
         records = store.iterations()
         if extend:
-            config = _extended(config, extend, len(records), store)
+            config = runs.extend_config(config, extend, len(records), store)
         task = resolve_dataset(config.dataset, config.data_dir)
-        architect = _architect(config, check=True)
+        architect = runs.architect_for(config, check=True)
         if records:
             store.add_event("resumed", {"at_iteration": len(records)})
         store.set_status("running")
-        loop = _Loop(config, task, architect, store, evaluate, progress)
         try:
-            reason = loop.run(records)
+            with evaluator(evaluate) as evaluate_one:
+                stop = Search(config, task, architect, store, evaluate_one, progress).run(records)
         except KeyboardInterrupt:
             store.set_status("stopped", "interrupted")
             raise
-        store.set_status("finished" if reason == "iterations" else "stopped", reason)
-        store.add_event("stopped", {"reason": reason})
+        done = stop.reason is StopReason.ITERATIONS
+        store.set_status("finished" if done else "stopped", str(stop))
+        store.add_event("stopped", {"reason": str(stop)})
         records = store.iterations()
-        return SearchResult(run_dir, records, best_of(records), reason)
+        return SearchResult(run_dir, records, best_of(records), stop)
 
 
-def _extended(config: RunConfig, extend: dict[str, Any], done: int, store: RunStore) -> RunConfig:
-    """``config`` with new length/budget values, validated, stored and recorded."""
-    unknown = sorted(set(extend) - set(EXTENDABLE))
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: cannot change when resuming; only {', '.join(EXTENDABLE)} can"
-        )
-    if extend.get("iterations") is not None and extend["iterations"] <= done:
-        raise ConfigError(f"iterations: the run already has {done}; give more than {done} to go on")
-    new = build_config(config.model_dump(mode="json"), extend)
-    changed = {
-        k: [getattr(config, k), getattr(new, k)]
-        for k in EXTENDABLE
-        if getattr(config, k) != getattr(new, k)
-    }
-    if changed:
-        store.set_config(config_json(new), changed)
-    return new
+@contextmanager
+def evaluator(given: Evaluator | None) -> Iterator[Evaluator]:
+    """THE choice of the default evaluator, held for the whole loop: the caller's, else
+    the sandbox. A run that owns its sandbox (a fork server) starts and stops it here."""
+    yield given if given is not None else sandbox.evaluate
 
 
-class BudgetCut(Exception):
-    """The time budget ran out while a candidate trained: the run stops without recording
-    it (the candidate did nothing wrong), and a resume with more time runs it again."""
+@dataclass(frozen=True)
+class Tried:
+    """What :meth:`Search.propose` ended with: every attempt evaluated, the LLM calls,
+    the last (proposal, evaluation), and why the run stops, if it must. No ``last`` means
+    nothing is to be recorded."""
+
+    attempts: tuple[Attempt, ...] = ()
+    calls: tuple[LLMCall, ...] = ()
+    last: tuple[Proposal, Evaluation] | None = None
+    stop: Stop | None = None
 
 
-class DataUnavailable(Exception):
-    """The sandbox could not load the dataset: the run stops before recording anything."""
+@dataclass(frozen=True)
+class Judgement:
+    """Algorithm 1, lines 14-16, for a candidate that trained: the raw and resolved next
+    instructions and CM; a failed candidate gets none of them."""
+
+    raw: dict[str, float] = field(default_factory=dict)
+    resolved: tuple[tuple[str, float], ...] = ()
+    cm: float | None = None
 
 
-def _data_error(error: str) -> str:
-    """The DatasetError's own one line from the child's error text."""
-    lines = error.strip().splitlines()
-    last = lines[-1] if lines else "the dataset could not be loaded"
-    return last.split("DatasetError: ", 1)[-1]
+class Search:
+    """Algorithm 1 over one run: the config, the task, the architect, the evaluator and
+    the store; each iteration is committed to the store before the next begins."""
 
-
-def _architect(config: RunConfig, check: bool = False) -> Architect:
-    return create_architect(
-        config.llm, seed=config.seed, max_params=config.max_params, config=config, check=check
-    )
-
-
-def best_of(records: list[IterationRecord]) -> IterationRecord | None:
-    """Highest CM among good candidates; the earliest wins a tie (Algorithm 1, ``CM > BCM``)."""
-    best: IterationRecord | None = None
-    for rec in records:
-        if rec.cm is not None and (best is None or best.cm is None or rec.cm > best.cm):
-            best = rec
-    return best
-
-
-USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "latency_s")
-
-
-def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Add up LLM usage; ``cost_usd`` is None when any call's price was unknown."""
-    out: dict[str, Any] = dict.fromkeys(USAGE_KEYS, 0)
-    cost: float | None = 0.0
-    seen = False
-    for usage in usages:
-        if not usage:
-            continue
-        seen = True
-        for key in USAGE_KEYS:
-            out[key] += usage.get(key) or 0
-        call_cost = usage.get("cost_usd")
-        cost = None if cost is None or call_cost is None else cost + call_cost
-    if not seen:
-        return {}
-    out["cost_usd"] = cost
-    return out
-
-
-def totals(records: list[IterationRecord]) -> dict[str, float]:
-    """What a run has spent so far, for the budgets and the report."""
-    usage = sum_usage(r.usage for r in records)
-    energy = sum(r.evaluation.spent_kwh for r in records)
-    return {
-        "total_tokens": float(usage.get("total_tokens", 0)),
-        "cost_usd": float(usage.get("cost_usd") or 0.0),
-        "energy_kwh": energy,
-    }
-
-
-def elapsed_s(records: list[IterationRecord]) -> float:
-    """Time spent in recorded iterations (resumes do not count downtime)."""
-    return sum(max(0.0, r.finished_at - r.started_at) for r in records)
-
-
-def search_job(cfg: RunConfig, code: str) -> EvalJob:
-    """The sandbox job that trains and measures ``code`` under ``cfg``'s search protocol."""
-    subset = cfg.search_subset  # an int is images per class, a float a fraction of each
-    return EvalJob(
-        code=code,
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        plateau_patience=cfg.plateau_patience,
-        seed=cfg.seed,
-        split_seed=cfg.seed,
-        augment=cfg.augment,
-        threads=cfg.threads,
-        cpu_power_w_per_core=cfg.cpu_power_w_per_core,
-        subset_per_class=subset if isinstance(subset, int) else 0,
-        subset_fraction=subset if isinstance(subset, float) else 1.0,
-        early_stopping_patience=cfg.early_stopping_patience,
-        amp=cfg.amp,
-        channels_last=cfg.channels_last,
-        compile=cfg.compile,
-        deterministic=cfg.deterministic,
-    )
-
-
-class _Loop:
     def __init__(
         self,
         config: RunConfig,
@@ -254,36 +195,51 @@ class _Loop:
         self.evaluate = evaluate
         self.progress = progress
 
-    def run(self, records: list[IterationRecord]) -> str:
+    def run(self, records: list[IterationRecord]) -> Stop:
+        """Iterate after the committed ``records`` until the run must stop."""
         records = list(records)
         while True:
-            reason = self.stop_reason(records)
-            if reason:
-                return reason
-            try:
-                records.append(self.iterate(len(records), records))
-            except ArchitectUnavailable as exc:
-                return f"llm_unavailable: {exc}"
-            except DataUnavailable as exc:
-                return f"data_error: {exc}"
-            except BudgetCut as exc:
-                return str(exc)
+            stop = self.termination(records)
+            if stop is None:
+                record, stop = self.iterate(len(records), records)
+                if record is not None:
+                    records.append(record)
+            if stop is not None:
+                return stop
 
-    def stop_reason(self, records: list[IterationRecord]) -> str | None:
+    def termination(self, records: list[IterationRecord]) -> Stop | None:
         """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
-        if len(records) >= self.config.iterations:
-            return "iterations"
         cfg = self.config
+        if len(records) >= cfg.iterations:
+            return Stop(StopReason.ITERATIONS)
         if cfg.max_hours is not None and elapsed_s(records) >= cfg.max_hours * 3600:
-            return "max_hours"
+            return Stop(StopReason.MAX_HOURS)
         spent = totals(records)
         if cfg.max_tokens is not None and spent["total_tokens"] >= cfg.max_tokens:
-            return "max_tokens"
+            return Stop(StopReason.MAX_TOKENS)
         if cfg.max_cost_usd is not None and spent["cost_usd"] >= cfg.max_cost_usd:
-            return "max_cost_usd"
+            return Stop(StopReason.MAX_COST_USD)
         if cfg.max_energy_kwh is not None and spent["energy_kwh"] >= cfg.max_energy_kwh:
-            return "max_energy_kwh"
+            return Stop(StopReason.MAX_ENERGY_KWH)
         return None
+
+    def iterate(
+        self, idx: int, records: list[IterationRecord]
+    ) -> tuple[IterationRecord | None, Stop | None]:
+        """One iteration: request -> propose (with repairs) -> judge -> record. Returns
+        the committed record (None when nothing is to be kept) and why the run stops, if
+        it must: the architect going away after some attempts stops it after they are
+        committed; the data or the time budget stops it with nothing recorded."""
+        started = time.time()
+        request, parent_idx = self.request(idx, records)
+        self.progress.on_start(idx, request)
+        tried = self.propose(request, records)
+        if tried.last is None:
+            return None, tried.stop
+        judged = self.judge(tried.last[1])
+        record = self.record(request, parent_idx, started, tried, judged)
+        self.progress.on_end(record, best_of([*records, record]))
+        return record, tried.stop
 
     def request(
         self, idx: int, records: list[IterationRecord]
@@ -308,71 +264,75 @@ class _Loop:
         )
         return request, parent.idx if parent else None
 
-    def iterate(self, idx: int, records: list[IterationRecord]) -> IterationRecord:
-        """One iteration: propose, evaluate and, while the code never got to train
-        (no code, syntax, policy, build or shape failure), send the error back for a
-        repair, up to ``max_repairs`` times. Every attempt is kept; the last one is the
-        iteration's result. If the architect becomes unavailable after some attempts,
-        those are committed before the loop stops."""
-        started = time.time()
-        request, parent_idx = self.request(idx, records)
-        self.progress.on_start(idx, request)
-        attempts: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
+    def propose(self, request: ProposalRequest, records: list[IterationRecord]) -> Tried:
+        """Propose and evaluate; while the code never got to train (no code, syntax,
+        policy, build or shape failure: ``prompts.REPAIRABLE``) send the error back for a
+        repair, up to ``max_repairs`` times. Every attempt is kept."""
+        attempts: list[Attempt] = []
+        calls: list[LLMCall] = []
         history: list[tuple[str, str]] = []
         last: tuple[Proposal, Evaluation] | None = None
-        unavailable: ArchitectUnavailable | None = None
-        for attempt in range(self.config.max_repairs + 1):
+        for number in range(self.config.max_repairs + 1):
             try:
                 proposal = self.architect.propose(
-                    replace(request, attempt=attempt, history=tuple(history))
+                    replace(request, attempt=number, history=tuple(history))
                 )
             except ArchitectUnavailable as exc:
-                unavailable = exc
-                break
-            self.progress.on_evaluating(idx, proposal)
+                stop = Stop(StopReason.LLM_UNAVAILABLE, str(exc))
+                return Tried(tuple(attempts), tuple(calls), last, stop)
+            self.progress.on_evaluating(request.iteration, proposal)
             evaluation = self.evaluate_proposal(proposal, records)
-            if evaluation.status is Status.FAILED_DATA:  # stop; nothing is the model's fault
-                raise DataUnavailable(_data_error(evaluation.error))
-            if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records):
-                self.store.add_event(
-                    "budget_cut", {"iteration": idx, "wall_time_s": evaluation.wall_time_s}
-                )
-                raise BudgetCut("max_hours")
+            cut = self.not_the_candidates_fault(request.iteration, evaluation, records)
+            if cut is not None:
+                return Tried(stop=cut)
             last = (proposal, evaluation)
             calls.extend(proposal.calls)
-            attempts.append(
-                {
-                    "attempt": attempt,
-                    "status": evaluation.status.value,
-                    "error": evaluation.error,
-                    "code": proposal.code or proposal.answer,
-                    "notes": proposal.notes,
-                    "usage": dict(proposal.usage),
-                    "wall_time_s": evaluation.wall_time_s,
-                }
-            )
+            attempts.append(Attempt.of(number, proposal, evaluation))
             if evaluation.status not in prompts.REPAIRABLE:
                 break
             history.append((proposal.answer or prompts.fence(proposal.code), evaluation.error))
-        if last is None:
-            assert unavailable is not None
-            raise unavailable
-        proposal, evaluation = last
-        raw: dict[str, float] = {}
-        resolved: list[tuple[str, float]] = []
-        cm = None
-        if evaluation.status is Status.OK and evaluation.metrics is not None:
-            values = evaluation.metrics.for_rules()
-            cfg = self.config
-            raw, resolved = rules.instructions_for(
-                values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+        return Tried(tuple(attempts), tuple(calls), last)
+
+    def not_the_candidates_fault(
+        self, idx: int, evaluation: Evaluation, records: list[IterationRecord]
+    ) -> Stop | None:
+        """A stop, with nothing recorded, when the candidate did nothing wrong: the
+        sandbox could not load the data, or the time left in ``max_hours`` (not the
+        candidate's own limit) ran out while it trained; a resume runs it again."""
+        if evaluation.status is Status.FAILED_DATA:
+            return Stop(StopReason.DATA_ERROR, _data_error(evaluation.error))
+        if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records):
+            self.store.add_event(
+                "budget_cut", {"iteration": idx, "wall_time_s": evaluation.wall_time_s}
             )
-            cm = combined_effectiveness(
-                values, cfg.thresholds.model_dump(), cfg.weights.model_dump()
-            )
+            return Stop(StopReason.MAX_HOURS)
+        return None
+
+    def judge(self, evaluation: Evaluation) -> Judgement:
+        """Algorithm 1, lines 14-16: the next instructions (Algorithm 2 -> 3) and CM (Eq. 1)."""
+        if evaluation.status is not Status.OK or evaluation.metrics is None:
+            return Judgement()
+        values = evaluation.metrics.for_rules()
+        cfg = self.config
+        raw, resolved = rules.instructions_for(
+            values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+        )
+        cm = combined_effectiveness(values, cfg.thresholds.model_dump(), cfg.weights.model_dump())
+        return Judgement(raw, tuple(resolved), cm)
+
+    def record(
+        self,
+        request: ProposalRequest,
+        parent_idx: int | None,
+        started: float,
+        tried: Tried,
+        judged: Judgement,
+    ) -> IterationRecord:
+        """Commit the iteration: its last attempt is its result, all attempts are kept."""
+        assert tried.last is not None
+        proposal, evaluation = tried.last
         record = IterationRecord(
-            idx=idx,
+            idx=request.iteration,
             started_at=started,
             finished_at=time.time(),
             parent_idx=parent_idx,
@@ -382,28 +342,21 @@ class _Loop:
             state=proposal.state,
             notes=proposal.notes,
             evaluation=evaluation,
-            raw_instructions=raw,
-            resolved_instructions=tuple(resolved),
-            cm=cm,
-            usage=sum_usage(a["usage"] for a in attempts),
-            attempts=tuple(attempts),
-            calls=tuple(calls),
+            raw_instructions=judged.raw,
+            resolved_instructions=judged.resolved,
+            cm=judged.cm,
+            usage=sum_usage(a.usage for a in tried.attempts),
+            attempts=tried.attempts,
+            calls=tried.calls,
         )
         self.store.record_iteration(record)
-        self.progress.on_end(record, best_of([*records, record]))
-        if unavailable is not None:
-            raise unavailable
         return record
 
     def evaluate_proposal(self, proposal: Proposal, records: list[IterationRecord]) -> Evaluation:
         if proposal.rejected is not None:
             return Evaluation(Status.FAILED_EXTRACT, error=proposal.rejected)
-        return self.evaluate(
-            self.job(proposal.code), self.timeout_s(records), self.config.memory_limit_mb
-        )
-
-    def job(self, code: str) -> EvalJob:
-        return search_job(self.config, code)
+        job = runs.search_job(self.config, proposal.code)
+        return self.evaluate(job, self.timeout_s(records), self.config.memory_limit_mb)
 
     def cut_by_time_budget(self, records: list[IterationRecord]) -> bool:
         """Whether the candidate limit was the time left in ``max_hours``, not its own."""
@@ -416,3 +369,10 @@ class _Loop:
             left = self.config.max_hours * 3600 - elapsed_s(records)
             limit = max(1.0, min(limit, left))
         return limit
+
+
+def _data_error(error: str) -> str:
+    """The DatasetError's own one line from the child's error text."""
+    lines = error.strip().splitlines()
+    last = lines[-1] if lines else "the dataset could not be loaded"
+    return last.split("DatasetError: ", 1)[-1]

@@ -44,6 +44,7 @@ from lemo_nade.architects import (
     register,
 )
 from lemo_nade.records import Proposal, ProposalRequest
+from lemo_nade.usage import LLMCall, Usage
 
 if TYPE_CHECKING:
     from lemo_nade.config import RunConfig
@@ -201,19 +202,19 @@ class OpenAIArchitect:
 
     def _usage(
         self, prompt_tokens: int, completion_tokens: int, latency: float, reported: bool
-    ) -> dict[str, Any]:
+    ) -> Usage:
         cost = None
         if self.price is not None:
             cost = (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
-        return {
-            "calls": 1,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "latency_s": round(latency, 4),
-            "cost_usd": cost,
-            "usage_reported": reported,
-        }
+        return Usage(
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            latency_s=round(latency, 4),
+            cost_usd=cost,
+            usage_reported=reported,
+        )
 
     def _call(
         self,
@@ -222,26 +223,21 @@ class OpenAIArchitect:
         params: dict[str, Any],
         text: str,
         finish: str | None,
-        usage: dict[str, Any],
+        usage: Usage,
         error: str | None,
-    ) -> dict[str, Any]:
+    ) -> LLMCall:
         """What is stored for replay: the request and the answer, never the key."""
-        return {
-            "iteration": request.iteration,
-            "attempt": request.attempt,
+        payload = {
             "architect": self.name,
             "base_url": self.base_url,
             "request": {"messages": chat, **params},
             "response": {"text": text, "finish_reason": finish},
-            "usage": usage,
-            "error": error,
             "at": time.time(),
         }
+        return LLMCall(request.iteration, request.attempt, usage, error, payload)
 
 
-def proposal_from_answer(
-    text: str, finish: str | None, usage: dict[str, Any], call: dict[str, Any]
-) -> Proposal:
+def proposal_from_answer(text: str, finish: str | None, usage: Usage, call: LLMCall) -> Proposal:
     """Extract the code from an answer; a rejection carries the reason for the repair."""
     try:
         code = prompts.extract_code(text)

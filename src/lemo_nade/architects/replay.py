@@ -15,6 +15,7 @@ in the call record (``prompt_matches``).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,18 +23,19 @@ from lemo_nade import prompts
 from lemo_nade.architects import Architect, ArchitectError, ArchitectUnavailable, Check, register
 from lemo_nade.architects.llm import proposal_from_answer
 from lemo_nade.records import Proposal, ProposalRequest
+from lemo_nade.usage import LLMCall, Usage
 
 if TYPE_CHECKING:
     from lemo_nade.config import RunConfig
 
 
 class ReplayArchitect:
-    def __init__(self, run_dir: Path, calls: list[dict[str, Any]], initial_command: str) -> None:
+    def __init__(self, run_dir: Path, calls: list[LLMCall], initial_command: str) -> None:
         self.name = f"replay:{run_dir}"
         self.run_dir = run_dir
         self.initial_command = initial_command
-        self._calls = {(c["iteration"], c["attempt"]): c for c in calls}
-        self._last = max(c["iteration"] for c in calls)
+        self._calls = {(c.iteration, c.attempt): c for c in calls}
+        self._last = max(c.iteration for c in calls)
 
     def propose(self, request: ProposalRequest) -> Proposal:
         recorded = self._calls.get((request.iteration, request.attempt))
@@ -44,18 +46,18 @@ class ReplayArchitect:
                 "the replay stops here"
             )
         messages = prompts.messages(request, self.initial_command)
-        usage = {**recorded["usage"], "cost_usd": 0.0, "latency_s": 0.0, "replayed": True}
-        call = {
-            **recorded,
+        usage = replace(recorded.usage or Usage(), cost_usd=0.0, latency_s=0.0, replayed=True)
+        payload = {
+            **recorded.payload,
             "architect": self.name,
-            "replayed_from": recorded.get("architect"),
-            "prompt_matches": messages == recorded["request"].get("messages"),
-            "usage": usage,
+            "replayed_from": recorded.payload.get("architect"),
+            "prompt_matches": messages == recorded.request.get("messages"),
             "at": time.time(),
         }
-        if recorded.get("error"):
-            return Proposal(code="", rejected=recorded["error"], usage=usage, calls=(call,))
-        response = recorded["response"]
+        call = replace(recorded, usage=usage, payload=payload)
+        if recorded.error:
+            return Proposal(code="", rejected=recorded.error, usage=usage, calls=(call,))
+        response = recorded.response
         return proposal_from_answer(response["text"], response.get("finish_reason"), usage, call)
 
 

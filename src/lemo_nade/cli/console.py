@@ -23,11 +23,12 @@ from rich.table import Table
 
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import fmt
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.reporting.rows import iteration_row, iteration_rows, run_summary
 from lemo_nade.search import Progress as SearchProgress
-from lemo_nade.store import IterationRecord, RunStore
+from lemo_nade.store import RunStore
 
 DASH = "-"  # a missing or non-finite value in the terminal (the report files show "—")
 

@@ -16,6 +16,7 @@ from lemo_nade.config import ConfigError, RunConfig, build_config, load_toml, pa
 
 if TYPE_CHECKING:
     from lemo_nade.reporting.data import RunData
+    from lemo_nade.search import Stop
 
 
 def _default(key: str) -> Any:
@@ -102,7 +103,7 @@ def run_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Start a discovery run (paper Algorithm 1) and print the per-iteration table."""
-    from lemo_nade.search import create_run
+    from lemo_nade.runs import create_run
 
     flags = {
         "dataset": dataset, "data_dir": data_dir, "llm": llm, "setting": setting,
@@ -207,26 +208,24 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
         out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
     if result.exit_code:  # the same exit code with --json
         label = "error" if result.exit_code == 2 else "failed"
-        message = _why(result.stop_reason, run_dir)
+        message = _why(result.stop, run_dir)
         err.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(result.exit_code)
 
 
-def _why(reason: str, run_dir: Path) -> str:
+def _why(stop: Stop, run_dir: Path) -> str:
     """What went wrong in a search that exits non-zero, and how to go on."""
-    from lemo_nade.search import BUDGETS
+    from lemo_nade.search import StopReason
 
-    if reason.startswith("data_error: "):
-        return (
-            f"{reason.removeprefix('data_error: ')}; fix the data, then continue with: "
-            f"lemo-nade resume {run_dir}"
-        )
-    if reason.startswith("llm_unavailable"):
+    if stop.reason is StopReason.DATA_ERROR:
+        return f"{stop.detail}; fix the data, then continue with: lemo-nade resume {run_dir}"
+    if stop.reason is StopReason.LLM_UNAVAILABLE:
         return (
             "the LLM stopped answering; what was done is saved. "
             f"Continue with: lemo-nade resume {run_dir}"
         )
-    if reason in BUDGETS:
+    if stop.budget:
+        reason = stop.reason.value
         flag = "--" + reason.replace("_", "-")
         return (
             f"the {reason} budget ran out before any candidate succeeded; give it more: "

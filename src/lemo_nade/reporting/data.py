@@ -15,10 +15,11 @@ from typing import Any
 
 from lemo_nade import rules
 from lemo_nade.config import RunConfig, config_from_json
+from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import finite, missing
 from lemo_nade.reporting.rows import iteration_rows, run_summary
 from lemo_nade.score import co2_lbs
-from lemo_nade.store import IterationRecord, RunStore, StoreError
+from lemo_nade.store import RunStore, StoreError
 
 RETRAIN_NAME = "retrain.json"
 NOT_MEASURED = "not measured (run `lemo-nade retrain`)"

@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lemo_nade import rules
+from lemo_nade.history import best_of
 from lemo_nade.reporting.data import RunData, instruction_counts, pareto_iterations
-from lemo_nade.search import best_of
 
 DPI = 110
 OK_COLOUR = "#2b7bba"

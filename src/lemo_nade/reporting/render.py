@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lemo_nade import __version__
+from lemo_nade.history import best_of
 from lemo_nade.numbers import MISSING, fmt
 from lemo_nade.reporting.data import (
     NOT_MEASURED,
@@ -28,7 +29,6 @@ from lemo_nade.reporting.data import (
     paper_row,
     pareto_iterations,
 )
-from lemo_nade.search import best_of
 
 # Sets data-images-ok on <body> once every image has decoded: the headless-browser check
 # (bench/render_report.py) reads it from the dumped DOM.

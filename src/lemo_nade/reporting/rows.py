@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from lemo_nade.config import RunConfig
+from lemo_nade.history import IterationRecord, best_of, elapsed_s
 from lemo_nade.numbers import jsonable
+from lemo_nade.records import Status
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
-from lemo_nade.search import best_of, elapsed_s, sum_usage
-from lemo_nade.store import IterationRecord
+from lemo_nade.usage import Usage, sum_usage
 
 
 def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str, Any]:
@@ -55,8 +56,8 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "error": rec.evaluation.error.strip().splitlines()[-1] if rec.evaluation.error else None,
         "notes": rec.notes,
         "attempts": len(rec.attempts) or 1,
-        "llm_tokens": rec.usage.get("total_tokens", 0),
-        "llm_cost_usd": rec.usage.get("cost_usd", 0.0) if rec.usage else 0.0,
+        "llm_tokens": rec.usage.total_tokens if rec.usage else 0,
+        "llm_cost_usd": rec.usage.cost_usd if rec.usage else 0.0,
     }
     return jsonable(row)
 
@@ -69,18 +70,19 @@ def iteration_rows(records: list[IterationRecord]) -> list[dict[str, Any]]:
 def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
     """LLM accounting for a run, and the invalid-candidate rate over all attempts (the
     paper's measure: about 15% of GPT-4 Turbo's and 25% of Gemini's answers failed)."""
-    usage = sum_usage(r.usage for r in records)
-    attempts = [a for r in records for a in (r.attempts or ({"status": r.status.value},))]
-    invalid = sum(1 for a in attempts if a["status"] != "ok")
+    usage = sum_usage(r.usage for r in records) or Usage()  # no LLM: all zero
+    # a run recorded before repairs existed has no attempts: its records count as one each
+    statuses = [s for r in records for s in ([a.status for a in r.attempts] or [r.status])]
+    invalid = sum(1 for s in statuses if s is not Status.OK)
     return {
-        "attempts": len(attempts),
-        "attempt_invalid_rate": invalid / len(attempts) if attempts else None,
-        "llm_calls": usage.get("calls", 0),
-        "llm_tokens": usage.get("total_tokens", 0),
-        "llm_prompt_tokens": usage.get("prompt_tokens", 0),
-        "llm_completion_tokens": usage.get("completion_tokens", 0),
-        "llm_latency_s": usage.get("latency_s", 0.0),
-        "llm_cost_usd": usage.get("cost_usd", 0.0) if usage else 0.0,
+        "attempts": len(statuses),
+        "attempt_invalid_rate": invalid / len(statuses) if statuses else None,
+        "llm_calls": usage.calls,
+        "llm_tokens": usage.total_tokens,
+        "llm_prompt_tokens": usage.prompt_tokens,
+        "llm_completion_tokens": usage.completion_tokens,
+        "llm_latency_s": usage.latency_s,
+        "llm_cost_usd": usage.cost_usd,
     }
 
 

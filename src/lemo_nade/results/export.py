@@ -33,7 +33,7 @@ from lemo_nade import sandbox
 from lemo_nade.config import config_from_json
 from lemo_nade.records import Status
 from lemo_nade.results.retrain import RESULT, RetrainError, workdir
-from lemo_nade.search import search_job
+from lemo_nade.runs import search_job
 from lemo_nade.store import DB_NAME, RunStore
 
 FORMATS = ("state_dict", "torchscript", "onnx")

@@ -32,10 +32,12 @@ from typing import Any
 
 from lemo_nade import sandbox
 from lemo_nade.config import RunConfig, build_config, config_from_json
+from lemo_nade.files import atomic_write
+from lemo_nade.history import IterationRecord, best_of
 from lemo_nade.records import Evaluation, Status, final_job
+from lemo_nade.runs import search_job
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
-from lemo_nade.search import best_of, search_job
-from lemo_nade.store import IterationRecord, RunStore, StoreError, atomic_write
+from lemo_nade.store import RunStore, StoreError
 
 RESULT = "retrain.json"
 PROGRESS = "progress.json"

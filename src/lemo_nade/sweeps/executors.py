@@ -76,7 +76,7 @@ def execute_run(task: RunTask, threads: int) -> RunOutcome:
             state, reason = store.status()
         if result.exit_code:  # what `lemo-nade run` exits non-zero for fails here too
             state = "failed"
-            if not reason.startswith(("data_error", "llm_unavailable")):
+            if not result.stop.external:
                 reason = f"no candidate succeeded ({reason})"
     except Exception as exc:  # a failed run is an outcome: the sweep goes on
         state, reason = "failed", f"{type(exc).__name__}: {exc}"

@@ -41,9 +41,9 @@ from lemo_nade.config import (
     one_line,
     read_toml,
 )
-from lemo_nade.sweeps.executors import Executor, RunOutcome, RunTask
+from lemo_nade.files import atomic_write as write_atomic
 from lemo_nade.store import DB_NAME, RunStore, StoreError
-from lemo_nade.store import atomic_write as write_atomic
+from lemo_nade.sweeps.executors import Executor, RunOutcome, RunTask
 
 PLAN_FORMAT = 1
 PLAN_NAME = "plan.json"
@@ -253,7 +253,7 @@ def _prepare(plan: SweepPlan, sweep_dir: Path) -> dict[str, str]:
 
     Returns each run's store status. Nothing is created unless every check passes.
     """
-    from lemo_nade.search import check_config, create_run_at
+    from lemo_nade.runs import check_config, create_run_at
 
     states: dict[str, str] = {}
     for run in plan.runs:

@@ -1,0 +1,93 @@
+"""What a run remembers of each iteration, and what the loop, the budgets, the reports and
+the retrain derive from it: the best candidate, the resources spent, the time spent.
+
+Pure: no torch. The store (:mod:`lemo_nade.store`) writes and reads these records; the
+loop (:mod:`lemo_nade.search`) makes them; nothing here depends on either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lemo_nade.records import Evaluation, Proposal, Status
+from lemo_nade.usage import LLMCall, Usage, sum_usage
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One proposal inside an iteration and how its evaluation ended. An iteration keeps
+    every attempt (the first answer and each repair); the last is the iteration's result."""
+
+    attempt: int  # 0, then 1..max_repairs
+    status: Status
+    error: str = ""
+    code: str = ""  # the code evaluated, or the raw answer when no code could be extracted
+    notes: str = ""
+    usage: Usage | None = None  # this attempt's LLM call; None for an architect without one
+    wall_time_s: float = 0.0
+
+    @classmethod
+    def of(cls, attempt: int, proposal: Proposal, evaluation: Evaluation) -> Attempt:
+        return cls(
+            attempt=attempt,
+            status=evaluation.status,
+            error=evaluation.error,
+            code=proposal.code or proposal.answer,
+            notes=proposal.notes,
+            usage=proposal.usage,
+            wall_time_s=evaluation.wall_time_s,
+        )
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One committed iteration of Algorithm 1: what was asked, proposed, measured and derived."""
+
+    idx: int
+    started_at: float  # epoch seconds
+    finished_at: float
+    parent_idx: int | None
+    architect: str
+    prompt_instructions: tuple[tuple[str, float], ...]
+    code: str
+    state: dict[str, Any] | None
+    notes: str
+    evaluation: Evaluation
+    raw_instructions: dict[str, float] = field(default_factory=dict)
+    resolved_instructions: tuple[tuple[str, float], ...] = ()
+    cm: float | None = None
+    usage: Usage | None = None  # summed over the attempts; None when no LLM was used
+    attempts: tuple[Attempt, ...] = ()  # empty in runs recorded before repairs existed
+    calls: tuple[LLMCall, ...] = ()  # the LLM exchanges, for replay
+
+    @property
+    def status(self) -> Status:
+        return self.evaluation.status
+
+
+def best_of(records: Sequence[IterationRecord]) -> IterationRecord | None:
+    """Highest CM among good candidates; the earliest wins a tie (Algorithm 1, ``CM > BCM``)."""
+    best: IterationRecord | None = None
+    for rec in records:
+        if rec.cm is not None and (best is None or best.cm is None or rec.cm > best.cm):
+            best = rec
+    return best
+
+
+def totals(records: Sequence[IterationRecord]) -> dict[str, float]:
+    """What a run has spent so far, for the budgets and the report: LLM tokens, USD (an
+    unknown price counts as 0) and device kWh (before PUE)."""
+    usage = sum_usage(r.usage for r in records)
+    energy = sum(r.evaluation.spent_kwh for r in records)
+    return {
+        "total_tokens": float(usage.total_tokens if usage else 0),
+        "cost_usd": float((usage.cost_usd if usage else None) or 0.0),
+        "energy_kwh": energy,
+    }
+
+
+def elapsed_s(records: Sequence[IterationRecord]) -> float:
+    """Time spent in recorded iterations (resumes do not count downtime)."""
+    return sum(max(0.0, r.finished_at - r.started_at) for r in records)
