@@ -7,7 +7,7 @@ process around each call, medians over ``--repeats`` runs after one warm-up:
 
 - ``python -c "import torch"``: a fresh interpreter importing torch (what each candidate
   paid before the fork server), via ``subprocess.run``;
-- the sandbox overhead of one candidate: ``sandbox.evaluate`` on a small CNN whose
+- the sandbox overhead of one candidate: ``Sandbox.evaluate`` on a small CNN whose
   output has the wrong shape, so the call does everything but train: policy check,
   temp dir, fork (server -> child -> namespace init -> candidate), confinement, exec of
   the code, ``Net()``, loading the digits data, the forward on a dummy batch, the result
@@ -76,9 +76,11 @@ def summary(times: list[float]) -> str:
     return f"median {statistics.median(times):6.3f} s   p90 {p90:6.3f} s   (n={len(times)})"
 
 
-def expect(status: Status, code: str, fresh: bool = False) -> Callable[[], object]:
+def expect(
+    box: sandbox.Sandbox, status: Status, code: str, fresh: bool = False
+) -> Callable[[], object]:
     def run() -> object:
-        evaluation = sandbox.evaluate(job(code), timeout_s=120, fresh_process=fresh)
+        evaluation = box.evaluate(job(code), timeout_s=120, fresh_process=fresh)
         if evaluation.status is not status:
             sys.exit(f"unexpected {evaluation.status}: {evaluation.error}")
         return evaluation
@@ -114,10 +116,14 @@ def main() -> None:
     parser.add_argument("--fresh-repeats", type=int, default=5)
     parser.add_argument("--hygiene", type=int, default=100)
     args = parser.parse_args()
+    with sandbox.Sandbox() as box:  # one fork server for the whole benchmark, like a run
+        measure(box, args)
 
+
+def measure(box: sandbox.Sandbox, args: argparse.Namespace) -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     start = time.perf_counter()
-    features = sandbox.isolation()
+    features = box.isolation()
     print(f"fork server start (import torch + probe): {time.perf_counter() - start:.2f} s")
     print("isolation:\n  " + features.describe().replace("\n", "\n  "))
     print()
@@ -127,16 +133,16 @@ def main() -> None:
         args.fresh_repeats,
     )
     print(f"fresh `python -c 'import torch'`          {summary(import_torch)}")
-    shape = timed(expect(Status.FAILED_SHAPE, WRONG_SHAPE), args.repeats)
+    shape = timed(expect(box, Status.FAILED_SHAPE, WRONG_SHAPE), args.repeats)
     print(f"candidate to shape check, fork server    {summary(shape)}")
-    bare = timed(expect(Status.FAILED_BUILD, FAILS_AT_ONCE), args.repeats)
+    bare = timed(expect(box, Status.FAILED_BUILD, FAILS_AT_ONCE), args.repeats)
     print(f"candidate failing at once, fork server   {summary(bare)}")
-    fresh = timed(expect(Status.FAILED_SHAPE, WRONG_SHAPE, fresh=True), args.fresh_repeats)
+    fresh = timed(expect(box, Status.FAILED_SHAPE, WRONG_SHAPE, fresh=True), args.fresh_repeats)
     print(f"candidate to shape check, fresh python   {summary(fresh)}")
 
     rests, walls = [], []
     for _ in range(max(3, args.fresh_repeats)):
-        evaluation = sandbox.evaluate(job(SMALL_CNN), timeout_s=300)
+        evaluation = box.evaluate(job(SMALL_CNN), timeout_s=300)
         assert evaluation.status is Status.OK and evaluation.metrics is not None
         metrics = evaluation.metrics
         walls.append(evaluation.wall_time_s)
@@ -146,7 +152,7 @@ def main() -> None:
     print()
 
     if args.hygiene:
-        server = sandbox.server_pid()
+        server = box.server_pid()
         assert server is not None
         before = (
             len(descendants(os.getpid())),
@@ -156,7 +162,7 @@ def main() -> None:
         )
         start = time.perf_counter()
         statuses = {
-            expect(Status.FAILED_SHAPE, WRONG_SHAPE)() and "ok" for _ in range(args.hygiene)
+            expect(box, Status.FAILED_SHAPE, WRONG_SHAPE)() and "ok" for _ in range(args.hygiene)
         }
         elapsed = time.perf_counter() - start
         after = (
@@ -169,7 +175,6 @@ def main() -> None:
         labels = ("child processes", "open fds", "this process RSS MB", "fork server RSS MB")
         for label, b, a in zip(labels, before, after, strict=True):
             print(f"  {label:22s} before {b:8.1f}   after {a:8.1f}")
-    sandbox.shutdown()
 
 
 if __name__ == "__main__":

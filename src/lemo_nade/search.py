@@ -150,7 +150,8 @@ def run_search(
 def evaluator(given: Evaluator | None) -> Iterator[Evaluator]:
     """THE choice of the default evaluator, held for the whole loop: the caller's, else
     the sandbox. A run that owns its sandbox (a fork server) starts and stops it here."""
-    yield given if given is not None else sandbox.evaluate
+    with sandbox.Sandbox() as box:  # its fork server starts with the first candidate only
+        yield given if given is not None else box.evaluate
 
 
 @dataclass(frozen=True)

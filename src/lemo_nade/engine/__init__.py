@@ -1,5 +1,9 @@
-"""Child-process side: loads data, trains and measures one candidate. Imports torch.
+"""Child-process side: loads data, trains and measures one candidate.
 
-Only :mod:`lemo_nade.engine.worker` (run by :mod:`lemo_nade.sandbox` in a child
-process) should import this package; the main process stays torch-free.
+The modules that import torch (worker, forkserver, train, measure, data, ...) run only in
+a sandboxed child started by :mod:`lemo_nade.sandbox`. This package itself and its pure
+modules (protocol, confine, access, proctree, linux, energy, sensors) import no torch; the
+run process uses protocol and confine (the files, exit codes, Spec and Features of the
+boundary). No module here imports the main-process side (sandbox, store, search, cli,
+reporting, sweeps, results, architects): tests/test_engine_imports.py checks it.
 """

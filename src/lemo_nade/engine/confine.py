@@ -1,11 +1,12 @@
 """Kernel-level confinement of one candidate process, without privileges (Linux).
 
 Pure: no torch import; the Linux calls are :mod:`lemo_nade.engine.linux` (ctypes into
-libc). Used by the
-sandboxed child (:mod:`lemo_nade.engine.forkserver` and :mod:`lemo_nade.engine.worker`),
-never by the main process. :func:`contain` turns the calling process (single-threaded,
-already in its own session, with stdout/stderr on the log) into a confined one and runs
-the candidate, in this order:
+libc), the Landlock rules :mod:`lemo_nade.engine.access`, the forks
+:mod:`lemo_nade.engine.proctree`. Confining runs in the sandboxed child
+(:mod:`lemo_nade.engine.forkserver` and :mod:`lemo_nade.engine.worker`); the run process
+only builds a :class:`Spec` and reads :class:`Features`. :func:`contain` turns the
+calling process (single-threaded, already in its own session, with stdout/stderr on the
+log) into a confined one and runs the candidate, in this order:
 
 1. started as root: become uid/gid 65534 (nobody), if nobody can read the Python
    installation (:func:`probe` checks; otherwise the candidate stays root, confined by
@@ -58,65 +59,42 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import json
 import os
 import platform
 import resource
-import select
-import signal
-import struct
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from lemo_nade.engine import linux
+from lemo_nade.engine import access, linux
 from lemo_nade.engine.linux import (
     ARCH,
     CLONE_NEWNET,
     CLONE_NEWPID,
     CLONE_NEWUSER,
-    FS_EXECUTE,
-    FS_READ_DIR,
-    FS_READ_FILE,
-    FS_TRUNCATE,
-    FS_WRITE_FILE,
     LINUX,
     PR_SET_DUMPABLE,
     PR_SET_NAME,
     PR_SET_NO_NEW_PRIVS,
-    PR_SET_PDEATHSIG,
 )
+from lemo_nade.engine.proctree import (
+    call,
+    fork_and_wait,
+    mirror_exit,
+    run_as_namespace_init,
+    say,
+    thread_count,
+)
+from lemo_nade.engine.protocol import CONFINE_FAILED
 
 FILE_SIZE_LIMIT_BYTES = 256 * 2**20
 OPEN_FILES_LIMIT = 1024
 TASKS_PER_CPU = 4  # threads a candidate may run per CPU (torch pools), plus:
 EXTRA_TASKS = 64  # processes and threads beyond those, all together
-CONFINE_FAILED = 70  # exit code: a probed isolation step failed in the candidate
 NOBODY = 65534  # the uid (and gid) candidates get when the tool runs as root
 NAME = b"lemo-candidate"  # comm of the candidate process (ps, top, /proc/PID/comm)
-
-# Read-only for the candidate, besides the Python installation and its packages.
-SYSTEM_READ_PATHS = (
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/lib32",
-    "/bin",
-    "/etc/ld.so.cache",
-    "/dev/urandom",
-    "/dev/random",
-    "/sys/devices/system/cpu",  # os.cpu_count() reads the online CPU list
-    "/proc/cpuinfo",  # torch's cpuinfo reads it on the first operation
-    "/sys/class/powercap",  # RAPL energy counters (lemo_nade.engine.energy)
-    "/sys/devices/virtual/powercap",
-)
-DEVICE_RW_PATHS = ("/dev/null", "/dev/zero")
-# With an NVIDIA GPU the CUDA driver also needs its device files, /proc and /sys.
-GPU_RW_GLOB = ("/dev/nvidia", "/dev/dri")
-GPU_READ_PATHS = ("/proc", "/sys", "/etc/nvidia")
 
 
 @dataclass(frozen=True)
@@ -198,8 +176,8 @@ def contain(spec: Spec, features: Features, body: Callable[[], int]) -> NoReturn
     PID namespace the candidate is a grandchild, and it locks itself down (Landlock,
     seccomp, capabilities) just before ``body`` runs (:func:`lock_down`).
     """
-    if LINUX and _thread_count() > 1:  # unshare and Landlock need a single thread
-        _mirror_exit(_fork_and_wait(lambda: contain(spec, features, body)))
+    if LINUX and thread_count() > 1:  # unshare and Landlock need a single thread
+        mirror_exit(fork_and_wait(lambda: contain(spec, features, body)))
     try:
         set_name(NAME)
         if features.run_as is not None and os.getuid() == 0:
@@ -215,20 +193,20 @@ def contain(spec: Spec, features: Features, body: Callable[[], int]) -> NoReturn
         os.environ.update(dict(spec.env))
         apply_rlimits(spec, in_user_namespace=features.namespaces)
     except Exception as exc:
-        _say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
+        say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
         os._exit(CONFINE_FAILED)
 
     def candidate() -> int:
         try:
             lock_down(spec, features)
         except Exception as exc:
-            _say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
+            say(f"sandbox: could not confine the candidate: {type(exc).__name__}: {exc}")
             return CONFINE_FAILED
         return body()
 
     if features.namespaces:  # this process is outside the new PID namespace: fork into it
-        _mirror_exit(_run_as_namespace_init(candidate))
-    os._exit(_call(candidate))
+        mirror_exit(run_as_namespace_init(candidate))
+    os._exit(call(candidate))
 
 
 def lock_down(spec: Spec, features: Features) -> None:
@@ -236,7 +214,7 @@ def lock_down(spec: Spec, features: Features) -> None:
     if features.landlock_abi or features.seccomp:
         linux.prctl(PR_SET_NO_NEW_PRIVS, 1)
     if features.landlock_abi:
-        _landlock(features.landlock_abi, spec, own_proc=True)
+        access.restrict(features.landlock_abi, spec.workdir, spec.read_paths, own_proc=True)
     if features.seccomp:
         linux.seccomp(allow_processes=spec.allow_processes)
     if LINUX:
@@ -280,12 +258,6 @@ def set_name(name: bytes) -> None:
             linux.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
 
 
-def die_with_parent() -> None:
-    """``PR_SET_PDEATHSIG``: SIGKILL this process when its parent dies (Linux)."""
-    if LINUX:
-        linux.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def probe() -> Features:
     """Try every mechanism in a throw-away child; what worked there is available."""
     if not LINUX or ARCH is None:
@@ -309,146 +281,6 @@ def probe() -> Features:
         return Features(errors=("the probe child died",))
 
 
-@functools.lru_cache(maxsize=1)
-def default_read_paths() -> tuple[str, ...]:
-    """Read-only paths a candidate needs: the interpreter, loaded packages, system libs."""
-    import site
-    import sysconfig
-
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    paths.update(sysconfig.get_paths().values())
-    with contextlib.suppress(AttributeError):
-        paths.update(site.getsitepackages())
-    for name in ("torch", "numpy", "lemo_nade"):
-        module = sys.modules.get(name)
-        file = getattr(module, "__file__", None)
-        if file:
-            paths.add(os.path.dirname(file))
-    paths.update(SYSTEM_READ_PATHS)
-    if has_gpu():
-        paths.update(GPU_READ_PATHS)
-    return tuple(sorted(p for p in paths if p and os.path.exists(p)))
-
-
-def has_gpu() -> bool:
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
-
-
-def _landlock(abi: int, spec: Spec, own_proc: bool = False) -> None:
-    """The Landlock domain of a candidate (module docstring, step 5)."""
-    file_rights = FS_READ_FILE | FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
-    read = FS_READ_FILE | FS_READ_DIR | FS_EXECUTE
-    rules: list[tuple[str, int]] = [(spec.workdir, linux.landlock_fs_rights(abi))]
-    rules += [(p, read) for p in (*default_read_paths(), *spec.read_paths)]
-    rules += [(p, file_rights) for p in _rw_device_paths()]
-    if own_proc:  # this process's own /proc/PID (e.g. statm for its memory use)
-        rules.append(("/proc/self", read))
-    linux.landlock_restrict(abi, rules)
-
-
-def _rw_device_paths() -> list[str]:
-    paths = [p for p in DEVICE_RW_PATHS if os.path.exists(p)]
-    if has_gpu():
-        for entry in sorted(os.listdir("/dev")):
-            full = "/dev/" + entry
-            if any(full.startswith(prefix) for prefix in GPU_RW_GLOB):
-                paths.append(full)
-    return paths
-
-
-# ---- process tree --------------------------------------------------------------------
-
-
-def _run_as_namespace_init(body: Callable[[], int]) -> int:
-    """Fork pid 1 of the new PID namespace, which forks the candidate and reaps orphans.
-
-    Returns the candidate's wait status. When pid 1 exits the kernel kills everything
-    left in the namespace.
-    """
-    status_r, status_w = os.pipe()
-    alive_r, alive_w = os.pipe()  # this process holds alive_w: EOF means it died
-    init = os.fork()
-    if init == 0:
-        code = 1
-        try:
-            os.close(status_r)
-            os.close(alive_w)
-            die_with_parent()
-            # pid 1 ignores signals it has no handler for: drop Python's SIGINT handler
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            if select.select([alive_r], [], [], 0)[0]:  # the parent died before the prctl
-                os._exit(1)
-            candidate = os.fork()
-            if candidate == 0:
-                os.close(status_w)
-                os.close(alive_r)
-                die_with_parent()
-                os._exit(_call(body))
-            while True:  # pid 1 reaps orphans until the candidate itself ends
-                pid, status = os.waitpid(-1, 0)
-                if pid == candidate:
-                    break
-            os.write(status_w, struct.pack("i", status))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(status_w)
-    os.close(alive_r)
-    _, init_status = os.waitpid(init, 0)
-    with os.fdopen(status_r, "rb") as pipe:
-        data = pipe.read(4)
-    os.close(alive_w)
-    return struct.unpack("i", data)[0] if len(data) == 4 else init_status
-
-
-def _fork_and_wait(child: Callable[[], object]) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            die_with_parent()
-            child()
-        finally:
-            os._exit(CONFINE_FAILED)
-    return os.waitpid(pid, 0)[1]
-
-
-def _mirror_exit(status: int) -> NoReturn:
-    """Exit the way a child with wait status ``status`` did: same code, same signal."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        with contextlib.suppress(OSError, ValueError, RuntimeError):
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-
-
-def _call(body: Callable[[], int]) -> int:
-    try:
-        code = int(body())
-    except BaseException:  # the candidate may raise anything, SystemExit included
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
-    return code
-
-
-def _say(text: str) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, (text + "\n").encode(errors="replace"))
-
-
-def _thread_count() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1
-
-
 def _system_task_count() -> int:
     """All tasks on the system (an upper bound of the user's): /proc/loadavg's 4th field."""
     try:
@@ -463,7 +295,7 @@ def _probe_here() -> Features:
     errors: list[str] = []
     run_as = None
     if os.getuid() == 0:  # candidates run as nobody if nobody can read the installation
-        if _fork_and_wait(_check_unprivileged_reads) == 0:
+        if fork_and_wait(_check_unprivileged_reads) == 0:
             run_as = NOBODY
             _drop_to(NOBODY)  # and the rest is probed as nobody, as candidates will run
         else:
@@ -489,7 +321,7 @@ def _probe_here() -> Features:
         linux.prctl(PR_SET_NO_NEW_PRIVS, 1)
         abi = linux.landlock_abi()
         if abi:
-            _landlock(abi, Spec(workdir="/nonexistent"))
+            access.restrict(abi, "/nonexistent")
         else:
             errors.append("Landlock: not supported or not enabled by this kernel")
     except OSError as exc:
@@ -525,10 +357,6 @@ def _drop_to(uid: int) -> None:
 
 def _check_unprivileged_reads() -> None:
     _drop_to(NOBODY)
-    needed = [os.path.dirname(os.__file__)]  # the standard library
-    for name in ("torch", "numpy", "lemo_nade"):
-        file = getattr(sys.modules.get(name), "__file__", None)
-        if file:
-            needed.append(os.path.dirname(file))
+    needed = [os.path.dirname(os.__file__), *access.loaded_package_dirs()]  # + stdlib
     ok = all(os.access(p, os.R_OK | os.X_OK) for p in needed)
     os._exit(0 if ok else 1)

@@ -1,4 +1,5 @@
-"""The fork server: ``python -m lemo_nade.engine.forkserver``, started by :mod:`lemo_nade.sandbox`.
+"""The fork server: ``python -m lemo_nade.engine.forkserver``, started by a
+:class:`lemo_nade.sandbox.Sandbox` (one per run) through :mod:`lemo_nade.sandbox.launch`.
 
 Importing torch costs about a second (more on a loaded machine); a fresh interpreter per
 candidate pays it every time. This process imports torch and :mod:`lemo_nade.engine`
@@ -36,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lemo_nade.engine import confine, worker
+from lemo_nade.engine import access, confine, worker
+from lemo_nade.engine.proctree import die_with_parent
+from lemo_nade.engine.protocol import SETUP_FAILED
 
 SERVER_NAME = b"lemo-forkserver"
-SETUP_FAILED = 71  # exit code: the child could not set up its session or files
 
 
 def preload() -> None:
@@ -66,10 +68,10 @@ INDUCTOR_CACHE_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
 def main() -> int:
     confine.set_name(SERVER_NAME)
-    confine.die_with_parent()
+    die_with_parent()
     preload()
     features = confine.probe()
-    confine.default_read_paths()  # computed once here, inherited by every child
+    access.default_read_paths()  # computed once here, inherited by every child
     server_pid = os.getpid()
     _send({"ready": True, "pid": server_pid, "features": features.to_dict()})
     none = confine.Features()
@@ -118,7 +120,7 @@ def _child(
 ) -> NoReturn:
     try:
         os.setsid()
-        confine.die_with_parent()
+        die_with_parent()
         if os.getppid() != server_pid:  # the server died before the prctl
             os._exit(SETUP_FAILED)
         os.dup2(null_fd, 0)  # also closes the server's request and reply pipes here

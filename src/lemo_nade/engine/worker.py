@@ -10,7 +10,9 @@ the exit code is 0 whenever a result was written. Normally a child of the fork s
 gets). Either way the process first confines itself (:func:`lemo_nade.engine.confine.contain`).
 Only :mod:`lemo_nade.sandbox` should start this: it is where ``exec`` of generated code
 is acceptable, because it runs in a throw-away process with a scrubbed environment,
-resource limits, a temporary working directory and the kernel isolation available.
+resource limits, a temporary working directory and the kernel isolation available. It
+imports nothing from the main-process side: what both sides share is
+:mod:`lemo_nade.engine.protocol`.
 
 Error texts are short (the candidate's own frames and the exception, at most
 :data:`ERROR_LINES` lines) because they are fed back to an LLM.
@@ -37,9 +39,10 @@ from torch import nn
 
 from lemo_nade.engine import confine, measure, retrain
 from lemo_nade.engine.data import Split, split_for_job
+from lemo_nade.engine.protocol import looks_like_oom
 from lemo_nade.engine.train import TrainingDiverged, train
+from lemo_nade.files import atomic_write
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
-from lemo_nade.sandbox import looks_like_oom
 
 CANDIDATE_FILE = "candidate.py"  # the name candidate frames carry in tracebacks
 ERROR_LINES = 15
@@ -103,10 +106,10 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
 
 
 def write_result(path: Path, evaluation: Evaluation) -> None:
-    """Write tmp + rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(evaluation.to_dict()))
-    os.replace(tmp, path)
+    """Atomically, so the parent never reads half a file; no fsync (the parent reads it
+    back at once). NaN stays NaN (a JSON ``NaN`` token, which the parent's ``json.loads``
+    reads): Metrics fields such as ``fps_cv`` are floats that may be NaN, not None."""
+    atomic_write(path, json.dumps(evaluation.to_dict()), fsync=False)
 
 
 def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:

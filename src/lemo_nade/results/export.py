@@ -31,6 +31,7 @@ from typing import Any
 
 from lemo_nade import sandbox
 from lemo_nade.config import config_from_json
+from lemo_nade.files import atomic_write_json
 from lemo_nade.records import Status
 from lemo_nade.results.retrain import RESULT, RetrainError, workdir
 from lemo_nade.runs import search_job
@@ -46,31 +47,20 @@ class ExportError(RetrainError):
 
 
 def export(run_dir: Path, fmt: str) -> dict[str, Any]:
-    if fmt not in FORMATS:
-        raise ExportError(f"--format: unknown {fmt!r}; allowed: {', '.join(FORMATS)}")
-    missing = [m for m in EXTRAS.get(fmt, ()) if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportError(
-            f"--format {fmt} needs {', '.join(missing)}: pip install 'lemo-nade[{fmt}]'"
-        )
+    """Rebuild the retrained model in the sandbox as ``fmt`` and publish it under
+    ``RUN_DIR/export/FMT/`` (replacing an earlier export); returns the model card and
+    its ``path``."""
     run_dir = Path(run_dir)
-    result_path = run_dir / RESULT
-    if not (run_dir / DB_NAME).is_file():
-        raise ExportError(
-            f"{run_dir} is not a run directory (no {DB_NAME}); "
-            "pass a directory made by `lemo-nade run`"
-        )
-    if not result_path.is_file():
-        raise ExportError(
-            f"{run_dir} has no retrained model; run `lemo-nade retrain {run_dir}` first"
-        )
-    retrained = json.loads(result_path.read_text())
+    retrained = _retrained(run_dir, fmt)
     with RunStore.open(run_dir, writer=True) as store:
         config = config_from_json(store.config_json())
         record = next(r for r in store.iterations() if r.idx == retrained["iteration"])
         folder = workdir(run_dir, record.idx)
         job = replace(search_job(config, record.code), mode="export", export_format=fmt)
-        evaluation = sandbox.evaluate(job, TIMEOUT_S, config.memory_limit_mb, workdir=folder)
+        # this export's own sandbox; one candidate: a fresh interpreter costs less than a
+        # fork server's start
+        with sandbox.Sandbox(fork_server=False) as box:
+            evaluation = box.evaluate(job, TIMEOUT_S, config.memory_limit_mb, workdir=folder)
         produced = folder / f"export-{fmt}"
         if evaluation.status is not Status.OK or not (produced / "export.json").is_file():
             raise RuntimeError(
@@ -86,33 +76,67 @@ def export(run_dir: Path, fmt: str) -> dict[str, Any]:
             "std": info["std"],
             "formula": "x = (uint8_image - mean) / std, per channel",
         }
-        (produced / "preprocess.json").write_text(json.dumps(preprocess, indent=2))
-        card = {
-            "run_id": store.run_id,
-            "candidate": record.idx,
-            "dataset": config.dataset,
-            "format": fmt,
-            "files": [*info["files"], "model.py"],
-            "metrics": {k: retrained.get(k) for k in _CARD_KEYS},
-            "how_measured": (
-                "test accuracy once on the held-out test set after retraining with "
-                f"{retrained.get('protocol')}; FPS median of timed windows; energy source "
-                f"{retrained.get('energy_source')}"
-            ),
-            "export_check": {"max_abs_diff": info["max_abs_diff"], "on": info["checked_on"]},
-            "torch": info["torch"],
-        }
-        (produced / "model_card.json").write_text(json.dumps(card, indent=2))
-        final = run_dir / "export" / fmt
-        final.parent.mkdir(exist_ok=True)
-        staging = final.with_name(f".{fmt}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.move(str(produced), staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        atomic_write_json(produced / "preprocess.json", preprocess)
+        card = _model_card(store.run_id, record.idx, config.dataset, fmt, info, retrained)
+        atomic_write_json(produced / "model_card.json", card)
+        final = _publish(produced, run_dir / "export" / fmt)
         store.add_event("exported", {"format": fmt, "max_abs_diff": info["max_abs_diff"]})
     return {"path": str(final), **card}
+
+
+def _retrained(run_dir: Path, fmt: str) -> dict[str, Any]:
+    """``retrain.json`` of ``run_dir``, once the request is known to make sense."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: unknown {fmt!r}; allowed: {', '.join(FORMATS)}")
+    missing = [m for m in EXTRAS.get(fmt, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(
+            f"--format {fmt} needs {', '.join(missing)}: pip install 'lemo-nade[{fmt}]'"
+        )
+    if not (run_dir / DB_NAME).is_file():
+        raise ExportError(
+            f"{run_dir} is not a run directory (no {DB_NAME}); "
+            "pass a directory made by `lemo-nade run`"
+        )
+    if not (run_dir / RESULT).is_file():
+        raise ExportError(
+            f"{run_dir} has no retrained model; run `lemo-nade retrain {run_dir}` first"
+        )
+    data: dict[str, Any] = json.loads((run_dir / RESULT).read_text())
+    return data
+
+
+def _model_card(
+    run_id: str, idx: int, dataset: str, fmt: str, info: dict[str, Any], retrained: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "candidate": idx,
+        "dataset": dataset,
+        "format": fmt,
+        "files": [*info["files"], "model.py"],
+        "metrics": {k: retrained.get(k) for k in _CARD_KEYS},
+        "how_measured": (
+            "test accuracy once on the held-out test set after retraining with "
+            f"{retrained.get('protocol')}; FPS median of timed windows; energy source "
+            f"{retrained.get('energy_source')}"
+        ),
+        "export_check": {"max_abs_diff": info["max_abs_diff"], "on": info["checked_on"]},
+        "torch": info["torch"],
+    }
+
+
+def _publish(produced: Path, final: Path) -> Path:
+    """Move the finished folder to ``final`` under a temporary name, then rename it into
+    place, so ``export/FMT/`` is never half-written."""
+    final.parent.mkdir(exist_ok=True)
+    staging = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.move(str(produced), staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
 
 
 _CARD_KEYS = (

@@ -21,7 +21,6 @@ Pure main-process side: no torch import.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 from lemo_nade import sandbox
 from lemo_nade.config import RunConfig, build_config, config_from_json
-from lemo_nade.files import atomic_write
+from lemo_nade.files import atomic_write_json
 from lemo_nade.history import IterationRecord, best_of
 from lemo_nade.records import Evaluation, Status, final_job
 from lemo_nade.runs import search_job
@@ -98,11 +97,14 @@ def retrain(
         store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
         sessions = _add_session(folder, resumed, config)
         start = time.time()
-        evaluation = _with_progress(
-            folder,
-            on_progress,
-            lambda: sandbox.evaluate(job, timeout_s, config.memory_limit_mb, workdir=folder),
-        )
+        # this retrain's own sandbox; one candidate: a fresh interpreter costs less than a
+        # fork server's start
+        with sandbox.Sandbox(fork_server=False) as box:
+            evaluation = _with_progress(
+                folder,
+                on_progress,
+                lambda: box.evaluate(job, timeout_s, config.memory_limit_mb, workdir=folder),
+            )
         for cache in folder.glob("torchinductor_*"):  # torch's compile cache, via TMPDIR
             shutil.rmtree(cache, ignore_errors=True)
         if evaluation.status is not Status.OK or evaluation.metrics is None:
@@ -117,7 +119,7 @@ def retrain(
         seconds = before_s + time.time() - start
         result = summarise(chosen, evaluation, config, seconds, resumed, folder)
         result["sessions"] = sessions
-        _atomic_json(Path(run_dir) / RESULT, result)
+        atomic_write_json(Path(run_dir) / RESULT, result)  # NaN becomes null
         store.add_event("retrained", result)
         _retire_exports(Path(run_dir))
     return result
@@ -210,7 +212,7 @@ def _add_session(folder: Path, from_epoch: int, config: RunConfig) -> list[dict[
     sessions.append(
         {"from_epoch": from_epoch, "protocol": config.final.model_dump(), "at": time.time()}
     )
-    atomic_write(folder / SESSIONS, json.dumps(sessions, indent=1))
+    atomic_write_json(folder / SESSIONS, sessions, indent=1)
     return sessions
 
 
@@ -247,10 +249,3 @@ def _with_progress(
     finally:
         done.set()
         thread.join()
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
-    }
-    atomic_write(path, json.dumps(clean, indent=2))

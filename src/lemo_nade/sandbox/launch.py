@@ -1,6 +1,7 @@
-"""Starting a sandboxed child from the run process: through the fork server, or in a
-fresh interpreter. What the child then does to itself is :mod:`lemo_nade.engine.confine`; what
-a run does with the outcome is :mod:`lemo_nade.sandbox` (which documents the whole).
+"""Starting a sandboxed child from the run process: through a fork server, or in a
+fresh interpreter. What the child then does to itself is :mod:`lemo_nade.engine.confine`;
+what crosses the boundary is :mod:`lemo_nade.engine.protocol`; what a run does with the
+outcome is :mod:`lemo_nade.sandbox.outcome`; :mod:`lemo_nade.sandbox` documents the whole.
 
 Both paths give the child the scrubbed environment (:func:`child_env`), its own session,
 rlimits set before it runs any Python of its own (:func:`limits`), and
@@ -10,7 +11,6 @@ Main-process side: no torch import.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import json
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lemo_nade.engine import confine
+from lemo_nade.engine.protocol import REQUEST_FILE
 
 KEPT_ENV_VARS = (
     "PATH",
@@ -86,7 +87,7 @@ def run_fresh(
     timeout_s: float,
     memory_limit_mb: int | None,
 ) -> Outcome:
-    request_file = workdir / "request.json"
+    request_file = workdir / REQUEST_FILE
     request_file.write_text(json.dumps(request))
     command = [sys.executable, "-m", WORKER_MODULE, str(request_file), request["result"]]
     proc = subprocess.Popen(
@@ -111,10 +112,13 @@ class ServerError(Exception):
 
 
 class ForkServer:
-    """The run process's handle on one fork server: started lazily, one candidate at a time.
+    """A handle on one fork server: started lazily, one candidate at a time, stopped by
+    :meth:`stop` (a :class:`lemo_nade.sandbox.Sandbox` owns one; nothing else keeps it).
 
     A call from a second thread while a candidate runs gets ``None`` (and so a fresh
     interpreter). After a ``fork`` of the run process the child starts its own server.
+    A server whose owner never stops it still ends with the owner: its stdin closes
+    (end of input) and ``PR_SET_PDEATHSIG`` kills it.
     """
 
     def __init__(self) -> None:
@@ -125,7 +129,6 @@ class ForkServer:
         self._buffer = b""
         self._features: confine.Features | None = None
         self._failed_starts = 0
-        self._registered = False
 
     def pid(self) -> int | None:
         proc = self._proc
@@ -204,9 +207,6 @@ class ForkServer:
         if not hello or not hello.get("ready"):
             raise ServerError(f"no greeting; {self._log_tail()}")
         self._features = confine.Features.from_dict(hello.get("features", {}))
-        if not self._registered:
-            atexit.register(shutdown)
-            self._registered = True
 
     def _request(self, request: dict[str, Any], timeout_s: float) -> Outcome | None:
         proc = self._proc
@@ -284,9 +284,6 @@ class ForkServer:
         self._proc, self._err, self._buffer = None, None, b""
 
 
-SERVER = ForkServer()
-
-
 def limits(memory_limit_mb: int | None) -> Callable[[], None]:
     """The ``preexec_fn``: only setrlimit calls on values computed here, before the fork."""
     limits = [
@@ -350,8 +347,3 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
         except ChildProcessError:  # already reaped (e.g. SIGCHLD ignored in this process)
             return True
     return proc.poll() is not None  # reaps: a tiny window for group-id reuse
-
-
-def shutdown() -> None:
-    """Stop the fork server, if one runs (registered with :mod:`atexit` when it starts)."""
-    SERVER.stop()

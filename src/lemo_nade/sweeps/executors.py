@@ -27,10 +27,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lemo_nade.config import ConfigError
 from lemo_nade.records import EvalJob, Evaluation
+
+if TYPE_CHECKING:
+    from lemo_nade.sandbox import Sandbox
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ def available_cores() -> int:
 
 def execute_run(task: RunTask, threads: int) -> RunOutcome:
     """Run or resume one run to its end, in whatever process or node this is called."""
+    from lemo_nade.sandbox import Sandbox
     from lemo_nade.search import run_search
     from lemo_nade.store import RunStore
 
     started = time.monotonic()
     try:
-        result = run_search(Path(task.run_dir), evaluate=partial(_evaluate_with_threads, threads))
+        with Sandbox() as box:  # the run's own fork server, stopped when the run ends
+            evaluate = partial(_evaluate_with_threads, box, threads)
+            result = run_search(Path(task.run_dir), evaluate=evaluate)
         with RunStore.open(Path(task.run_dir)) as store:
             state, reason = store.status()
         if result.exit_code:  # what `lemo-nade run` exits non-zero for fails here too
@@ -85,14 +91,12 @@ def execute_run(task: RunTask, threads: int) -> RunOutcome:
 
 
 def _evaluate_with_threads(
-    threads: int, job: EvalJob, timeout_s: float, memory_limit_mb: int | None
+    box: Sandbox, threads: int, job: EvalJob, timeout_s: float, memory_limit_mb: int | None
 ) -> Evaluation:
     """The sandbox, with the executor's thread share unless the config set ``threads``."""
-    from lemo_nade import sandbox
-
     if not job.threads:
         job = replace(job, threads=threads)
-    return sandbox.evaluate(job, timeout_s, memory_limit_mb)
+    return box.evaluate(job, timeout_s, memory_limit_mb)
 
 
 class LocalExecutor:
