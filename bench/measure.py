@@ -50,6 +50,7 @@ from lemo_nade.architects.offline.render import render
 from lemo_nade.engine import energy, measure
 from lemo_nade.engine.data import make_split
 from lemo_nade.engine.loaders import load
+from lemo_nade.engine.sensors import ESTIMATE_ONLY, detect
 from lemo_nade.engine.worker import _build, load_candidate
 from lemo_nade.records import EvalJob, TaskSpec
 
@@ -151,9 +152,10 @@ def candidate_overhead(candidates: int, threads: int) -> list[dict[str, Any]]:
     code = render(initial(TASK), TASK)
     job = EvalJob(code=code, dataset="digits", data_dir=None, epochs=20, threads=threads)
     rows = []
+    box = sandbox.Sandbox()  # one fork server for every candidate, as in a run
     for _ in range(candidates):
         before = load_text()
-        ev = sandbox.evaluate(job, timeout_s=600)
+        ev = box.evaluate(job, timeout_s=600)
         m = ev.metrics
         if m is None:
             raise SystemExit(f"candidate failed: {ev.status.value}: {ev.error}")
@@ -172,6 +174,7 @@ def candidate_overhead(candidates: int, threads: int) -> list[dict[str, Any]]:
                 "load_after": load_text(),
             }
         )
+    box.close()
     return rows
 
 
@@ -190,8 +193,8 @@ def span_cost(spans: int = 2000) -> dict[str, float]:
             (root / name / "energy_uj").write_text("123456789")
             (root / name / "max_energy_range_uj").write_text("262143328850")
         for label, sensors in (
-            ("estimate", energy.ESTIMATE_ONLY),
-            ("rapl (fake tree, 3 zones)", energy.detect(None, powercap_root=root)),
+            ("estimate", ESTIMATE_ONLY),
+            ("rapl (fake tree, 3 zones)", detect(None, powercap_root=root)),
         ):
             start = time.perf_counter()
             for _ in range(spans):
@@ -229,8 +232,8 @@ def main() -> None:
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "sensors": energy.detect(None).sources(),
-            "sensor_notes": list(energy.detect(None).notes),
+            "sensors": detect(None).sources(),
+            "sensor_notes": list(detect(None).notes),
         },
         "fps_stability": fps_stability(args.repeats, sorted(set(args.threads))),
         "overhead": {

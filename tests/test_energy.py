@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from lemo_nade.engine import energy, measure
-from lemo_nade.engine.energy import Accumulator, Nvml, Rapl, Sensors, combined_source, detect
+from lemo_nade.engine.energy import combined_source
+from lemo_nade.engine.sensors import (
+    ESTIMATE_ONLY,
+    Accumulator,
+    Nvml,
+    Rapl,
+    RaplZone,
+    Sensors,
+    detect,
+)
 from lemo_nade.records import Metrics
 
 MAX_UJ = 1_000_000_000  # a 1 kJ wrap range keeps the numbers readable
@@ -110,10 +119,10 @@ def test_unreadable_energy_falls_back_to_the_estimate(
     powercap: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tests run as root here, for whom chmod 000 changes nothing: raise as the kernel would.
-    def denied(self: energy.RaplZone) -> float:
+    def denied(self: RaplZone) -> float:
         raise PermissionError(13, "Permission denied", str(self.path / "energy_uj"))
 
-    monkeypatch.setattr(energy.RaplZone, "read_j", denied)
+    monkeypatch.setattr(RaplZone, "read_j", denied)
     rapl, note = Rapl.open(powercap["root"])
     assert rapl is None and "not readable" in note and "CVE-2020-8694" in note
     sensors = detect(None, powercap_root=powercap["root"])
@@ -224,7 +233,7 @@ def test_energy_span_in_measure_uses_the_given_sensors(powercap: dict[str, Path]
     with measure.energy_span(10.0, 0.375, torch.device("cpu"), sensors) as span:
         set_uj(powercap["pkg0"], 8_600_000)  # +3.6 J
     assert span.parts_kwh["cpu"] == pytest.approx(1e-6)
-    with measure.energy_span(10.0, 0.375, None, energy.ESTIMATE_ONLY) as est:
+    with measure.energy_span(10.0, 0.375, None, ESTIMATE_ONLY) as est:
         sum(i * i for i in range(100_000))
     assert est.source == "estimate" and est.energy_kwh > 0
 

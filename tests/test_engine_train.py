@@ -18,13 +18,12 @@ from candidates import SMALL_CNN
 from lemo_nade.engine import measure
 from lemo_nade.engine.data import Split, make_split
 from lemo_nade.engine.loaders import load
+from lemo_nade.engine.runtime import runtime_for, tune_cpu_allocator
 from lemo_nade.engine.train import (
     TrainingDiverged,
     plateau_scheduler,
-    runtime_for,
     train,
     train_epoch,
-    tune_cpu_allocator,
     validation_loss,
 )
 from lemo_nade.engine.worker import load_candidate, main, run_job, short_error

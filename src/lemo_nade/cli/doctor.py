@@ -63,7 +63,7 @@ def torch_checks() -> list[Check]:
 
 def sensor_checks() -> list[Check]:
     """The same RAPL discovery the candidates' energy spans use (torch-free)."""
-    from lemo_nade.engine.energy import Rapl
+    from lemo_nade.engine.sensors import Rapl
 
     rapl, note = Rapl.open()
     if rapl is not None:

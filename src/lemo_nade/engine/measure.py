@@ -32,8 +32,9 @@ big models the time grows with the call time. On a shared machine the FPS moves 
 neighbours' load (over seconds) much more than with the window length: read ``fps_cv``
 next to F.
 
-Energy: :mod:`lemo_nade.engine.energy` (RAPL / NVML where readable, else a labelled
-estimate). :func:`energy_span` is the worker's entry point.
+Energy: :mod:`lemo_nade.engine.energy` (RAPL / NVML where readable, see
+:mod:`lemo_nade.engine.sensors`; else a labelled estimate). :func:`energy_span` is the
+worker's entry point.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lemo_nade.engine import energy
-from lemo_nade.engine.energy import JOULES_PER_KWH, Reading, Sensors, rss_gb
+from lemo_nade.engine.energy import JOULES_PER_KWH, Reading, rss_gb
+from lemo_nade.engine.sensors import Sensors, detect
 
 __all__ = [
     "JOULES_PER_KWH",
     "Reading",
     "Sensors",
-    "Span",
     "Speed",
     "accuracy_and_loss",
     "energy_span",
@@ -79,7 +80,6 @@ MIN_SPEED_BUDGET_S = 0.02  # timed seconds of a speed measurement, at least
 MAX_SPEED_BUDGET_S = 1.0  # and at most
 SPEED_SHARE = 0.01  # of the candidate's training time
 LATENCY_SHARE = 0.3  # of a speed budget that goes to batch-1 latency; the rest to FPS
-Span = Reading  # what energy_span yields; kept under its old name
 
 
 # ---- size and compute ----------------------------------------------------------------
@@ -211,39 +211,47 @@ def measure_speed(
         latency_budget_s = LATENCY_SHARE * budget_s
         window_s = (budget_s - latency_budget_s) / max(1, windows)
     start = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         model.eval()
         bsz = max(1, min(batch, len(x)))
         with torch.inference_mode():
             xb = transform(x[:bsz]) if transform else x[:bsz]
             x1 = transform(x[:1]) if transform else x[:1]
             _warm_up(model, xb, warmup)
-            fps_span: AbstractContextManager[Reading | None] = span or _no_span()
+            fps_span: AbstractContextManager[Reading | None] = span or nullcontext()
             with fps_span as fps_energy:
                 per_window, fps_images = _throughput(model, xb, windows, window_s)
-            lat = _latency(
-                model, x1, warmup, latency_budget_s, min_latency_samples, max_latency_samples
+            lat = sorted(
+                _latency(
+                    model, x1, warmup, latency_budget_s, min_latency_samples, max_latency_samples
+                )
             )
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old_threads)
-    lat_sorted = sorted(lat)
     return Speed(
         fps=statistics.median(per_window),
         fps_cv=_cv(per_window),
         fps_batch=bsz,
         fps_windows=len(per_window),
-        latency_ms_p50=_percentile(lat_sorted, 0.50) * 1e3,
-        latency_ms_p95=_percentile(lat_sorted, 0.95) * 1e3,
+        latency_ms_p50=_percentile(lat, 0.50) * 1e3,
+        latency_ms_p95=_percentile(lat, 0.95) * 1e3,
         latency_samples=len(lat),
         threads=used_threads,
         seconds=time.perf_counter() - start,
         fps_images=fps_images,
         fps_energy=fps_energy,
     )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads at ``threads`` (None, 0: as they are), restored after."""
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
 
 
 def frames_per_second(
@@ -263,11 +271,6 @@ def frames_per_second(
         xb = transform(x[:bsz]) if transform else x[:bsz]
         _warm_up(model, xb, 1)
         return statistics.median(_throughput(model, xb, 5, min_time_s / 5)[0])
-
-
-@contextmanager
-def _no_span() -> Iterator[None]:
-    yield None
 
 
 def _warm_up(model: nn.Module, xb: torch.Tensor, calls: int) -> None:
@@ -371,7 +374,7 @@ def estimate_kwh(
 
 @functools.lru_cache(maxsize=8)
 def _sensors_cached(device_text: str) -> Sensors:
-    return energy.detect(torch.device(device_text))
+    return detect(torch.device(device_text))
 
 
 def sensors_for(device: torch.device | None) -> Sensors:
@@ -389,7 +392,7 @@ def energy_span(
     """Energy of the enclosed block by part, with sources (:func:`energy.span`).
 
     ``sensors`` defaults to what this machine has (:func:`sensors_for`); pass
-    ``energy.ESTIMATE_ONLY`` to force the estimate.
+    ``lemo_nade.engine.sensors.ESTIMATE_ONLY`` to force the estimate.
     """
     found = sensors if sensors is not None else sensors_for(device)
     sync = (lambda: _sync(device)) if device is not None else None

@@ -10,12 +10,10 @@ Two protocols from the paper, both plain :class:`~lemo_nade.records.EvalJob` set
 
 Speed: per batch, the only host work is indexing, the launch of the ops and (on CPU)
 one finiteness check of the loss; losses are accumulated on the device and read once
-per epoch. On CPU: glibc is told to keep freed large blocks for reuse
-(:func:`tune_cpu_allocator`; without it every step page-faults its activations in
-afresh), threads as the job says, no worker processes. On CUDA: bf16 autocast (fp16
-with a gradient scaler where bf16 is not supported), channels_last, fused Adam, cuDNN
-autotuning, optional ``torch.compile``. The GPU paths are written to PyTorch's
-documented APIs but were not run on a GPU in development (no GPU was available).
+per epoch; no worker processes. How the job runs on its device (the CPU allocator,
+mixed precision, channels_last, cuDNN autotuning, determinism) is
+:mod:`lemo_nade.engine.runtime`; fused Adam on CUDA and the optional ``torch.compile``
+are here.
 
 Reproducibility: the global torch seed (initial weights are seeded by the caller;
 dropout here), the shuffling (a CPU generator) and the augmentation (a generator on the
@@ -27,12 +25,8 @@ and atomic-add kernels make results vary slightly unless ``job.deterministic`` i
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,10 +37,14 @@ from torch import nn
 from lemo_nade.engine.augment import PAPER_AUGMENT, Augment, augment
 from lemo_nade.engine.data import Split, shuffled_batches
 from lemo_nade.engine.measure import accuracy_and_loss
+from lemo_nade.engine.runtime import (
+    Runtime,
+    determinism,
+    grad_scaler,
+    runtime_for,
+    tune_cpu_allocator,
+)
 from lemo_nade.records import EvalJob
-
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-SWITCHES = ("auto", "on", "off")
 
 
 class Checkpoint(Protocol):
@@ -71,41 +69,6 @@ class TrainResult:
     stopped_early: bool = False  # early stopping ended training before ``job.epochs``
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """How a job runs on a device: mixed precision and memory format, resolved."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # None: full float32
-    channels_last: bool
-
-    def autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def runtime_for(job: EvalJob, device: torch.device | str) -> Runtime:
-    """``amp`` auto: bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU, where
-    autocast is slower than float32 on most CPUs. ``channels_last`` auto: on CUDA only."""
-    device = torch.device(device)
-    if job.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}; got {job.amp!r}")
-    if job.channels_last not in SWITCHES:
-        raise ValueError(f"channels_last must be one of {', '.join(SWITCHES)}")
-    cuda = device.type == "cuda"
-    amp_dtype: torch.dtype | None = None
-    if job.amp == "auto" and cuda:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif job.amp in ("bf16", "fp16"):
-        amp_dtype = torch.bfloat16 if job.amp == "bf16" else torch.float16
-    channels_last = job.channels_last == "on" or (job.channels_last == "auto" and cuda)
-    return Runtime(device, amp_dtype, channels_last)
-
-
 def train(
     model: nn.Module,
     split: Split,
@@ -128,8 +91,53 @@ def train(
     torch.manual_seed(job.seed)
     device = split.x_train.device
     rt = runtime_for(job, device)
-    with _determinism(job.deterministic, device):
+    with determinism(job.deterministic, device):
         return _train(model, split, job, rt, weight_decay, log, augment_spec, checkpoint)
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds, so that a resumed training goes on exactly where it
+    stopped: weights, optimiser and scheduler, both generators, the best epoch so far
+    and the last losses. ``best_state`` is kept only with early stopping."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    shuffle: torch.Generator
+    warp: torch.Generator | None
+    epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.shuffle.set_state(saved["shuffle"])
+        if self.warp is not None and saved.get("warp") is not None:
+            self.warp.set_state(saved["warp"])
+        self.best, self.best_epoch = saved["best"], saved["best_epoch"]
+        self.best_state, self.epoch = saved["best_state"], saved["epoch"]
+        self.train_loss, self.val_loss = saved["train_loss"], saved["val_loss"]
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "shuffle": self.shuffle.get_state(),
+            "warp": self.warp.get_state() if self.warp is not None else None,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+        }
 
 
 def _train(
@@ -147,104 +155,60 @@ def _train(
     step_model: nn.Module = torch.compile(model) if job.compile else model  # type: ignore[assignment]
     optimizer = make_optimizer(model, job.lr, weight_decay, rt.device)
     scheduler = plateau_scheduler(optimizer, job.plateau_patience, job.plateau_factor)
-    scaler = _scaler(rt)
     shuffle = torch.Generator().manual_seed(job.seed)
     warp = torch.Generator(device=rt.device).manual_seed(job.seed + 1) if job.augment else None
+    st = _State(model, optimizer, scheduler, shuffle, warp)  # restore() sets these in place
+    scaler = grad_scaler(rt)
     has_val = len(split.x_val) > 0
     patience = job.early_stopping_patience
-    best, best_epoch, best_state = math.inf, 0, None
-    train_loss = val_loss = float("nan")
-    epoch = start = 0
     if checkpoint is not None and (saved := checkpoint.load()) is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        shuffle.set_state(saved["shuffle"])
-        if warp is not None and saved.get("warp") is not None:
-            warp.set_state(saved["warp"])
-        best, best_epoch, best_state = saved["best"], saved["best_epoch"], saved["best_state"]
-        epoch = start = saved["epoch"]
-        train_loss, val_loss = saved["train_loss"], saved["val_loss"]
+        st.restore(saved)
         if log is not None:
-            log(f"resumed from the checkpoint of epoch {start}")
-    for epoch in range(start + 1, job.epochs + 1):
-        train_loss = train_epoch(
+            log(f"resumed from the checkpoint of epoch {st.epoch}")
+    for epoch in range(st.epoch + 1, job.epochs + 1):
+        st.epoch = epoch
+        st.train_loss = train_epoch(
             step_model, split, optimizer, job.batch_size, shuffle, warp, epoch, rt, scaler, spec
         )
-        val_loss = validation_loss(model, split, job.batch_size, rt)
-        if has_val and not math.isfinite(val_loss):
-            raise TrainingDiverged(f"validation loss became {val_loss} after epoch {epoch}")
-        monitored = val_loss if has_val else train_loss
+        st.val_loss = validation_loss(model, split, job.batch_size, rt)
+        if has_val and not math.isfinite(st.val_loss):
+            raise TrainingDiverged(f"validation loss became {st.val_loss} after epoch {epoch}")
+        monitored = st.val_loss if has_val else st.train_loss
         scheduler.step(monitored)
-        lr = optimizer.param_groups[0]["lr"]
         if log is not None:
             log(
-                f"epoch {epoch}/{job.epochs} train_loss={train_loss:.4f} "
-                f"val_loss={val_loss:.4f} lr={lr:.2e}"
+                f"epoch {epoch}/{job.epochs} train_loss={st.train_loss:.4f} "
+                f"val_loss={st.val_loss:.4f} lr={optimizer.param_groups[0]['lr']:.2e}"
             )
-        if monitored < best:
-            best, best_epoch = monitored, epoch
+        if monitored < st.best:
+            st.best, st.best_epoch = monitored, epoch
             if patience > 0:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif patience > 0 and epoch - best_epoch >= patience:
+                st.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif patience > 0 and epoch - st.best_epoch >= patience:
             break
         if checkpoint is not None:
-            checkpoint.save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "shuffle": shuffle.get_state(),
-                    "warp": warp.get_state() if warp is not None else None,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                }
-            )
-    stopped = epoch < job.epochs
-    if best_state is not None and best_epoch != epoch:
-        model.load_state_dict(best_state)
-        val_loss = best if has_val else val_loss
+            checkpoint.save(st.saved())
+    return _result(st, job, has_val, log)
+
+
+def _result(
+    st: _State, job: EvalJob, has_val: bool, log: Callable[[str], None] | None
+) -> TrainResult:
+    """The outcome; with early stopping, the best epoch's weights put back first."""
+    val_loss = st.val_loss
+    if st.best_state is not None and st.best_epoch != st.epoch:
+        st.model.load_state_dict(st.best_state)
+        val_loss = st.best if has_val else val_loss
         if log is not None:
-            log(f"restored the weights of epoch {best_epoch} (val_loss={best:.4f})")
+            log(f"restored the weights of epoch {st.best_epoch} (val_loss={st.best:.4f})")
     return TrainResult(
-        epoch, train_loss, val_loss, optimizer.param_groups[0]["lr"], best_epoch, stopped
+        st.epoch,
+        st.train_loss,
+        val_loss,
+        st.optimizer.param_groups[0]["lr"],
+        st.best_epoch,
+        stopped_early=st.epoch < job.epochs,
     )
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-ALLOCATOR_THRESHOLD = 1 << 30
-_allocator_tuned: bool | None = None
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep large freed blocks in the heap for reuse (glibc ``mallopt``); once per process.
-
-    By default glibc serves every block above its mmap threshold (at most 32 MB) with a
-    fresh ``mmap`` and returns it with ``munmap`` on free, so each training step of a
-    CNN at batch 512 re-faults its activations page by page: on the 2-core development
-    VM that was ~2 million page faults per epoch, and a plain training loop ran 2.0x
-    faster with this setting than without (``bench/train.py``). Raising the mmap and
-    trim thresholds to 1 GiB lets freed blocks be reused instead. The cost: the process
-    keeps its peak heap until it exits, which suits the one-candidate sandbox child.
-    Returns whether the settings took (False off glibc, e.g. on macOS or musl).
-    """
-    global _allocator_tuned
-    if _allocator_tuned is None:
-        _allocator_tuned = False
-        if sys.platform.startswith("linux"):
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                _allocator_tuned = bool(
-                    mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_THRESHOLD)
-                    and mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_THRESHOLD)
-                )
-            except (OSError, AttributeError):
-                pass
-    return _allocator_tuned
 
 
 def plateau_scheduler(
@@ -266,13 +230,6 @@ def make_optimizer(
     under an fp16 gradient scaler); PyTorch's default implementation on CPU."""
     options: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **options)
-
-
-def _scaler(rt: Runtime) -> Any:
-    """A gradient scaler for fp16 on CUDA; bf16 and float32 need none."""
-    if rt.amp_dtype is torch.float16 and rt.device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
 
 
 def train_epoch(
@@ -348,27 +305,3 @@ def validation_loss(model: nn.Module, split: Split, batch_size: int, rt: Runtime
     with rt.autocast():
         _, loss = accuracy_and_loss(model, split.x_val, split.y_val, batch_size, transform)
     return loss
-
-
-@contextmanager
-def _determinism(on: bool, device: torch.device) -> Iterator[None]:
-    """``on``: deterministic kernels (warn where none exists), no cuDNN autotuning.
-    Off on CUDA: cuDNN autotuning (fastest kernels; results vary slightly). Restored after."""
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
-    try:
-        if on:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
