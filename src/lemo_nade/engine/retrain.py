@@ -3,14 +3,14 @@ and the trained weights. Runs inside the sandbox (``EvalJob.mode == "retrain"``)
 working directory is the run's ``retrain/NNN/`` folder: the only place it may write.
 
 Checkpoints are ``torch.save`` files written atomically after every epoch and read
-with ``weights_only=True`` (tensors, numbers and dicts only; no pickled code).
+with ``weights_only=True`` (tensors, numbers and dicts only; no pickled code). Written
+through :func:`lemo_nade.files.atomic_file` (streamed, not built in memory a second time,
+which could cross the child's memory limit for a large model) without fsync, as before:
+a checkpoint lost to a power cut costs the epochs since the one before it.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from torch import nn
 from lemo_nade.engine import measure
 from lemo_nade.engine.data import Split
 from lemo_nade.engine.loaders import load
+from lemo_nade.files import atomic_file, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"  # the epoch reached, for the parent's progress bar (no torch)
@@ -49,19 +50,16 @@ class FileCheckpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         spent_s = self._before_s + time.monotonic() - self._session_start
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "spent_s": spent_s}, tmp)
-        os.replace(tmp, self.path)
+        with atomic_file(self.path, fsync=False) as f:
+            torch.save({**state, "spent_s": spent_s}, f)
         progress = {
             "epoch": state["epoch"],
             "best_epoch": state["best_epoch"],
-            "train_loss": _finite(state["train_loss"]),
-            "val_loss": _finite(state["val_loss"]),
+            "train_loss": state["train_loss"],  # NaN becomes null
+            "val_loss": state["val_loss"],
             "spent_s": spent_s,
         }
-        tmp_json = self.path.with_name(PROGRESS + ".tmp")
-        tmp_json.write_text(json.dumps(progress))
-        os.replace(tmp_json, self.path.with_name(PROGRESS))
+        atomic_write_json(self.path.with_name(PROGRESS), progress, indent=None, fsync=False)
 
 
 def test_accuracy(
@@ -76,10 +74,6 @@ def test_accuracy(
 
 
 def save_weights(model: nn.Module, folder: Path) -> None:
-    tmp = folder / (WEIGHTS + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, folder / WEIGHTS)
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+    """The trained weights (on CPU) as ``model_state.pt``, atomically."""
+    with atomic_file(folder / WEIGHTS, fsync=False) as f:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
