@@ -1,23 +1,27 @@
 """Static policy for candidate model code: an AST check before any child process starts.
 
-Pure: no torch import. This is a *first filter* that turns the common ways generated
+Pure: no torch import. This is a *fast filter* that turns the common ways generated
 code reaches outside a model (imports of ``os``/``subprocess``, ``eval``, dunder
 walks such as ``().__class__.__base__``, ``torch.load``) into a fast, explainable
-``FAILED_POLICY`` that the LLM can repair. It is not a security boundary on its own:
-Python cannot be sandboxed by inspecting source, and a determined author can find a
-way around any such list. Containment is the job of :mod:`lemo_nade.sandbox`.
+``FAILED_POLICY`` that the LLM can repair. It is not the security boundary: Python
+cannot be sandboxed by inspecting source. Containment is the process split and the
+kernel confinement of :mod:`lemo_nade.sandbox`.
 
-Rules (each rejection reads ``rule: detail``): ``import`` (an allow-list of module
-roots), ``name`` (builtins such as ``eval``/``open``/``getattr``, also as ``from``
-imports), ``attribute`` (``x.os``, ``from torch import os``, ``case object(os=o)``,
-frame walks like ``gi_frame.f_builtins``, ``from_file``), ``qualname`` (torch's
-loaders, savers and extension doors, ``typing.get_type_hints``), ``private``
-(``torch._C``, ``torch.fx.graph_module._exec_with_source``: underscore names of
-imported modules; the candidate's own ``self._x`` is fine), ``dunder`` (in names and
-in strings), ``annotation`` (string annotations are parsed and checked with the same
-rules, since ``typing.get_type_hints`` evaluates them) and ``net`` (exactly one
-top-level ``class Net``). The rules are data: extend a table in :data:`DEFAULT_POLICY`
-(or pass your own :class:`Policy`) rather than adding branches.
+Rules (each rejection reads ``rule: detail``; the tables are data in
+:mod:`lemo_nade.sandbox.policy_rules`): ``import`` (an allow-list of module roots),
+``name`` (builtins such as ``eval``/``open``/``getattr``, also as ``from`` imports),
+``private`` (``_x`` on anything but the candidate's own ``self``, classes and
+``super()``: ``torch._C``, ``c = collections; c._sys``), ``qualname`` (torch's loaders,
+savers and extension doors, ``typing.get_type_hints``, *after following aliases*:
+``t = torch; t.ops``, ``[torch][0].hub``, ``def f(t=torch)``; see
+:mod:`lemo_nade.sandbox.policy_flow`), ``attribute`` (module, loader and frame names
+refused on *any* object, so no alias or container hides them: ``x.os``,
+``enum.bltns``, ``F.np.load``, ``torch.torch.load``, ``gi_frame.f_builtins``),
+``dunder`` (in names and in strings), ``annotation`` (string annotations are parsed and
+checked with the same rules, since ``typing.get_type_hints`` evaluates them), ``alias``
+(names passed on through more hops than the analysis follows) and ``net`` (exactly one
+top-level ``class Net``). Extend a table (or pass your own :class:`Policy`) rather than
+adding branches.
 """
 
 from __future__ import annotations
@@ -25,136 +29,14 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lemo_nade.records import Status
+from lemo_nade.sandbox.policy_flow import MAX_ROUNDS, Flow
+from lemo_nade.sandbox.policy_rules import DEFAULT_POLICY, Policy
 
+__all__ = ["DEFAULT_POLICY", "NODE_RULES", "Policy", "check"]
 
-@dataclass(frozen=True)
-class Policy:
-    """What candidate code may use. Module and qualified names are dotted paths."""
-
-    allowed_import_roots: frozenset[str]  # a root allows its submodules (torch -> torch.nn)
-    forbidden_names: frozenset[str]  # bare names (builtins) and names imported with ``from``
-    forbidden_attributes: frozenset[str]  # ``x.NAME`` for any x: modules reachable through torch
-    forbidden_qualnames: tuple[str, ...]  # after resolving import aliases; prefixes match
-    allowed_dunders: frozenset[str]
-    net_class: str = "Net"
-
-
-DEFAULT_POLICY = Policy(
-    allowed_import_roots=frozenset(
-        {
-            "torch",
-            "math",
-            "typing",
-            "collections",
-            "functools",
-            "itertools",
-            "dataclasses",
-            "numbers",
-            "enum",
-            "abc",
-            "__future__",
-            "operator",
-        }
-    ),
-    forbidden_names=frozenset(
-        {
-            "exec",
-            "eval",
-            "compile",
-            "open",
-            "__import__",
-            "globals",
-            "locals",
-            "vars",
-            "getattr",
-            "setattr",
-            "delattr",
-            "breakpoint",
-            "input",
-            "help",
-            # operator's string-driven getters are getattr by another name
-            "attrgetter",
-            "methodcaller",
-        }
-    ),
-    # Allowed modules re-export dangerous ones (``torch.os``, ``typing.sys``); no model
-    # needs these names as attributes. ``_C`` is torch's raw C++ binding.
-    forbidden_attributes=frozenset(
-        {
-            "os",
-            "sys",
-            "subprocess",
-            "shutil",
-            "socket",
-            "builtins",
-            "importlib",
-            "ctypes",
-            "pickle",
-            "marshal",
-            "io",
-            "pathlib",
-            "platform",
-            "inspect",
-            "signal",
-            "threading",
-            "multiprocessing",
-            "tempfile",
-            "glob",
-            "urllib",
-            "http",
-            "_C",
-            "attrgetter",
-            "methodcaller",
-            # frames and code reached from generators, coroutines and tracebacks: a frame's
-            # f_globals/f_builtins lead back to the builtins (and __import__)
-            "gi_frame",
-            "gi_code",
-            "cr_frame",
-            "cr_code",
-            "ag_frame",
-            "ag_code",
-            "tb_frame",
-            "tb_next",
-            "f_globals",
-            "f_locals",
-            "f_builtins",
-            "f_back",
-            "f_code",
-            # torch.UntypedStorage.from_file and friends read any file
-            "from_file",
-        }
-    ),
-    forbidden_qualnames=(
-        "torch.load",
-        "torch.hub",
-        "torch.jit.load",
-        "torch.ops",
-        "torch.utils.cpp_extension",
-        "torch.package",
-        # beyond the brief's list: other file/network/extension doors in torch
-        "torch.save",
-        "torch.from_file",
-        "torch.serialization",
-        "torch.library",
-        "torch.classes",
-        "torch.distributed",
-        "torch.multiprocessing",
-        "torch.utils.model_zoo",
-        "torch.utils.collect_env",  # runs shell commands
-        "torch.utils.show_pickle",
-        "torch.utils.model_dump",
-        "torch.utils.benchmark",  # compiles C++
-        "torch.export.load",
-        "torch.export.save",
-        # evaluate strings as code: get_type_hints eval()s string annotations
-        "typing.get_type_hints",
-        "typing.ForwardRef",
-    ),
-    allowed_dunders=frozenset({"__init__", "__name__", "__future__"}),
-)
 
 _DUNDER = re.compile(r"__\w+__")
 
@@ -162,7 +44,9 @@ _DUNDER = re.compile(r"__\w+__")
 @dataclass
 class _Context:
     policy: Policy
-    aliases: dict[str, str]  # local name -> qualified module/object path
+    flow: Flow  # where each name may point
+    # parsed string annotations, alive until the check ends: the flow memoises by id()
+    annotations: list[ast.AST] = field(default_factory=list)
 
 
 Rule = Callable[[ast.AST, _Context], "str | None"]
@@ -180,17 +64,33 @@ def check(code: str, policy: Policy = DEFAULT_POLICY) -> tuple[Status, str] | No
         line = getattr(exc, "lineno", None)
         where = f"line {line}: " if line else ""
         return Status.FAILED_SYNTAX, f"syntax: {where}{getattr(exc, 'msg', None) or exc}"
-    ctx = _Context(policy, _aliases(tree))
-    for node in ast.walk(tree):
+    try:
+        flow = Flow(tree, policy.forbidden_qualnames)
+        detail = _node_rules(_Context(policy, flow))
+    except RecursionError:  # expressions nested deeper than the analysis follows
+        return Status.FAILED_POLICY, "alias: expressions are nested too deeply to follow"
+    if detail is not None:
+        return Status.FAILED_POLICY, detail
+    if not flow.converged:  # what the rules saw may be incomplete: refuse, do not guess
+        return Status.FAILED_POLICY, (
+            f"alias: names are handed on through more than {MAX_ROUNDS} steps; "
+            "use imported modules directly"
+        )
+    detail = _net_rule(tree, policy)
+    if detail is not None:
+        return Status.FAILED_POLICY, f"net: {detail}"
+    return None
+
+
+def _node_rules(ctx: _Context) -> str | None:
+    """The first objection, as ``rule: line N: detail``, in source order."""
+    for node in ctx.flow.scan.nodes:
         for rule_name, rule in NODE_RULES:
             detail = rule(node, ctx)
             if detail is not None:
                 line = getattr(node, "lineno", None)
                 where = f"line {line}: " if line else ""
-                return Status.FAILED_POLICY, f"{rule_name}: {where}{detail}"
-    detail = _net_rule(tree, policy)
-    if detail is not None:
-        return Status.FAILED_POLICY, f"net: {detail}"
+                return f"{rule_name}: {where}{detail}"
     return None
 
 
@@ -198,9 +98,9 @@ def check(code: str, policy: Policy = DEFAULT_POLICY) -> tuple[Status, str] | No
 
 
 def _import_rule(node: ast.AST, ctx: _Context) -> str | None:
-    allowed = ", ".join(sorted(ctx.policy.allowed_import_roots))
     for module in _imported_modules(node):
         if module.split(".")[0] not in ctx.policy.allowed_import_roots:
+            allowed = ", ".join(sorted(ctx.policy.allowed_import_roots))
             return f"import of {module!r} is not allowed; allowed modules: {allowed}"
     if isinstance(node, ast.ImportFrom):
         if node.level:
@@ -227,7 +127,9 @@ def _attribute_rule(node: ast.AST, ctx: _Context) -> str | None:
     if isinstance(node, ast.Attribute):
         names = [node.attr]
     elif isinstance(node, ast.ImportFrom):  # ``from torch import os`` is torch.os
-        names = [a.name for a in node.names]
+        names = [a.name for a in node.names] + (node.module or "").split(".")[1:]
+    elif isinstance(node, ast.Import):  # ``import torch.fx as fx`` is fx = torch.fx
+        names = [part for a in node.names if a.asname for part in a.name.split(".")[1:]]
     elif isinstance(node, ast.MatchClass):  # ``case object(os=o)`` reads the attribute os
         names = list(node.kwd_attrs)
     for name in names:
@@ -237,10 +139,20 @@ def _attribute_rule(node: ast.AST, ctx: _Context) -> str | None:
 
 
 def _private_rule(node: ast.AST, ctx: _Context) -> str | None:
-    for qualname in _qualnames(node, ctx.aliases):
-        parts = qualname.split(".")
-        for part in parts[1:]:
-            if part.startswith("_") and part not in ctx.policy.allowed_dunders:
+    allowed = ctx.policy.allowed_dunders
+    if isinstance(node, ast.Attribute):
+        if _is_private(node.attr, allowed) and not ctx.flow.owns(node):
+            return (
+                f"{_shown(node)}: private attribute {node.attr!r} of something other than "
+                "self, your own classes or super(); use the public torch API"
+            )
+    elif isinstance(node, ast.MatchClass):
+        for attr in node.kwd_attrs:
+            if _is_private(attr, allowed):
+                return f"case {_shown(node)}: private attribute {attr!r} is not allowed"
+    for qualname in _import_paths(node):
+        for part in qualname.split(".")[1:]:
+            if _is_private(part, allowed):
                 return (
                     f"{qualname}: private module internals ({part}) are not allowed; "
                     "use the public torch API"
@@ -257,6 +169,7 @@ def _annotation_rule(node: ast.AST, ctx: _Context) -> str | None:
             tree = ast.parse(annotation.value, mode="eval")
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return f"string annotation {annotation.value[:40]!r} is not a valid expression"
+        ctx.annotations.append(tree)
         for inner in ast.walk(tree):
             for rule_name, rule in NODE_RULES:
                 detail = rule(inner, ctx)
@@ -268,12 +181,16 @@ def _annotation_rule(node: ast.AST, ctx: _Context) -> str | None:
 
 
 def _qualname_rule(node: ast.AST, ctx: _Context) -> str | None:
-    for qualname in _qualnames(node, ctx.aliases):
+    imported = isinstance(node, ast.Import | ast.ImportFrom)
+    paths = frozenset(_import_paths(node)) if imported else ctx.flow.resolve(node)
+    for qualname in sorted(paths):
         for banned in ctx.policy.forbidden_qualnames:
             if qualname == banned or qualname.startswith(banned + "."):
+                shown = "" if imported else _shown(node)
+                via = f"; {shown} is {qualname}" if shown and shown != qualname else ""
                 return (
                     f"{banned} is not allowed in model code (no loading, saving, "
-                    "extensions or evaluating strings as code)"
+                    f"extensions or evaluating strings as code){via}"
                 )
     return None
 
@@ -290,12 +207,13 @@ def _dunder_rule(node: ast.AST, ctx: _Context) -> str | None:
     return None
 
 
+# Order matters only for which rule a message names when several object.
 NODE_RULES: tuple[tuple[str, Rule], ...] = (
     ("import", _import_rule),
     ("name", _name_rule),
-    ("attribute", _attribute_rule),
-    ("qualname", _qualname_rule),
     ("private", _private_rule),
+    ("qualname", _qualname_rule),
+    ("attribute", _attribute_rule),
     ("dunder", _dunder_rule),
     ("annotation", _annotation_rule),
 )
@@ -322,37 +240,22 @@ def _imported_modules(node: ast.AST) -> list[str]:
     return []
 
 
-def _aliases(tree: ast.Module) -> dict[str, str]:
-    """Local names bound by imports anywhere in the module, to their qualified paths."""
-    aliases: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if a.asname:
-                    aliases[a.asname] = a.name
-                else:
-                    root = a.name.split(".")[0]
-                    aliases[root] = root
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for a in node.names:
-                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-    return aliases
-
-
-def _qualnames(node: ast.AST, aliases: dict[str, str]) -> Iterator[str]:
-    """Qualified names a node refers to: an import's targets, or an alias-rooted chain."""
+def _import_paths(node: ast.AST) -> list[str]:
+    """Dotted paths an import line reads (``from a import b`` reads ``a.b``)."""
     if isinstance(node, ast.Import):
-        yield from (a.name for a in node.names)
-    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        yield from (f"{node.module}.{a.name}" for a in node.names)
-    elif isinstance(node, ast.Attribute | ast.Name):
-        parts: list[str] = []
-        current: ast.AST = node
-        while isinstance(current, ast.Attribute):
-            parts.append(current.attr)
-            current = current.value
-        if isinstance(current, ast.Name) and current.id in aliases:
-            yield ".".join([aliases[current.id], *reversed(parts)])
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return [f"{node.module}.{a.name}" for a in node.names]
+    return []
+
+
+def _is_private(name: str, allowed: frozenset[str]) -> bool:
+    return name.startswith("_") and not _DUNDER.fullmatch(name) and name not in allowed
+
+
+def _shown(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _annotations(node: ast.AST) -> Iterator[ast.AST]:
@@ -364,8 +267,8 @@ def _annotations(node: ast.AST) -> Iterator[ast.AST]:
 
 def _identifiers(node: ast.AST) -> Iterator[str]:
     """Every identifier a node binds or reads (not module paths in ``import`` lines)."""
-    for field in ("id", "attr", "arg", "asname"):
-        value = getattr(node, field, None)
+    for slot in ("id", "attr", "arg", "asname"):
+        value = getattr(node, slot, None)
         if isinstance(value, str):
             yield value
     if isinstance(node, ast.ImportFrom):
