@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hostile import KEY, SECRET, World
+from lemo_nade import sandbox
 from lemo_nade.engine import confine
 from lemo_nade.sandbox import Sandbox
 
@@ -29,6 +30,35 @@ def box() -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def features(box: Sandbox) -> confine.Features:
     return box.isolation()
+
+
+class _Lent:
+    """``box`` where code opens a Sandbox of its own: closing it does nothing."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self._box = box
+
+    def __enter__(self) -> Sandbox:
+        return self._box
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._box, name)
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox(box: Sandbox) -> Iterator[Sandbox]:
+    """For a module of whole runs (search, retrain, export, sweeps in this process): every
+    Sandbox they open is the session's ``box``, so they do not each start a fork server
+    (seconds each; a run owns its own in real use, which test_sandbox*.py checks)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sandbox, "Sandbox", lambda *args, **kwargs: _Lent(box))
+        yield box
 
 
 @pytest.fixture

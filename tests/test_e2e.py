@@ -27,6 +27,8 @@ from lemo_nade.store import RunStore
 from proctools import alive, cmdline, comm, descendants
 
 runner = CliRunner()
+pytest_plugins = ["sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("shared_sandbox")  # one fork server for these runs
 FAST = ["--epochs", "2", "--seed", "3"]
 
 

@@ -25,6 +25,8 @@ from lemo_nade.search import SearchResult, run_search
 from lemo_nade.store import RunStore
 
 runner = CliRunner()
+pytest_plugins = ["sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("shared_sandbox")  # one fork server for these runs
 TASK = resolve_dataset("digits", None)
 GOOD = render(initial(TASK), TASK)
 SHAPE_BUG = GOOD.replace(", 10)", ", 7)")

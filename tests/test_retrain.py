@@ -18,11 +18,14 @@ from lemo_nade.cli import app
 from lemo_nade.results.retrain import workdir
 from lemo_nade.store import RunStore
 
+pytest_plugins = ["sandbox_fixtures"]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, shared_sandbox: object) -> Path:
+    """A finished 2-iteration run; the module's runs, retrains and exports in this process
+    share the session's sandbox (``shared_sandbox``), as they would one fork server."""
     runs = tmp_path_factory.mktemp("runs")
     args = ["run", "--iterations", "2", "--epochs", "1", "--seed", "4", "--runs-dir", str(runs)]
     result = runner.invoke(app, args)

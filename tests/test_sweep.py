@@ -29,6 +29,8 @@ from lemo_nade.sweeps.executors import RunOutcome, RunTask
 from lemo_nade.sweeps.plan import load_sweep, read_status, run_sweep
 
 runner = CliRunner()
+pytest_plugins = ["sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("shared_sandbox")  # one fork server for these runs
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DIGITS_NPZ = Path(__file__).resolve().parents[1] / "src" / "lemo_nade" / "data" / "digits.npz"
 
