@@ -12,9 +12,40 @@ from typing import Any
 from lemo_nade.config import RunConfig
 from lemo_nade.history import IterationRecord, best_of, elapsed_s
 from lemo_nade.numbers import jsonable
-from lemo_nade.records import Status
+from lemo_nade.records import Metrics, Status
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.usage import Usage, sum_usage
+
+# (row key, Metrics field): the paper's metrics, then how they were measured. Energy
+# sources are per part (cpu, ram, gpu).
+_PAPER_COLUMNS = (
+    ("A1", "A1"),
+    ("A2", "A2"),
+    ("P", "P"),
+    ("F", "F"),
+    ("E1_kwh", "E1"),
+    ("E2_kwh", "E2"),
+)
+_MEASURE_COLUMNS = (
+    ("energy_source", "energy_source"),
+    ("energy_sources", "energy_sources"),
+    ("E1_parts_kwh", "E1_parts"),
+    ("E2_parts_kwh", "E2_parts"),
+    ("energy_note", "energy_note"),
+    ("P_trainable", "params_trainable"),
+    ("model_mb", "model_mb"),
+    ("flops_per_image", "flops_per_image"),
+    ("fps_batch", "fps_batch"),
+    ("fps_cv", "fps_cv"),
+    ("latency_ms_p50", "latency_ms_p50"),
+    ("latency_ms_p95", "latency_ms_p95"),
+    ("threads", "threads"),
+    ("measure_time_s", "measure_time_s"),
+)
+
+
+def _metric_cells(m: Metrics | None, columns: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {key: getattr(m, name) if m else None for key, name in columns}
 
 
 def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str, Any]:
@@ -25,30 +56,12 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         "parent": rec.parent_idx,
         "status": rec.evaluation.status.value,
         "best": rec.idx == best_idx,
-        "A1": m.A1 if m else None,
-        "A2": m.A2 if m else None,
-        "P": m.P if m else None,
-        "F": m.F if m else None,
-        "E1_kwh": m.E1 if m else None,
-        "E2_kwh": m.E2 if m else None,
+        **_metric_cells(m, _PAPER_COLUMNS),
         # all the child measured (a failed one: before it failed); None if nothing was
         "candidate_kwh": (
             rec.evaluation.spent_kwh if m or rec.evaluation.failure_kwh is not None else None
         ),
-        "energy_source": m.energy_source if m else None,
-        "energy_sources": m.energy_sources if m else None,  # per part: cpu, ram, gpu
-        "E1_parts_kwh": m.E1_parts if m else None,
-        "E2_parts_kwh": m.E2_parts if m else None,
-        "energy_note": m.energy_note if m else None,
-        "P_trainable": m.params_trainable if m else None,
-        "model_mb": m.model_mb if m else None,
-        "flops_per_image": m.flops_per_image if m else None,
-        "fps_batch": m.fps_batch if m else None,
-        "fps_cv": m.fps_cv if m else None,
-        "latency_ms_p50": m.latency_ms_p50 if m else None,
-        "latency_ms_p95": m.latency_ms_p95 if m else None,
-        "threads": m.threads if m else None,
-        "measure_time_s": m.measure_time_s if m else None,
+        **_metric_cells(m, _MEASURE_COLUMNS),
         "CM": rec.cm,
         "instructions_in": [code for code, _ in rec.prompt_instructions],
         "instructions_out": [code for code, _ in rec.resolved_instructions],
