@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -53,6 +52,7 @@ from lemo_nade.engine.loaders import load
 from lemo_nade.engine.sensors import ESTIMATE_ONLY, detect
 from lemo_nade.engine.worker import _build, load_candidate
 from lemo_nade.records import EvalJob, TaskSpec
+from machine import conditions, describe, load_avg, load_text
 
 TASK = TaskSpec("digits", (1, 8, 8), 10)
 
@@ -70,9 +70,8 @@ print(json.dumps({"import_s": imported, "first_start_stop_s": first,
 """
 
 
-def load_text() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+def load_now() -> str:
+    return load_text(load_avg())
 
 
 def cv(values: list[float]) -> float:
@@ -116,7 +115,7 @@ def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
     rows = []
     for n in threads:
         for label, kwargs in configs.items():
-            before = load_text()
+            before = load_now()
             fixed = _fixed_work(n, 0.7 * kwargs["budget_s"])
             runs, machine = [], []
             for _ in range(repeats):  # each measurement, then the same fixed work: its
@@ -142,7 +141,7 @@ def fps_stability(repeats: int, threads: list[int]) -> list[dict[str, Any]]:
                     "seconds_per_measurement": statistics.median(r.seconds for r in runs),
                     "repeats": repeats,
                     "load_before": before,
-                    "load_after": load_text(),
+                    "load_after": load_now(),
                 }
             )
     return rows
@@ -154,7 +153,7 @@ def candidate_overhead(candidates: int, threads: int) -> list[dict[str, Any]]:
     rows = []
     box = sandbox.Sandbox()  # one fork server for every candidate, as in a run
     for _ in range(candidates):
-        before = load_text()
+        before = load_now()
         ev = box.evaluate(job, timeout_s=600)
         m = ev.metrics
         if m is None:
@@ -171,7 +170,7 @@ def candidate_overhead(candidates: int, threads: int) -> list[dict[str, Any]]:
                 "flops_per_image": m.flops_per_image,
                 "energy_source": m.energy_source,
                 "load_before": before,
-                "load_after": load_text(),
+                "load_after": load_now(),
             }
         )
     box.close()
@@ -228,10 +227,7 @@ def main() -> None:
 
     doc: dict[str, Any] = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            **conditions(),
             "sensors": detect(None).sources(),
             "sensor_notes": list(detect(None).notes),
         },
@@ -251,7 +247,22 @@ def main() -> None:
 
 def show(doc: dict[str, Any]) -> None:
     console = Console(width=160)
-    console.print(f"machine: {doc['machine']}")
+    machine = doc["machine"]
+    console.print(describe(machine))
+    console.print(f"sensors: {machine['sensors']}; notes: {machine['sensor_notes']}")
+    console.print(stability_table(doc["fps_stability"]))
+    console.print(overhead_table(doc["overhead"]))
+    for label, seconds in doc["span_cost_s"].items():
+        console.print(f"energy span enter+exit, {label}: {seconds * 1e6:.0f} µs")
+    for r in doc.get("codecarbon", []):
+        console.print(
+            "codecarbon fresh process: import {import_s:.3f} s, first start+stop "
+            "{first_start_stop_s:.3f} s, second {second_start_stop_s:.3f} s, "
+            "CPU {cpu_s:.3f} s".format(**r)
+        )
+
+
+def stability_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="FPS stability (fixed model, digits validation split)")
     for col in (
         "threads",
@@ -267,7 +278,7 @@ def show(doc: dict[str, Any]) -> None:
         "load before → after",
     ):
         t.add_column(col, justify="right")
-    for r in doc["fps_stability"]:
+    for r in rows:
         t.add_row(
             str(r["threads"]),
             r["windows"],
@@ -279,9 +290,14 @@ def show(doc: dict[str, Any]) -> None:
             f"{r['latency_ms_p50']:.3f}",
             f"{r['latency_ms_p95']:.3f}",
             f"{r['seconds_per_measurement']:.3f}",
-            f"{r['load_before']} → {r['load_after'][5:]}",
+            f"{r['load_before']} → {r['load_after']}",
         )
-    console.print(t)
+    return t
+
+
+def overhead_table(overhead: dict[str, list[dict[str, Any]]]) -> Table:
+    """One row per candidate, and per thread count the median overhead (a share of the
+    candidate's wall time)."""
     t = Table(title="Measuring overhead per candidate (default digits candidate, 20 epochs)")
     for col in (
         "threads",
@@ -295,7 +311,7 @@ def show(doc: dict[str, Any]) -> None:
         "load before",
     ):
         t.add_column(col, justify="right")
-    for rows in doc["overhead"].values():
+    for rows in overhead.values():
         for r in rows:
             t.add_row(
                 str(r["threads"]),
@@ -310,15 +326,7 @@ def show(doc: dict[str, Any]) -> None:
             )
         share = statistics.median(r["overhead"] for r in rows)
         t.add_row("", "", "", "median", f"{share:.1%}", "", "", "", "", style="bold")
-    console.print(t)
-    for label, seconds in doc["span_cost_s"].items():
-        console.print(f"energy span enter+exit, {label}: {seconds * 1e6:.0f} µs")
-    for r in doc.get("codecarbon", []):
-        console.print(
-            "codecarbon fresh process: import {import_s:.3f} s, first start+stop "
-            "{first_start_stop_s:.3f} s, second {second_start_stop_s:.3f} s, "
-            "CPU {cpu_s:.3f} s".format(**r)
-        )
+    return t
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ process around each call, medians over ``--repeats`` runs after one warm-up:
 - hygiene: ``--hygiene`` more candidates, then this process's child processes, open
   files, RSS, and the fork server's RSS before and after.
 
-The machine is shared (load from other work shows in the spread: p90 is printed too).
+The machine is shared (load from other work shows in the spread: p90 is printed too, and
+the load average at the start and at the end).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from lemo_nade import sandbox
 from lemo_nade.records import EvalJob, Status
+from machine import conditions, describe, load_change
 
 SMALL_CNN = """
 import torch
@@ -121,7 +123,8 @@ def main() -> None:
 
 
 def measure(box: sandbox.Sandbox, args: argparse.Namespace) -> None:
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    before = conditions()
+    print(describe(before))
     start = time.perf_counter()
     features = box.isolation()
     print(f"fork server start (import torch + probe): {time.perf_counter() - start:.2f} s")
@@ -152,29 +155,33 @@ def measure(box: sandbox.Sandbox, args: argparse.Namespace) -> None:
     print()
 
     if args.hygiene:
-        server = box.server_pid()
-        assert server is not None
-        before = (
-            len(descendants(os.getpid())),
-            len(os.listdir("/proc/self/fd")),
-            rss_mb(os.getpid()),
-            rss_mb(server),
-        )
-        start = time.perf_counter()
-        statuses = {
-            expect(box, Status.FAILED_SHAPE, WRONG_SHAPE)() and "ok" for _ in range(args.hygiene)
-        }
-        elapsed = time.perf_counter() - start
-        after = (
-            len(descendants(os.getpid())),
-            len(os.listdir("/proc/self/fd")),
-            rss_mb(os.getpid()),
-            rss_mb(server),
-        )
-        print(f"hygiene: {args.hygiene} candidates in {elapsed:.1f} s {sorted(statuses)}")
-        labels = ("child processes", "open fds", "this process RSS MB", "fork server RSS MB")
-        for label, b, a in zip(labels, before, after, strict=True):
-            print(f"  {label:22s} before {b:8.1f}   after {a:8.1f}")
+        hygiene(box, args.hygiene)
+    print(load_change(before, conditions()))
+
+
+def resources(server: int) -> tuple[float, ...]:
+    """This process's child processes and open fds, its RSS and the server's (MB)."""
+    return (
+        len(descendants(os.getpid())),
+        len(os.listdir("/proc/self/fd")),
+        rss_mb(os.getpid()),
+        rss_mb(server),
+    )
+
+
+def hygiene(box: sandbox.Sandbox, candidates: int) -> None:
+    """Whether ``candidates`` more leave processes, fds or memory behind."""
+    server = box.server_pid()
+    assert server is not None
+    before = resources(server)
+    start = time.perf_counter()
+    statuses = {expect(box, Status.FAILED_SHAPE, WRONG_SHAPE)() and "ok" for _ in range(candidates)}
+    elapsed = time.perf_counter() - start
+    after = resources(server)
+    print(f"hygiene: {candidates} candidates in {elapsed:.1f} s {sorted(statuses)}")
+    labels = ("child processes", "open fds", "this process RSS MB", "fork server RSS MB")
+    for label, b, a in zip(labels, before, after, strict=True):
+        print(f"  {label:22s} before {b:8.1f}   after {a:8.1f}")
 
 
 if __name__ == "__main__":

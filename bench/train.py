@@ -38,8 +38,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,8 +49,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,6 +60,8 @@ from lemo_nade.engine.loaders import RawData, load
 from lemo_nade.engine.train import Runtime, make_optimizer, train_epoch, tune_cpu_allocator
 from lemo_nade.engine.worker import _build, load_candidate
 from lemo_nade.records import TaskSpec
+from machine import conditions
+from train_table import print_table
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar-10-subset"
 TASK = TaskSpec("cifar10", (3, 32, 32), 10)
@@ -294,24 +292,6 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / best
 
 
-def conditions() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -357,69 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_table(result)
     return 0
-
-
-def print_table(result: dict[str, Any]) -> None:
-    console = Console(width=150)
-    cond = result["conditions"]
-    b, a = cond["before"], cond["after"]
-
-    def load_text(c: dict[str, Any]) -> str:
-        return "n/a" if c["load_avg"] is None else " ".join(f"{v:.2f}" for v in c["load_avg"])
-
-    console.print(
-        f"CPU: {b['cpu']}; {b['cores']} cores, torch {b['torch']} with {b['torch_threads']} "
-        f"threads; load average before {load_text(b)}, after {load_text(a)}"
-    )
-    console.print(
-        f"data: {cond['data']}; batch {result['batch']}; {result['repeats']} interleaved repeats"
-    )
-    table = Table(show_lines=False)
-    for col in ("measure", "ours", "baseline", "ratio wall (min..max); CPU", "target", "ok"):
-        table.add_column(col, justify="left" if col == "measure" else "right")
-    peak = result["matmul_peak_gflops"]
-    for t in result["training"]:
-        table.add_row(
-            f"training images/s, {t['model']} ({t['params'] / 1e3:.0f}k params) vs plain loop",
-            f"{t['ours_ips']:.0f}",
-            f"{t['base_ips']:.0f}",
-            f"{t['ratio']:.3f} ({t['ratio_min']:.2f}..{t['ratio_max']:.2f}); "
-            f"CPU {t['cpu_ratio']:.3f}",
-            ">= 0.95",
-            "yes" if t["ratio"] >= 0.95 else "NO",
-        )
-    aug = result["augment"]
-    table.add_row(
-        "augmentation images/s, batched warp vs per-image loop",
-        f"{aug['ours_ips']:.0f}",
-        f"{aug['base_ips']:.0f}",
-        f"{aug['ratio']:.1f}x ({aug['ratio_min']:.1f}..{aug['ratio_max']:.1f}); CPU "
-        f"{aug['cpu_ratio']:.1f}x",
-        ">= 5x",
-        "yes" if aug["ratio"] >= 5 else "NO",
-    )
-    for t in result["training"]:
-        table.add_row(
-            f"training GFLOP/s, {t['model']} ({t['step_gflop']:.1f} GFLOP/step) vs matmul peak",
-            f"{t['achieved_gflops']:.1f}",
-            f"{peak:.1f}",
-            f"{t['achieved_gflops'] / peak:.1%}",
-            "report",
-            "",
-        )
-    for al in result["allocator"]:
-        table.add_row(
-            f"plain loop images/s, {al['model']}: engine's malloc setting vs glibc default "
-            "(fresh processes)",
-            f"{al['tuned_ips']:.0f}",
-            f"{al['default_ips']:.0f}",
-            f"{al['ratio']:.2f}x ({al['ratio_min']:.2f}..{al['ratio_max']:.2f})",
-            "report",
-            "",
-        )
-    console.print(table)
-    if not result["allocator_tuned"]:
-        console.print("note: the allocator setting did not take here (not glibc)")
 
 
 if __name__ == "__main__":
