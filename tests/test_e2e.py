@@ -207,12 +207,8 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     assert [r.idx for r in after] == [0, 1, 2, 3]
     for old, new in zip(before, after, strict=False):  # committed iterations untouched
         assert (old.code, old.evaluation, old.cm) == (new.code, new.evaluation, new.cm)
-    assert sorted(p.name for p in (run_dir / "candidates").iterdir()) == [
-        "000.py",
-        "001.py",
-        "002.py",
-        "003.py",
-    ]
+    candidates = sorted(p.name for p in (run_dir / "candidates").iterdir())
+    assert candidates == [f"{i:03d}.py" for i in range(4)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
