@@ -1,6 +1,8 @@
 """``lemo-nade compare``: several runs side by side, one row each, as a rich table,
 JSON or CSV. The numbers are those of each run's report summary (paper Tables 3/5/6):
-hours, kWh-PUE and CO2 include a retraining when the run has a ``retrain.json``."""
+hours, kWh-PUE and CO2 include a retraining when the run has a ``retrain.json``.
+Texts (a measured energy source, a run's name) print as text: rich ``Text`` cells, never
+markup, and no control characters in the CSV that goes to a terminal."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from lemo_nade.numbers import MISSING, fmt, jsonable
 from lemo_nade.reporting.data import COMPARE_COLUMNS, compare_row, load_run
+from lemo_nade.text import plain
 
 
 def compare_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -34,7 +38,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COMPARE_COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(jsonable(r) for r in rows)
+    writer.writerows(
+        {k: plain(v) if isinstance(v, str) else v for k, v in jsonable(r).items()} for r in rows
+    )
     return buf.getvalue()
 
 
@@ -66,12 +72,13 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
         )
     for r in rows:
         cost = r["llm_cost_usd"]
+        status = "" if r["status"] == "finished" else f" ({r['status']})"
         table.add_row(
-            r["run_id"],
-            r["dataset"],
-            r["llm"],
+            Text(plain(r["run_id"])),
+            Text(plain(r["dataset"])),
+            Text(plain(r["llm"])),
             fmt(r["setting"]),
-            f"{r['iterations']}" + ("" if r["status"] == "finished" else f" ({r['status']})"),
+            Text(plain(f"{r['iterations']}{status}")),
             fmt(r["val_accuracy"], ".2%"),
             fmt(r["test_accuracy"], ".2%"),
             fmt(r["params"], ","),
@@ -79,7 +86,7 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
             fmt(r["kwh_pue"], ".3e"),
             fmt(r["co2_lbs"], ".3e"),
             fmt(r["fps"], ",.0f"),
-            r["energy_source"] or MISSING,
+            Text(plain(r["energy_source"] or MISSING)),
             MISSING if cost is None else f"${cost:.4f}",
         )
     return table

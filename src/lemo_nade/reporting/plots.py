@@ -1,6 +1,8 @@
 """The report's plots, drawn with matplotlib's object API (Agg, no display, no pyplot
 state). Each ``fig_*`` function takes the run's data and returns a Figure;
-:func:`draw_all` saves them as PNG. matplotlib is imported here only."""
+:func:`draw_all` saves them as PNG. matplotlib is imported here only. A label that a
+candidate's process measured (the energy source) goes through
+:func:`lemo_nade.text.no_math`: a ``$`` in it is never mathtext."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from lemo_nade import rules
 from lemo_nade.history import best_of
 from lemo_nade.reporting.data import RunData, instruction_counts, pareto_iterations
+from lemo_nade.text import no_math
 
 DPI = 110
 OK_COLOUR = "#2b7bba"
@@ -149,7 +152,7 @@ def fig_energy(data: RunData) -> Figure:
     if len(sources) > 1:
         for x, m, top in zip(xs, metrics, e1, strict=True):
             ax.annotate(
-                m.energy_source,
+                no_math(m.energy_source),
                 (x, top),
                 fontsize=7,
                 ha="center",
@@ -161,7 +164,7 @@ def fig_energy(data: RunData) -> Figure:
         ax.set_yscale("log")
     _mark_failed(ax, data, min(positive) if positive else 0.0)
     ax.set_ylabel(f"energy (kWh-PUE, Eq. 2, PUE {pue:g})")
-    ax.set_title(f"energy per candidate — source: {', '.join(sources) or 'none'} ({kind})")
+    ax.set_title(no_math(f"energy per candidate — source: {', '.join(sources) or 'none'} ({kind})"))
     ax.legend(fontsize=8)
     _iteration_axis(ax, data)
     return fig

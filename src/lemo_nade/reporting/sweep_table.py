@@ -10,6 +10,9 @@ includes retraining. ``test_acc`` comes from each run's ``retrain.json`` (writte
 ``lemo-nade retrain``); it is empty before.
 
 Pure except for the plot, which imports matplotlib (Agg, no display) when asked.
+A failed run's reason can quote a candidate: every text cell is escaped for Markdown
+(:func:`lemo_nade.text.md_cell`), the CSV's texts carry no control characters, and the
+plot's labels are never mathtext.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lemo_nade.reporting.data import load_retrain
 from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import DB_NAME, RunStore
 from lemo_nade.sweeps.plan import read_plan, read_status, run_dir_of
+from lemo_nade.text import md_cell, no_math, plain
 
 PLOT_NAME = "accuracy_vs_energy.png"
 
@@ -96,13 +100,13 @@ def to_markdown(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
     specs = {key: spec for key, _, spec in METRICS}
     headers = [*axis_keys, *(h for _, h, _ in METRICS)]
     keys = [*axis_keys, *(k for k, _, _ in METRICS)]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [fmt(row.get(k), specs.get(k, "")).replace("|", "\\|") for k in keys]
+        cells = [md_cell(fmt(row.get(k), specs.get(k, ""))) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r.get("error")]
     if failed:
-        lines += ["", *(f"- {r['run']} failed: {r['error']}" for r in failed)]
+        lines += ["", *(f"- {md_cell(r['run'])} failed: {md_cell(r['error'])}" for r in failed)]
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +114,7 @@ def to_csv(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(axis_keys), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: plain(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 
@@ -136,11 +140,13 @@ def plot_accuracy_vs_energy(axis_keys: list[str], rows: list[dict[str, Any]], pa
     for group, members in groups.items():
         xs = [r["search_kwh_pue"] for r in members]
         ys = [100 * r["val_accuracy"] for r in members]
-        ax.scatter(xs, ys, label=f"{group_key}={group}" if group_key else group)
+        ax.scatter(xs, ys, label=no_math(f"{group_key}={group}" if group_key else group))
         for row, x, y in zip(members, xs, ys, strict=True):
             label = ",".join(f"{k}={row[k]}" for k in label_keys)
             if label:
-                ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    no_math(label), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
     energies = [r["search_kwh_pue"] for r in points]
     if max(energies) > 100 * min(energies):
         ax.set_xscale("log")
