@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from lemo_nade import __version__
@@ -22,6 +23,7 @@ from lemo_nade.config import ConfigError
 from lemo_nade.datasets import DatasetError
 from lemo_nade.rules import RulesInputError
 from lemo_nade.store import StoreError
+from lemo_nade.text import plain
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,8 +101,21 @@ def _terminate(signum: int, frame: object) -> None:
 BAD_INPUT = (ConfigError, DatasetError, ArchitectError, StoreError, RulesInputError)
 
 
+def line(*parts: str | tuple[str, str]) -> Text:
+    """One line for rich that is never read as markup: each part is a string or a
+    (string, style) pair, and every string goes through :func:`lemo_nade.text.plain`, so
+    a candidate's or an LLM's text (an error, a note) prints as written, without
+    terminal control sequences. Strings with ``[...]`` of our own use this too."""
+    return Text.assemble(*(plain(p) if isinstance(p, str) else (plain(p[0]), p[1]) for p in parts))
+
+
+def say_error(label: str, message: str) -> None:
+    """``label:`` in bold red, then ``message`` (any text, a candidate's included) on stderr."""
+    err.print(line((f"{label}:", "bold red"), f" {message}"), soft_wrap=True)
+
+
 def _bad_input(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error("error", message)
     return typer.Exit(2)
 
 
@@ -121,11 +136,8 @@ def friendly(func: F) -> F:
         except Exception as exc:
             if os.environ.get("LEMO_NADE_DEBUG"):
                 raise
-            err.print(
-                f"[bold red]failed:[/] {type(exc).__name__}: {exc} "
-                "(set LEMO_NADE_DEBUG=1 for the traceback)",
-                highlight=False,
-                soft_wrap=True,
+            say_error(
+                "failed", f"{type(exc).__name__}: {exc} (set LEMO_NADE_DEBUG=1 for the traceback)"
             )
             raise typer.Exit(1) from None
 
@@ -135,8 +147,7 @@ def friendly(func: F) -> F:
 def interrupted(how_to_continue: str) -> typer.Exit:
     """Ctrl-C in a long command: say how to go on, exit 130."""
     err.print(
-        f"interrupted; nothing recorded is lost. Continue with: {how_to_continue}",
-        highlight=False,
+        line(f"interrupted; nothing recorded is lost. Continue with: {how_to_continue}"),
         soft_wrap=True,  # a path stays one piece, to copy
     )
     return typer.Exit(130)

@@ -1,7 +1,9 @@
 """Terminal rendering with rich: the live per-iteration display and the tables.
 
 Everything shown here also exists as JSON (``lemo-nade show --json``), built from
-the same rows in ``report``.
+the same rows in ``report``. Text that a candidate or an LLM wrote (an error, a note, a
+measured label) is printed as a rich ``Text`` through :func:`lemo_nade.cli.app.line`,
+never as markup.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from lemo_nade import rules
+from lemo_nade.cli.app import line as text_line
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import fmt
@@ -29,6 +33,7 @@ from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.reporting.rows import iteration_row, iteration_rows, run_summary
 from lemo_nade.search import Progress as SearchProgress
 from lemo_nade.store import RunStore
+from lemo_nade.text import one_line, plain
 
 DASH = "-"  # a missing or non-finite value in the terminal (the report files show "—")
 
@@ -77,17 +82,21 @@ class LiveProgress:
 
     def _end(self, record: IterationRecord, best: IterationRecord | None) -> None:
         row = iteration_row(record, best.idx if best else None)
-        mark = " [bold green]★ best[/]" if row["best"] else ""
         if row["status"] == "ok":
-            line = (
+            line = text_line(
                 f"{row['iteration']:>4}  ok  A1 {fmt(row['A1'], '.3f', DASH)}  "
                 f"A2 {fmt(row['A2'], '.3f', DASH)}  P {fmt(row['P'], ',', DASH)}  "
-                f"F {fmt(row['F'], ',.0f', DASH)}  CM {fmt(row['CM'], '.3f', DASH)}{mark}  "
-                f"next: {' '.join(row['instructions_out']) or DASH}"
+                f"F {fmt(row['F'], ',.0f', DASH)}  CM {fmt(row['CM'], '.3f', DASH)}",
+                (" ★ best" if row["best"] else "", "bold green"),
+                f"  next: {' '.join(row['instructions_out']) or DASH}",
             )
         else:
-            line = f"{row['iteration']:>4}  [red]{row['status']}[/]  {row['error'] or ''}"
-        self.console.print(line, highlight=False, soft_wrap=True)
+            line = text_line(
+                f"{row['iteration']:>4}  ",
+                (row["status"], "red"),
+                f"  {one_line(row['error'] or '')}",
+            )
+        self.console.print(line, soft_wrap=True)
         self.bar.advance(self.task)
 
 
@@ -110,13 +119,26 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
             fmt(row["latency_ms_p50"], ".3f", DASH),
             fmt(row["E1_kwh"], ".2e", DASH),
             fmt(row["E2_kwh"], ".2e", DASH),
-            row["energy_source"] or DASH,
+            Text(plain(row["energy_source"] or DASH)),
             fmt(row["CM"], ".3f", DASH),
             " ".join(row["instructions_in"])
             or ("(initial)" if row["parent"] is None else "(none: explore)"),
             style="bold green" if row["best"] else None,
         )
     console.print(table)
+
+
+def print_errors(console: Console, records: list[IterationRecord]) -> None:
+    """Each failed candidate's status and the last line of its error, as text."""
+    failed = [r for r in iteration_rows(records) if r["status"] != "ok"]
+    if failed:
+        console.print("failed candidates:")
+    for row in failed:
+        error = one_line(row["error"] or "") or DASH
+        console.print(
+            text_line(f"{row['iteration']:>4}  ", (row["status"], "red"), f"  {error}"),
+            soft_wrap=True,
+        )
 
 
 def print_summary(
@@ -130,8 +152,10 @@ def print_summary(
     source = s["energy_source"] or DASH
     label = " (ESTIMATE)" if s["energy_estimated"] else ""
     console.print(
-        f"status: {status} ({reason or DASH}); iterations: {s['iterations']}; "
-        f"invalid candidates: {fmt(s['invalid_rate'], '.0%', DASH)}"
+        text_line(
+            f"status: {status} ({reason or DASH}); iterations: {s['iterations']}; "
+            f"invalid candidates: {fmt(s['invalid_rate'], '.0%', DASH)}"
+        )
     )
     console.print(
         f"best: iteration {fmt(s['best_iteration'], '', DASH)}, "
@@ -140,11 +164,12 @@ def print_summary(
         f"params {fmt(s['best_params'], '', DASH)}, FPS {fmt(s['best_fps'], ',.0f', DASH)}"
     )
     console.print(
-        f"search: {fmt(s['search_hours'], '.4f', DASH)} h, "
-        f"{fmt(s['search_kwh_pue'], '.3e', DASH)} kWh-PUE{label}, "
-        f"{fmt(s['search_co2_lbs'], '.3e', DASH)} lbs CO2e  [dim](energy source: {source}; "
-        f"PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)[/]",
-        highlight=False,
+        text_line(
+            f"search: {fmt(s['search_hours'], '.4f', DASH)} h, "
+            f"{fmt(s['search_kwh_pue'], '.3e', DASH)} kWh-PUE{label}, "
+            f"{fmt(s['search_co2_lbs'], '.3e', DASH)} lbs CO2e  ",
+            (f"(energy source: {source}; PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)", "dim"),
+        )
     )
     if s.get("llm_calls"):
         cost = s["llm_cost_usd"]
@@ -162,7 +187,12 @@ def print_summary(
 def print_paper_row(console: Console, s: dict[str, Any]) -> None:
     """The run as one row with the columns of the paper's Tables 3, 5 and 6."""
     est = " ESTIMATE" if s["energy_estimated"] else ""
-    table = Table(title=f"Run, paper Tables 3/5/6 columns (energy source: {s['energy_source']})")
+    table = Table(
+        title=Text(
+            plain(f"Run, paper Tables 3/5/6 columns (energy source: {s['energy_source']})"),
+            style="table.title",  # what a str title gets; a Text is never read as markup
+        )
+    )
     heads = (
         "val. accuracy",
         "params",
@@ -187,7 +217,7 @@ def print_paper_row(console: Console, s: dict[str, Any]) -> None:
     )
     console.print(table)
     if s["energy_estimated"] and s.get("energy_note"):
-        console.print(f"[dim]energy estimated: {s['energy_note']}[/]", highlight=False)
+        console.print(text_line((f"energy estimated: {s['energy_note']}", "dim")))
 
 
 def print_rules(

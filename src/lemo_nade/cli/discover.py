@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lemo_nade import rules
-from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, out
+from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, line, out, say_error
 from lemo_nade.config import ConfigError, RunConfig, build_config, load_toml, parse_set
 
 if TYPE_CHECKING:
@@ -181,9 +181,10 @@ def _note_if_finished(run_dir: Path) -> None:
         done = store.next_index()
     if status == "finished":
         err.print(
-            f"note: this run already finished ({reason}, {done} candidates); to go on, "
-            f"give it more: lemo-nade resume {run_dir} --iterations {done + 10}",
-            highlight=False,
+            line(
+                f"note: this run already finished ({reason}, {done} candidates); to go on, "
+                f"give it more: lemo-nade resume {run_dir} --iterations {done + 10}"
+            ),
             soft_wrap=True,
         )
 
@@ -195,7 +196,7 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
 
     RunStore.open(run_dir).close()  # a bad RUN_DIR is bad input: one line, exit 2
     if not as_json:
-        out.print(f"run directory: [bold]{run_dir}[/]")
+        out.print(line("run directory: ", (str(run_dir), "bold")))
     try:
         with LiveProgress(err if as_json else out, run_dir) as live:
             result = run_search(run_dir, progress=live.progress, extend=extend)
@@ -205,11 +206,10 @@ def _search(run_dir: Path, as_json: bool, extend: dict[str, Any] | None = None) 
         _print_show_json(run_dir)
     else:
         print_table(out, result.records)
-        out.print(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}")
+        out.print(line(f"stopped: {result.stop_reason}. Details: lemo-nade show {run_dir}"))
     if result.exit_code:  # the same exit code with --json
         label = "error" if result.exit_code == 2 else "failed"
-        message = _why(result.stop, run_dir)
-        err.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
+        say_error(label, _why(result.stop, run_dir))
         raise typer.Exit(result.exit_code)
 
 
@@ -242,7 +242,7 @@ def show_cmd(
 ) -> None:
     """Print a run's per-iteration table and its summary (paper Table 3 shape), and the
     retrained model's result when `lemo-nade retrain` has run."""
-    from lemo_nade.cli.console import print_summary, print_table
+    from lemo_nade.cli.console import print_errors, print_summary, print_table
     from lemo_nade.reporting.data import load_run
 
     data = load_run(run_dir)
@@ -250,22 +250,25 @@ def show_cmd(
         _print_show_json(run_dir, data)
         return
     print_table(out, data.records)
+    print_errors(out, data.records)  # what `run` points to when no candidate succeeded
     print_summary(out, data.records, data.config, data.status, data.reason)
     rt = data.retrain
     if rt is not None:
         done = f"candidate {rt['iteration']}, " if "iteration" in rt else ""
         out.print(
-            f"retrained: {done}test accuracy {100 * rt['test_accuracy']:.2f}%"
-            + (f" on {rt['test_images']:,} images" if rt.get("test_images") else "")
-            + (f", {rt['hours'] * 3600:.1f} s" if "hours" in rt else "")
-            + (f", {rt['kwh_pue']:.3e} kWh-PUE" if "kwh_pue" in rt else "")
-            + f"  ({run_dir / 'retrain.json'})",
-            highlight=False,
+            line(
+                f"retrained: {done}test accuracy {100 * rt['test_accuracy']:.2f}%"
+                + (f" on {rt['test_images']:,} images" if rt.get("test_images") else "")
+                + (f", {rt['hours'] * 3600:.1f} s" if "hours" in rt else "")
+                + (f", {rt['kwh_pue']:.3e} kWh-PUE" if "kwh_pue" in rt else "")
+                + f"  ({run_dir / 'retrain.json'})"
+            ),
             soft_wrap=True,
         )
 
 
 def _print_show_json(run_dir: Path, data: RunData | None = None) -> None:
+    from lemo_nade.numbers import jsonable
     from lemo_nade.reporting.data import load_run, paper_row
 
     data = data or load_run(run_dir)
@@ -280,7 +283,8 @@ def _print_show_json(run_dir: Path, data: RunData | None = None) -> None:
         "retrain": data.retrain,  # RUN_DIR/retrain.json, or null before a retrain
         "paper_row": paper_row(data) if data.records else None,  # search + retrain
     }
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    # jsonable: valid JSON (no NaN); json.dumps escapes every control character
+    sys.stdout.write(json.dumps(jsonable(doc), indent=2) + "\n")
 
 
 @app.command("rules")
@@ -367,7 +371,7 @@ def doctor_cmd(
             table.add_column(name, overflow="fold")
         colour = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
         for c in checks:
-            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+            table.add_row(c.name, line((c.status, colour[c.status])), line(c.detail))
         out.print(table)
     if any(c.status == "fail" for c in checks):
         raise typer.Exit(1)

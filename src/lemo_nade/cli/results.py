@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lemo_nade.cli.app import app, err, friendly, interrupted, out
+from lemo_nade.cli.app import app, err, friendly, interrupted, line, out
 from lemo_nade.config import ConfigError
 
 
@@ -67,13 +67,14 @@ def retrain_cmd(
         return
     acc = result["test_accuracy"]
     out.print(
-        f"candidate {result['iteration']}: test accuracy {acc:.4f} on {result['test_images']} "
-        f"images after {result['epochs']} epoch{'' if result['epochs'] == 1 else 's'} "
-        f"(best {result['best_epoch']}); "
-        f"{result['fps']:,.0f} FPS, {result['hours'] * 3600:.1f} s, "
-        f"{result['kwh_pue']:.3e} kWh-PUE ({result['energy_source']}). "
-        f"Saved to {run_dir}/retrain.json",
-        highlight=False,
+        line(
+            f"candidate {result['iteration']}: test accuracy {acc:.4f} on "
+            f"{result['test_images']} images after {result['epochs']} "
+            f"epoch{'' if result['epochs'] == 1 else 's'} (best {result['best_epoch']}); "
+            f"{result['fps']:,.0f} FPS, {result['hours'] * 3600:.1f} s, "
+            f"{result['kwh_pue']:.3e} kWh-PUE ({result['energy_source']}). "
+            f"Saved to {run_dir}/retrain.json"
+        ),
         soft_wrap=True,
     )
 
@@ -124,9 +125,10 @@ def export_cmd(
         return
     check = card["export_check"]
     out.print(
-        f"wrote {card['path']} ({', '.join(card['files'])}); max abs difference to PyTorch "
-        f"{check['max_abs_diff']:.2e} on {check['on']}",
-        highlight=False,
+        line(
+            f"wrote {card['path']} ({', '.join(card['files'])}); max abs difference to "
+            f"PyTorch {check['max_abs_diff']:.2e} on {check['on']}"
+        ),
         soft_wrap=True,
     )
 
@@ -153,8 +155,8 @@ def report_cmd(
 
     target = out_dir or run_dir / "report"
     written = write_report(run_dir, target)
-    out.print(f"wrote {len(written)} files to {target}", highlight=False)
-    out.print(f"open: {target / HTML_NAME}", highlight=False, soft_wrap=True)
+    out.print(line(f"wrote {len(written)} files to {target}"))
+    out.print(line(f"open: {target / HTML_NAME}"), soft_wrap=True)
 
 
 @app.command("compare")

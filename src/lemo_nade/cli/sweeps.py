@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lemo_nade.cli.app import app, err, friendly, out
+from lemo_nade.cli.app import app, err, friendly, line, out
 from lemo_nade.config import ConfigError, parse_set
+from lemo_nade.text import one_line
 
 if TYPE_CHECKING:
     from lemo_nade.sweeps.plan import SweepProgress
@@ -63,8 +64,8 @@ def sweep_cmd(
     sweep_dir = sweep_dir or Path("sweeps") / sweep_file.stem
     if dry_run:
         for run in plan.runs:
-            out.print(run.name, highlight=False)
-        out.print(f"{len(plan.runs)} runs planned in {sweep_dir}", highlight=False)
+            out.print(line(run.name))
+        out.print(line(f"{len(plan.runs)} runs planned in {sweep_dir}"))
         return
     options = _executor_options(executor, jobs, address, plan.resources.model_dump())
     runner = create_executor(executor, **options)
@@ -75,9 +76,10 @@ def sweep_cmd(
         raise typer.Exit(130) from None
     done = len(result.outcomes) - len(result.failed)
     out.print(
-        f"{done} runs ended, {len(result.skipped)} already finished, "
-        f"{len(result.failed)} failed. Report: lemo-nade sweep-report {sweep_dir}",
-        highlight=False,
+        line(
+            f"{done} runs ended, {len(result.skipped)} already finished, "
+            f"{len(result.failed)} failed. Report: lemo-nade sweep-report {sweep_dir}"
+        )
     )
     if result.failed:
         raise typer.Exit(1)
@@ -89,13 +91,17 @@ def _progress(planned: int, sweep_dir: Path, executor: str) -> SweepProgress:
 
     def ready(tasks: list[Any], skipped: tuple[str, ...]) -> None:
         out.print(
-            f"sweep directory: [bold]{sweep_dir}[/]: {planned} runs, "
-            f"{len(skipped)} already finished, {len(tasks)} to run ({executor})"
+            line(
+                "sweep directory: ",
+                (str(sweep_dir), "bold"),
+                f": {planned} runs, {len(skipped)} already finished, "
+                f"{len(tasks)} to run ({executor})",
+            )
         )
 
     def ended(o: Any) -> None:
-        why = "" if o.state == "finished" else f": {o.reason}"
-        out.print(f"{o.state} {o.name} in {o.seconds:.1f} s{why}", highlight=False, soft_wrap=True)
+        why = "" if o.state == "finished" else f": {one_line(str(o.reason))}"
+        out.print(line(f"{o.state} {o.name} in {o.seconds:.1f} s{why}"), soft_wrap=True)
 
     return SweepProgress(ready, ended)
 
@@ -136,4 +142,4 @@ def sweep_report_cmd(
 
     texts, written = write_sweep_report(sweep_dir, out_dir)
     sys.stdout.write(texts["sweep.json" if as_json else "sweep.md"])
-    err.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+    err.print(line(f"wrote {', '.join(str(p) for p in written)}"), soft_wrap=True)
