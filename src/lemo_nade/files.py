@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,8 +22,9 @@ def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
 
     ``fsync`` makes the new content durable before the rename (a crash leaves the old file
     or the new one); a short-lived file a process reads back at once can skip it. Missing
-    parent directories are created. Two writers of the same path at once are not supported
-    (they share the temporary name)."""
+    parent directories are created. The temporary file gets a fresh random name and is
+    created exclusively without following links, so a link planted at a temporary name
+    (by a sandboxed child in a directory it may write) is never written through."""
     with atomic_file(path, fsync=fsync) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
@@ -34,9 +36,11 @@ def atomic_file(path: Path, fsync: bool = True) -> Iterator[BinaryIO]:
     to ``path`` when the block ends, removed if the block raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags | getattr(os, "O_CLOEXEC", 0), 0o666)  # the umask applies
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             if fsync:

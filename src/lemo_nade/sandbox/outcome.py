@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +22,7 @@ from lemo_nade.engine.protocol import (
     looks_like_oom,
 )
 from lemo_nade.records import Evaluation, Status
+from lemo_nade.sandbox.handover import read_regular
 from lemo_nade.sandbox.launch import Outcome, last_lines
 
 FILE_SIZE_LIMIT_BYTES = confine.FILE_SIZE_LIMIT_BYTES
@@ -54,16 +54,10 @@ def read_tail(log: BinaryIO, cap_bytes: int) -> str:
 
 
 def read_result(path: Path) -> str | None:
-    """The result file's text, or None when missing, not a regular file, or too large."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > RESULT_SIZE_LIMIT_BYTES:
-            return None
-        return f.read(RESULT_SIZE_LIMIT_BYTES).decode("utf-8", errors="replace")
+    """The result file's text, or None when missing, not a regular file, or too large
+    (:func:`lemo_nade.sandbox.handover.read_regular`)."""
+    data = read_regular(path, RESULT_SIZE_LIMIT_BYTES)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def classify(returncode: int, result_text: str | None, tail: str) -> Evaluation:
