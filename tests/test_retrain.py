@@ -91,7 +91,9 @@ def _progress(folder: Path) -> int:
         return 0
 
 
-def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> None:
+def test_an_interrupted_retrain_continues_from_its_checkpoint(
+    run_dir: Path, tmp_path: Path
+) -> None:
     best = json.loads(runner.invoke(app, ["show", str(run_dir), "--json"]).stdout)["summary"]
     folder = run_dir / "retrain" / f"{best['best_iteration']:03d}"
     args = [sys.executable, "-m", "lemo_nade", "retrain", str(run_dir), "--epochs", "12"]
@@ -99,19 +101,28 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
     proc = subprocess.Popen(
         [*args, "--fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    child = folder / "work"  # the child's own folder, while it runs
     try:
         deadline = time.monotonic() + 180
-        while _progress(folder) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        while _progress(child) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    left = json.loads((folder / "progress.json").read_text())
+    # the run process was killed with the child: the checkpoint is still in the child's
+    # folder, and the next session takes it from there
+    left = json.loads((child / "progress.json").read_text())
     reached = left["epoch"]
     assert 3 <= reached < 12, reached
     assert left["spent_s"] > 0
+    # what the candidate could have left there is not followed by the next session
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("mine")
+    (child / "child.log").unlink()
+    (child / "child.log").symlink_to(sentinel)
+    (child / "result.json").symlink_to("../../../run.sqlite")
     # the checkpoint restores the optimiser: continuing it under another lr is refused
     other_lr = runner.invoke(app, ["retrain", str(run_dir), "--epochs", "12", "--lr", "0.005"])
     assert other_lr.exit_code == 2
@@ -126,6 +137,10 @@ def test_an_interrupted_retrain_continues_from_its_checkpoint(run_dir: Path) -> 
     assert (first["protocol"]["epochs"], second["protocol"]["epochs"]) == (12, 13)
     # the hours include the first session's training up to its last checkpoint
     assert doc["hours"] * 3600 > left["spent_s"]
+    assert sentinel.read_text() == "mine" and not child.exists()
+    assert not (folder / "checkpoint.pt").is_symlink() and (folder / "checkpoint.pt").is_file()
+    with RunStore.open(run_dir) as st:
+        assert st.iterations()
 
 
 LOADERS = {

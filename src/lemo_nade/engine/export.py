@@ -1,8 +1,11 @@
 """The export child: rebuild the retrained model, write one format, check it round-trips.
 
-Runs in the sandbox with the retrain folder as its working directory (it holds
-``model_state.pt``) and writes ``export-<format>/`` there; the parent adds the source,
-the preprocessing and the model card, and moves it into ``RUN_DIR/export/``.
+Runs in the sandbox in a new, empty working directory holding only a copy of the
+retrained ``model_state.pt``, and writes ``export-<format>/`` there; the run process
+copies out the format's model file, ``sample_input.pt``, ``expected_logits.pt`` and
+``export.json`` (refusing links and anything not a plain file: see
+:mod:`lemo_nade.results.export`), and writes the source, the preprocessing and the model
+card itself into ``RUN_DIR/export/``.
 
 Every format is checked against PyTorch on real inputs (the first test images,
 normalised as in training): the maximum absolute difference of the logits is stored in

@@ -1,6 +1,9 @@
 """The retrain child's extras: checkpoints in its working directory, the test set once,
 and the trained weights. Runs inside the sandbox (``EvalJob.mode == "retrain"``), whose
-working directory is the run's ``retrain/NNN/`` folder: the only place it may write.
+working directory is a new ``retrain/NNN/work/`` per session: the only place it may
+write. The run process put a copy of the kept checkpoint there before the child started
+and copies ``checkpoint.pt``, ``progress.json`` and ``model_state.pt`` out after it ended
+(:mod:`lemo_nade.results.retrain`), refusing links and anything not a plain file.
 
 Checkpoints are ``torch.save`` files written atomically after every epoch and read
 with ``weights_only=True`` (tensors, numbers and dicts only; no pickled code). Written

@@ -3,11 +3,18 @@ protocol (Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR x0.1 a
 20-epoch plateau; early stopping is ours), on the full training split (no search
 subset), then the held-out test set once.
 
-It runs in the sandbox like any candidate, with the run's ``retrain/NNN/`` folder as the
-child's working directory: the child writes ``checkpoint.pt`` there after every epoch
-(and ``progress.json`` for the progress bar), so an interrupted retrain continues from
-its last epoch when run again. The result goes into the run store (event
-``retrained``) and into ``RUN_DIR/retrain.json``, which ``report`` reads.
+It runs in the sandbox like any candidate. The run's ``retrain/NNN/`` folder is the run's
+own (the candidate cannot write there): ``sessions.json``, the kept ``checkpoint.pt`` with
+its ``progress.json``, and the final ``model_state.pt``. The child gets a new, empty
+``retrain/NNN/work/`` per session, holding only a copy of the kept checkpoint; it writes
+``checkpoint.pt`` there after every epoch (and ``progress.json`` for the progress bar).
+When the child ends (normally, killed, or the command interrupted; or, at the next
+session, after the run process itself was killed) the run copies the checkpoint out with
+:mod:`lemo_nade.sandbox.handover` (a regular file, no links, at most the child's file
+size limit) and removes ``work/``; the run process never writes into ``work/`` while a
+child can, and never follows a name in it. So an interrupted retrain continues from its
+last epoch when run again. The result goes into the run store (event ``retrained``) and
+into ``RUN_DIR/retrain.json``, which ``report`` reads.
 
 Honest accounting after a resume: ``hours`` adds the training time of earlier sessions up
 to the checkpoint they left (the child stores it in the checkpoint); ``kwh_pue`` covers
@@ -21,7 +28,9 @@ Pure main-process side: no torch import.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -31,16 +40,25 @@ from typing import Any
 
 from lemo_nade import sandbox
 from lemo_nade.config import RunConfig, build_config, config_from_json
-from lemo_nade.files import atomic_write_json
+from lemo_nade.engine.confine import FILE_SIZE_LIMIT_BYTES
+from lemo_nade.files import atomic_write, atomic_write_json
 from lemo_nade.history import IterationRecord, best_of
-from lemo_nade.records import Evaluation, Status, final_job
+from lemo_nade.numbers import finite
+from lemo_nade.records import EvalJob, Evaluation, Status, final_job
 from lemo_nade.runs import search_job
+from lemo_nade.sandbox.handover import copy_regular, opened_dir, read_regular
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.store import RunStore, StoreError
 
 RESULT = "retrain.json"
 PROGRESS = "progress.json"
 SESSIONS = "sessions.json"  # one entry per retrain session: from_epoch, protocol
+CHECKPOINT = "checkpoint.pt"  # as lemo_nade.engine.retrain names them (child side, torch)
+WEIGHTS = "model_state.pt"
+CHILD_DIR = "work"  # the retrain child's working directory, inside retrain/NNN/
+# A child cannot write a larger file (RLIMIT_FSIZE): anything larger is not its output.
+ARTIFACT_LIMIT_BYTES = FILE_SIZE_LIMIT_BYTES
+JSON_LIMIT_BYTES = 1 << 20  # progress.json, sessions.json, export.json
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
 
 
@@ -49,6 +67,7 @@ class RetrainError(StoreError):
 
 
 def workdir(run_dir: Path, idx: int) -> Path:
+    """Candidate ``idx``'s retrain folder: the run's own (the child works in a subfolder)."""
     return Path(run_dir) / "retrain" / f"{idx:03d}"
 
 
@@ -88,25 +107,13 @@ def retrain(
         config = with_final(config_from_json(store.config_json()), final)
         chosen = choose(store.iterations(), candidate)
         folder = workdir(run_dir, chosen.idx)
-        before = _progress(folder)
-        resumed, before_s = int(before.get("epoch", 0)), float(before.get("spent_s") or 0.0)
+        resumed, before_s = _prepare(folder, config, chosen.idx)
         final_protocol = final_job(search_job(config, chosen.code), **config.final.model_dump())
         job = replace(final_protocol, mode="retrain")
-        if resumed:
-            _check_same_protocol(folder, config, chosen.idx)
         store.add_event("retrain_started", {"iteration": chosen.idx, "from_epoch": resumed})
         sessions = _add_session(folder, resumed, config)
         start = time.time()
-        # this retrain's own sandbox; one candidate: a fresh interpreter costs less than a
-        # fork server's start
-        with sandbox.Sandbox(fork_server=False) as box:
-            evaluation = _with_progress(
-                folder,
-                on_progress,
-                lambda: box.evaluate(job, timeout_s, config.memory_limit_mb, workdir=folder),
-            )
-        for cache in folder.glob("torchinductor_*"):  # torch's compile cache, via TMPDIR
-            shutil.rmtree(cache, ignore_errors=True)
+        evaluation = _run_child(folder, job, timeout_s, config.memory_limit_mb, on_progress)
         if evaluation.status is not Status.OK or evaluation.metrics is None:
             store.add_event(
                 "retrain_failed", {"iteration": chosen.idx, "status": evaluation.status.value}
@@ -123,6 +130,96 @@ def retrain(
         store.add_event("retrained", result)
         _retire_exports(Path(run_dir))
     return result
+
+
+def _prepare(folder: Path, config: RunConfig, idx: int) -> tuple[int, float]:
+    """Collect what a killed session left, check the protocol, and give the child a fresh
+    ``work/`` with a copy of the kept checkpoint; returns the epoch it resumes from and
+    the training seconds before it (0, 0.0 when the kept checkpoint is unusable)."""
+    child = folder / CHILD_DIR
+    collect(child, folder)  # a session whose run process was killed left it there
+    before = _progress(folder)
+    resumed = int(before.get("epoch", 0))
+    if resumed:
+        _check_same_protocol(folder, config, idx)
+    fresh_dir(child)
+    if resumed and not copy_regular(folder / CHECKPOINT, child / CHECKPOINT, ARTIFACT_LIMIT_BYTES):
+        return 0, 0.0  # missing, a link, not a plain file: start over
+    return resumed, float(before.get("spent_s", 0.0)) if resumed else 0.0
+
+
+def _run_child(
+    folder: Path,
+    job: EvalJob,
+    timeout_s: float,
+    memory_limit_mb: int | None,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> Evaluation:
+    """The retrain child in ``folder/work/``; whatever happens, its checkpoint (and, when
+    it succeeded, its weights) come out and ``work/`` goes."""
+    child = folder / CHILD_DIR
+    evaluation: Evaluation | None = None
+    try:
+        # this retrain's own sandbox; one candidate: a fresh interpreter costs less than a
+        # fork server's start
+        with sandbox.Sandbox(fork_server=False) as box:
+            evaluation = _with_progress(
+                child,
+                on_progress,
+                lambda: box.evaluate(job, timeout_s, memory_limit_mb, workdir=child),
+            )
+    finally:
+        succeeded = evaluation is not None and evaluation.status is Status.OK
+        weights = collect(child, folder, weights=succeeded)
+    if succeeded and not weights:
+        return Evaluation(
+            Status.CRASHED,
+            error=f"the child's {WEIGHTS} is missing, a link, not a regular file, or over "
+            f"{ARTIFACT_LIMIT_BYTES // 2**20} MB",
+        )
+    assert evaluation is not None
+    return evaluation
+
+
+def collect(child: Path, folder: Path, weights: bool = False) -> bool:
+    """Copy the checkpoint (with its progress) and, with ``weights``, the trained weights
+    out of the ended child's ``child`` folder into ``folder``, then remove ``child``.
+    Read through :mod:`lemo_nade.sandbox.handover`: a link, FIFO, device or oversized file
+    there counts as missing. Returns whether the weights came out."""
+    got = False
+    with opened_dir(child) as fd:
+        if fd is not None:
+            progress = read_regular(PROGRESS, JSON_LIMIT_BYTES, dir_fd=fd)
+            copied = copy_regular(CHECKPOINT, folder / CHECKPOINT, ARTIFACT_LIMIT_BYTES, fd)
+            if copied and progress is not None:
+                atomic_write(folder / PROGRESS, progress, fsync=False)
+            got = weights and copy_regular(WEIGHTS, folder / WEIGHTS, ARTIFACT_LIMIT_BYTES, fd)
+    remove(child)
+    return got
+
+
+def fresh_dir(path: Path) -> None:
+    """``path`` as a new, empty directory (whatever was there, link or not, is removed):
+    a child's working directory with nothing planted in it."""
+    remove(path)
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        raise RuntimeError(
+            f"cannot remove {path} (left by a candidate); remove it by hand"
+        ) from None
+
+
+def remove(path: Path) -> None:
+    """Remove ``path`` without following links (a link is unlinked; ``shutil.rmtree``
+    follows none inside a directory); never raises: :func:`fresh_dir` finds what stayed."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _retire_exports(run_dir: Path) -> None:
@@ -187,7 +284,9 @@ def _check_same_protocol(folder: Path, config: RunConfig, idx: int) -> None:
     sessions = _sessions(folder)
     if not sessions:
         return
-    then, now = sessions[-1].get("protocol", {}), config.final.model_dump()
+    then, now = sessions[-1].get("protocol"), config.final.model_dump()
+    if not isinstance(then, dict):
+        return
     for key, value in now.items():
         if key not in CAN_CHANGE_ON_RESUME and key in then and then[key] != value:
             option = "--" + key.replace("_", "-")
@@ -199,11 +298,10 @@ def _check_same_protocol(folder: Path, config: RunConfig, idx: int) -> None:
 
 
 def _sessions(folder: Path) -> list[dict[str, Any]]:
-    try:
-        sessions = json.loads((folder / SESSIONS).read_text())
-    except (OSError, ValueError):
-        return []
-    return sessions if isinstance(sessions, list) else []
+    """The sessions on record (read without following a link: a retrain folder of a run
+    made before ``work/`` existed was the child's working directory)."""
+    sessions = _json(folder / SESSIONS)
+    return [s for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
 
 
 def _add_session(folder: Path, from_epoch: int, config: RunConfig) -> list[dict[str, Any]]:
@@ -217,11 +315,29 @@ def _add_session(folder: Path, from_epoch: int, config: RunConfig) -> list[dict[
 
 
 def _progress(folder: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((folder / PROGRESS).read_text())
-    except (OSError, ValueError):
+    """``folder/progress.json`` (child-written) reduced to what it should hold: its
+    finite numbers, the epochs as whole numbers >= 0; {} when unreadable."""
+    data = _json(folder / PROGRESS)
+    if not isinstance(data, dict):
         return {}
-    return data
+    kept: dict[str, Any] = {}
+    for key in ("epoch", "best_epoch", "train_loss", "val_loss", "spent_s"):
+        value = finite(data.get(key))
+        if key in ("epoch", "best_epoch") and value is not None:
+            kept[key] = max(0, int(value))
+        elif value is not None and (key != "spent_s" or value >= 0):
+            kept[key] = value
+    return kept
+
+
+def _json(path: Path) -> Any:
+    """The JSON at ``path`` through :func:`~lemo_nade.sandbox.handover.read_regular`;
+    None when refused or not JSON."""
+    data = read_regular(path, JSON_LIMIT_BYTES)
+    try:
+        return None if data is None else json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _with_progress(
