@@ -12,6 +12,7 @@ import pytest
 
 from candidates import SMALL_CNN
 from lemo_nade.records import EvalJob
+from lemo_nade.sandbox.split import PREPARED_MARK
 
 WRONG_SHAPE = SMALL_CNN.replace(
     "return self.head(x.flatten(1))", "return self.head(x.flatten(1))[:, :3]"
@@ -27,7 +28,9 @@ def job(code: str, epochs: int = 1, **kw: Any) -> EvalJob:
 
 
 def candidate_dirs(root: Path) -> list[Path]:
-    return list(root.iterdir())  # the fork server keeps no directory
+    """Candidates' working directories left in ``root`` (the fork server keeps none; the
+    sandbox's prepared data stays until it is closed)."""
+    return [p for p in root.iterdir() if PREPARED_MARK not in p.name]
 
 
 def group_gone(pgid: int) -> bool:

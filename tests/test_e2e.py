@@ -208,7 +208,8 @@ def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: P
     for old, new in zip(before, after, strict=False):  # committed iterations untouched
         assert (old.code, old.evaluation, old.cm) == (new.code, new.evaluation, new.cm)
     candidates = sorted(p.name for p in (run_dir / "candidates").iterdir())
-    assert candidates == [f"{i:03d}.py" for i in range(4)]
+    # each candidate's code and the graph that was measured (the search protocol's hand-over)
+    assert candidates == sorted(f"{i:03d}.{ext}" for i in range(4) for ext in ("py", "pt2"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -197,7 +197,7 @@ def test_speed_span_covers_the_timed_windows() -> None:
 
 
 def test_e2_from_the_energy_per_image_of_several_passes() -> None:
-    from lemo_nade.engine.worker import _per_image_energy
+    from lemo_nade.engine.measuring import _per_image_energy
 
     a1 = measure.Reading(wall_s=0.01, parts_kwh={"cpu": 2.0, "ram": 1.0, "gpu": 0.0})
     fps = measure.Reading(wall_s=0.01, parts_kwh={"cpu": 1.0, "ram": 0.0, "gpu": 0.0})

@@ -41,8 +41,8 @@ def test_good_model_is_ok_with_sane_metrics(
     assert "epoch 3/3" in evaluation.log_tail
     assert evaluation.wall_time_s > m.train_time_s > 0
     workers = [p for p in popens if launch.WORKER_MODULE in " ".join(map(str, p.args))]
-    if fresh:
-        assert len(workers) == 1 and workers[0].returncode == 0
+    if fresh:  # the prepare (once per sandbox), train and measure children
+        assert 2 <= len(workers) <= 3 and all(p.returncode == 0 for p in workers)
     else:
         assert workers == [] and box.server_pid() is not None
     assert candidate_dirs(own_tmp) == []  # the temporary directory was removed
@@ -93,12 +93,9 @@ def test_shape_and_nan_failures_come_back_from_the_child(
     evaluation = box.evaluate(job(code), timeout_s=60)
     assert evaluation.status is status, evaluation.error
     assert needle in evaluation.error and evaluation.metrics is None
-    # a failure during training still reports what it spent; one before training, nothing
-    if status is Status.FAILED_NAN:
-        assert evaluation.failure_kwh is not None and evaluation.failure_kwh > 0
-        assert evaluation.spent_kwh == evaluation.failure_kwh
-    else:
-        assert evaluation.failure_kwh is None and evaluation.spent_kwh == 0.0
+    # what the candidate's process spent is measured from outside it, however it ended
+    assert evaluation.failure_kwh is not None and evaluation.failure_kwh > 0
+    assert evaluation.spent_kwh == evaluation.failure_kwh
 
 
 def test_build_failure_comes_back_with_the_candidate_traceback(box: Sandbox) -> None:
@@ -177,8 +174,8 @@ def test_child_runs_scrubbed_in_its_own_temp_dir_and_log_is_capped(
         ),
         (
             "import os\nopen('result.json', 'w').write('{not json')\nos._exit(0)\n",
-            Status.CRASHED,
-            "unreadable result",
+            Status.FAILED_RESULT,
+            "failed_result: not JSON",
         ),
         ("import os\nos.mkfifo('result.json')\nos._exit(0)\n", Status.CRASHED, "wrote no result"),
         # an allocation failure the worker could not report (e.g. in native code)
@@ -204,8 +201,8 @@ def test_a_signal_in_a_fresh_interpreter_is_classified_too(
     code = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
     evaluation = sandbox.evaluate(job(code + NET), 30, check_policy=False)
     assert evaluation.status is Status.CRASHED and "killed by SIGSEGV" in evaluation.error
-    started = [" ".join(map(str, p.args)) for p in popens]
-    assert len(started) == 1 and launch.WORKER_MODULE in started[0]
+    started = [" ".join(map(str, p.args)) for p in popens]  # prepare, then the candidate
+    assert len(started) == 2 and all(launch.WORKER_MODULE in s for s in started)
 
 
 @MODES

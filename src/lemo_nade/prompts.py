@@ -37,6 +37,7 @@ REPAIRABLE = frozenset(
         Status.FAILED_POLICY,
         Status.FAILED_BUILD,
         Status.FAILED_SHAPE,
+        Status.FAILED_EXPORT,
     }
 )
 

@@ -28,6 +28,8 @@ class Status(str, enum.Enum):
     TIMEOUT = "timeout"  # wall-clock limit hit; the process group was killed
     OOM = "oom"  # out of memory (MemoryError, CUDA OOM, or the memory rlimit)
     CRASHED = "crashed"  # the child died without a result (signal, hard exit)
+    FAILED_EXPORT = "failed_export"  # the trained model could not be exported as a graph
+    FAILED_RESULT = "failed_result"  # a child's result file was not a well-formed result
 
     @property
     def ok(self) -> bool:
@@ -119,6 +121,9 @@ class Evaluation:
     # error); None when nothing was measured (failed before training, killed, or OK:
     # an OK candidate's energy is in its metrics)
     failure_kwh: float | None = None
+    # the measured model as a torch.export archive (the search protocol's hand-over, kept
+    # by the store as candidates/NNN.pt2); never part of the JSON result
+    artifact: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def spent_kwh(self) -> float:
@@ -234,6 +239,14 @@ class EvalJob:
     mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set;
     # "export": load the retrained weights and write ``export_format`` (results.export)
     export_format: str = ""
+    # The search protocol runs in separate processes (see lemo_nade.sandbox): "prepare"
+    # (trusted: writes the data files below), "train" (the candidate: trains on the
+    # prepared training data, hands over a graph), "measure" (trusted, never runs
+    # candidate code: loads the graph and computes every metric); "all" is one process.
+    phase: str = "all"
+    prepared: str = ""  # directory of the prepared data files ("train" and "measure")
+    artifact: str = ""  # the graph to measure ("measure")
+    train_time_s: float = 0.0  # "measure": the training time the parent saw (speed budget)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

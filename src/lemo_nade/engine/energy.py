@@ -119,12 +119,15 @@ def span(
     ram_power_w_per_gb: float = RAM_POWER_W_PER_GB,
     sync: Callable[[], None] | None = None,
     poll_s: float = DEFAULT_POLL_S,
+    usage: Callable[[], tuple[float, float]] | None = None,
 ) -> Iterator[Reading]:
     """Measure the enclosed block; the yielded :class:`Reading` is filled in at the end.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the end is read, so queued GPU
     work is inside the span. Counters are also stepped every ``poll_s`` s by a daemon
-    thread, so long spans survive wraparounds.
+    thread, so long spans survive wraparounds. ``usage`` (CPU seconds, peak RSS in GB)
+    replaces this process's own figures in the estimate: the run process measures a
+    child it waited for from outside, with the child's ``wait4`` rusage.
     """
     reading = Reading(sources=sensors.sources(), note="; ".join(sensors.notes))
     accumulators: dict[str, list[Accumulator]] = {"cpu": [], "ram": [], "gpu": []}
@@ -159,6 +162,8 @@ def span(
             poller.join()
         step_all()
         reading.rss_gb = rss_gb()
+        if usage is not None:
+            reading.cpu_s, reading.rss_gb = usage()
         cpu_j, ram_j = estimate_joules(
             reading.cpu_s, reading.wall_s, reading.rss_gb, cpu_power_w_per_core, ram_power_w_per_gb
         )

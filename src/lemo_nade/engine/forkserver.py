@@ -55,7 +55,12 @@ def preload() -> None:
     previous = os.environ.get(INDUCTOR_CACHE_VAR)
     os.environ[INDUCTOR_CACHE_VAR] = os.path.abspath(os.sep)
     try:
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo
+        import torch._export.serde.serialize
+        import torch._functorch.aot_autograd
+        import torch.export
+        import torch.export.pt2_archive._package
+        import torch.fx.experimental.proxy_tensor  # noqa: F401
     finally:
         if previous is None:
             del os.environ[INDUCTOR_CACHE_VAR]
@@ -106,8 +111,16 @@ def serve(request: dict[str, Any], features: confine.Features, server_pid: int) 
         timed_out = wait_or_timeout(pid, timeout_s)
     finally:
         kill_group(pid)
-        _, status = os.waitpid(pid, 0)
-    return {"pid": pid, "returncode": os.waitstatus_to_exitcode(status), "timed_out": timed_out}
+        _, status, usage = os.wait4(pid, 0)
+    return {
+        "pid": pid,
+        "returncode": os.waitstatus_to_exitcode(status),
+        "timed_out": timed_out,
+        # what the child used, seen from here (its reaped descendants included): the
+        # run process measures training energy and time from these, not from the child
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "maxrss_kb": usage.ru_maxrss,
+    }
 
 
 def _child(

@@ -26,19 +26,21 @@ import linecache
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lemo_nade.engine import confine, measure, retrain
+from lemo_nade.engine import confine, measure, phases, retrain
 from lemo_nade.engine.data import Split, split_for_job
+from lemo_nade.engine.measuring import Power, measure_trained
+from lemo_nade.engine.prepared import EVAL_FILE, TRAIN_FILE, load_prepared
 from lemo_nade.engine.protocol import looks_like_oom
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.files import atomic_write
@@ -46,7 +48,6 @@ from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 
 CANDIDATE_FILE = "candidate.py"  # the name candidate frames carry in tracebacks
 ERROR_LINES = 15
-MIN_ENERGY_SPAN_S = 0.02  # an E2 span shorter than this is below the counters' resolution
 ERROR_CHARS = 2000
 
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_request(job_data: dict[str, Any], result: Path) -> int:
     """The candidate process's whole life: evaluate the job, write the result file."""
     faulthandler.enable()  # a segfault in native code still leaves a trace in the log
+    # A fork of the server inherits its cached temporary directory (torch's imports
+    # asked for it there): this child's is its own working directory (TMPDIR).
+    tempfile.tempdir = None
     job = EvalJob.from_dict(job_data)
     evaluation = run_job(job, log=lambda line: print(line, flush=True))
     write_result(result, evaluation)
@@ -94,6 +98,8 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
             with _stage(Status.FAILED_BUILD, f"exporting as {job.export_format}"):
                 export_model(job, Path.cwd(), build=lambda: _build(load_candidate(job.code)))
             return Evaluation(Status.OK, wall_time_s=time.perf_counter() - start)
+        if job.phase != "all":
+            return _phase(job, log, start)
         metrics = _evaluate(job, log)
     except StageFailed as failed:
         return Evaluation(
@@ -103,6 +109,65 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
             failure_kwh=failed.spent_kwh,
         )
     return Evaluation(Status.OK, metrics, wall_time_s=time.perf_counter() - start)
+
+
+def _phase(job: EvalJob, log: Callable[[str], None] | None, start: float) -> Evaluation:
+    """One process of the split search protocol (:mod:`lemo_nade.engine.phases`)."""
+    metrics = None
+    if job.phase == "prepare":
+        with _stage(Status.FAILED_DATA, "preparing the dataset"):
+            phases.run_prepare(job)
+    elif job.phase == "train":
+        _train_and_hand_over(job, log)
+    elif job.phase == "measure":
+        metrics = _measure_handed_over(job)
+    else:
+        raise StageFailed(Status.CRASHED, f"unknown phase {job.phase!r}")
+    return Evaluation(Status.OK, metrics, wall_time_s=time.perf_counter() - start)
+
+
+def _train_and_hand_over(job: EvalJob, log: Callable[[str], None] | None) -> None:
+    """The candidate's process: build, shape-check, train, export. No metric leaves it."""
+    torch.set_num_threads(job.threads or os.cpu_count() or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with _stage(Status.FAILED_BUILD, "building the model (running the code, then Net())"):
+        namespace = load_candidate(job.code)
+        torch.manual_seed(job.seed)  # reproducible initial weights
+        model = _build(namespace)
+        weight_decay = _weight_decay(namespace)
+    with _stage(Status.FAILED_DATA, "loading the prepared training data"):
+        split = load_prepared(Path(job.prepared) / TRAIN_FILE, device)
+    with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
+        check_shape(model.to(device), split)
+    with _stage(Status.FAILED_TRAIN, "training"):
+        train(model, split, job, weight_decay, log)
+    with _stage(Status.FAILED_EXPORT, "exporting the trained model with torch.export"):
+        phases.hand_over(model, split)
+
+
+def _measure_handed_over(job: EvalJob) -> Metrics:
+    """The measuring process (never runs candidate code): every metric but E1."""
+    torch.set_num_threads(job.threads or os.cpu_count() or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with _stage(Status.FAILED_DATA, "loading the prepared evaluation data"):
+        split = load_prepared(Path(job.prepared) / EVAL_FILE, device)
+    with _stage(Status.FAILED_EXPORT, "loading the exported model"):
+        program, model = phases.load_graph(Path(job.artifact), device)
+    sensors = measure.sensors_for(device)
+    power = Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
+    with power.span() as whole, _stage(Status.FAILED_TRAIN, "measuring the exported model"):
+        fields = measure_trained(model, split, job, power, train_s=job.train_time_s)
+    fields |= phases.graph_sizes(program)
+    return Metrics(
+        **fields,
+        E1=0.0,  # the parent's: measured from outside the candidate's process
+        candidate_kwh=whole.energy_kwh,
+        energy_sources=whole.sources_text(),
+        energy_note=whole.note,
+        energy_source=whole.source,
+        train_images=len(split.x_train),
+        device=device.type,
+    )
 
 
 def write_result(path: Path, evaluation: Evaluation) -> None:
@@ -126,7 +191,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         check_shape(model.to(device), split)
     sensors_start = time.perf_counter()
     sensors = measure.sensors_for(device)  # RAPL / NVML where readable, else the estimate
-    power = _Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
+    power = Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     sensors_s = time.perf_counter() - sensors_start
     checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
     whole = None
@@ -135,7 +200,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
             with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
                 result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
             with _stage(Status.FAILED_TRAIN, "measuring"):
-                fields = _measure_trained(model, split, job, power, train_s=e1.wall_s)
+                fields = measure_trained(model, split, job, power, train_s=e1.wall_s)
             if job.mode == "retrain":  # the held-out test set, once, after training
                 with _stage(Status.FAILED_TRAIN, "testing"):
                     fields |= _test_once(model, split, job, power)
@@ -159,104 +224,7 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     )
 
 
-@dataclass(frozen=True)
-class _Power:
-    """What every energy span of one candidate is read with."""
-
-    cpu_w_per_core: float
-    ram_w_per_gb: float
-    device: torch.device
-    sensors: measure.Sensors
-
-    def span(self) -> AbstractContextManager[measure.Reading]:
-        return measure.energy_span(
-            self.cpu_w_per_core, self.ram_w_per_gb, self.device, self.sensors
-        )
-
-
-def _measure_trained(
-    model: nn.Module, split: Split, job: EvalJob, power: _Power, train_s: float
-) -> dict[str, Any]:
-    """The trained model's Metrics fields: A1, A2 and E2 (paper Algorithm 1: A1 <-
-    Model.eval(train_set); [E2, A2] <- Model.eval(val)), size, FLOPs and speed."""
-    with power.span() as e_a1:
-        a1, train_loss = measure.accuracy_and_loss(
-            model, split.x_train, split.y_train, job.batch_size, split.normalize
-        )
-    with power.span() as e2:
-        a2, val_loss = measure.accuracy_and_loss(
-            model, split.x_val, split.y_val, job.batch_size, split.normalize
-        )
-    start = time.perf_counter()
-    flops = measure.flops_per_image(model, split.x_val, split.normalize)
-    speed = measure.measure_speed(
-        model,
-        split.x_val,
-        job.batch_size,
-        split.normalize,
-        budget_s=measure.speed_budget_s(train_s),
-        span=power.span(),
-    )
-    measure_s = time.perf_counter() - start
-    e2_kwh, e2_parts = e2.energy_kwh, e2.parts_kwh
-    if 0 < e2.wall_s < MIN_ENERGY_SPAN_S:
-        passes = [(e_a1, len(split.x_train)), (e2, len(split.x_val))]
-        if speed.fps_energy is not None:
-            passes.append((speed.fps_energy, speed.fps_images))
-        start = time.perf_counter()
-        e2_kwh, e2_parts = _resolved_e2(model, split, job, power, passes, e2.wall_s)
-        measure_s += time.perf_counter() - start  # any repeat is overhead, counted as such
-    return {
-        "A1": a1,
-        "A2": a2,
-        "E2": e2_kwh,
-        "E2_parts": e2_parts,
-        "F": speed.fps,
-        "P": measure.parameter_count(model),
-        "params_trainable": measure.trainable_parameter_count(model),
-        "model_mb": measure.model_size_mb(model),
-        "flops_per_image": flops,
-        "fps_batch": speed.fps_batch,
-        "fps_cv": speed.fps_cv,
-        "latency_ms_p50": speed.latency_ms_p50,
-        "latency_ms_p95": speed.latency_ms_p95,
-        "threads": speed.threads,
-        "measure_time_s": measure_s,
-        "train_loss": train_loss,
-        "val_loss": val_loss,
-        "eval_time_s": e2.wall_s,
-        "val_images": len(split.x_val),
-    }
-
-
-def _resolved_e2(
-    model: nn.Module,
-    split: Split,
-    job: EvalJob,
-    power: _Power,
-    passes: list[tuple[measure.Reading, int]],
-    val_s: float,
-) -> tuple[float, dict[str, float]]:
-    """E2 where the validation pass alone is shorter than ``MIN_ENERGY_SPAN_S``, below the
-    counters' resolution (other threads' CPU time moves in scheduler ticks).
-
-    Every eval-mode pass of this model at this batch size has the same energy per image:
-    ``passes`` holds the A1 pass over the training split, the validation pass and the
-    timed FPS windows on validation inputs, with their image counts. E2 = their energy per
-    image x validation images. Where even all of them together are too short, the
-    validation pass (``val_s`` seconds) is repeated until it is not."""
-    if sum(span.wall_s for span, _ in passes) < MIN_ENERGY_SPAN_S:
-        repeats = math.ceil(MIN_ENERGY_SPAN_S / max(val_s, 1e-6))
-        with power.span() as again:
-            for _ in range(repeats):
-                measure.accuracy_and_loss(
-                    model, split.x_val, split.y_val, job.batch_size, split.normalize
-                )
-        passes = [(again, repeats * len(split.x_val))]
-    return _per_image_energy(passes, len(split.x_val))
-
-
-def _test_once(model: nn.Module, split: Split, job: EvalJob, power: _Power) -> dict[str, Any]:
+def _test_once(model: nn.Module, split: Split, job: EvalJob, power: Power) -> dict[str, Any]:
     """The held-out test set's accuracy and energy; saves the trained weights."""
     with power.span() as e3:
         accuracy, images = retrain.test_accuracy(
@@ -264,19 +232,6 @@ def _test_once(model: nn.Module, split: Split, job: EvalJob, power: _Power) -> d
         )
     retrain.save_weights(model, Path.cwd())
     return {"test_accuracy": accuracy, "test_images": images, "test_energy_kwh": e3.energy_kwh}
-
-
-def _per_image_energy(
-    passes: list[tuple[measure.Reading, int]], images: int
-) -> tuple[float, dict[str, float]]:
-    """(kWh, kWh by part) of ``images`` images at the energy per image of ``passes``
-    (readings with the images each ran)."""
-    scale = images / max(1, sum(n for _, n in passes))
-    parts: dict[str, float] = {}
-    for span, _ in passes:
-        for k, v in span.parts_kwh.items():
-            parts[k] = parts.get(k, 0.0) + v * scale
-    return sum(parts.values()), parts
 
 
 def load_candidate(code: str) -> dict[str, Any]:

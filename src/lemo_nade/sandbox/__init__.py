@@ -82,6 +82,7 @@ the kernel layer is the boundary, and only where :func:`isolation` reports it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -95,7 +96,7 @@ from typing import Any
 from lemo_nade.engine import confine
 from lemo_nade.engine.protocol import LOG_FILE, RESULT_FILE
 from lemo_nade.records import EvalJob, Evaluation, Status
-from lemo_nade.sandbox import launch, outcome, policy, workdirs
+from lemo_nade.sandbox import launch, outcome, policy, split, workdirs
 from lemo_nade.sandbox.workdirs import sweep_stale_workdirs
 
 __all__ = ["Sandbox", "evaluate", "isolation", "sweep_stale_workdirs"]
@@ -115,6 +116,7 @@ class Sandbox:
 
     def __init__(self, fork_server: bool = True) -> None:
         self._server = launch.ForkServer() if fork_server else None
+        self.prepared = split.PreparedData()  # the search protocol's data files, per split
 
     def __enter__(self) -> Sandbox:
         return self
@@ -126,6 +128,7 @@ class Sandbox:
         """Stop the fork server, if one runs (a later candidate would start a new one)."""
         if self._server is not None:
             self._server.stop()
+        self.prepared.remove()
 
     def server_pid(self) -> int | None:
         """The fork server's pid while one runs for this sandbox in this process."""
@@ -156,15 +159,40 @@ class Sandbox:
         start = time.perf_counter()
         workdirs.sweep_once()
         try:
-            with workdirs.workdir(workdir) as where:
-                evaluation = self._run_in(
-                    where, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
+            if split.applies(job) and workdir is None:
+                run = functools.partial(
+                    self.run_phase,
+                    memory_limit_mb=memory_limit_mb,
+                    log_cap_bytes=log_cap_bytes,
+                    fresh_process=fresh_process,
                 )
+                evaluation = split.evaluate(job, timeout_s, run, self.prepared)
+            else:
+                with workdirs.workdir(workdir) as where:
+                    evaluation, _ = self._run_in(
+                        where, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process
+                    )
         except (OSError, subprocess.SubprocessError) as exc:  # e.g. rlimits could not be set
             evaluation = Evaluation(
                 Status.CRASHED, error=f"sandbox: could not run the child: {exc}"
             )
         return replace(evaluation, wall_time_s=time.perf_counter() - start)
+
+    def run_phase(
+        self,
+        where: Path,
+        job: EvalJob,
+        timeout_s: float,
+        read_paths: tuple[str, ...],
+        *,
+        memory_limit_mb: int | None,
+        log_cap_bytes: int,
+        fresh_process: bool,
+    ) -> tuple[Evaluation, launch.Outcome | None]:
+        """One child of the split search protocol in ``where``, reading ``read_paths``."""
+        return self._run_in(
+            where, job, timeout_s, memory_limit_mb, log_cap_bytes, fresh_process, read_paths
+        )
 
     def isolation(self) -> confine.Features:
         """The kernel isolation candidates get on this machine (starts the fork server)."""
@@ -184,11 +212,12 @@ class Sandbox:
         memory_limit_mb: int | None,
         log_cap_bytes: int,
         fresh_process: bool,
-    ) -> Evaluation:
+        read_paths: tuple[str, ...] | None = None,
+    ) -> tuple[Evaluation, launch.Outcome | None]:
         result = workdir / RESULT_FILE
         request = {
             "job": job.to_dict(),
-            "spec": _spec(workdir, job, timeout_s, memory_limit_mb).to_dict(),
+            "spec": _spec(workdir, job, timeout_s, memory_limit_mb, read_paths).to_dict(),
             "confine": _confine_enabled(),
             "result": str(result),
             "log": str(workdir / LOG_FILE),
@@ -203,7 +232,7 @@ class Sandbox:
             if ended is None:
                 ended = launch.run_fresh(workdir, request, log, timeout_s, memory_limit_mb)
             tail = outcome.read_tail(log, log_cap_bytes)
-        return outcome.evaluation_of(ended, result, tail, timeout_s)
+        return outcome.evaluation_of(ended, result, tail, timeout_s), ended
 
 
 def evaluate(
@@ -239,13 +268,20 @@ def _probe_in_subprocess() -> confine.Features:
 
 
 def _spec(
-    workdir: Path, job: EvalJob, timeout_s: float, memory_limit_mb: int | None
+    workdir: Path,
+    job: EvalJob,
+    timeout_s: float,
+    memory_limit_mb: int | None,
+    read_paths: tuple[str, ...] | None = None,
 ) -> confine.Spec:
+    """The child's confinement; ``read_paths`` replaces the dataset's files (a phase of
+    the split protocol reads only its prepared file)."""
     cpus = os.cpu_count() or 1
     threads = job.threads or cpus
-    read_paths = [job.data_dir] if job.data_dir else []
-    if job.dataset.startswith("npz:"):
-        read_paths.append(job.dataset[4:])
+    if read_paths is None:
+        read_paths = (job.data_dir,) if job.data_dir else ()
+        if job.dataset.startswith("npz:"):
+            read_paths = (*read_paths, job.dataset[4:])
     return confine.Spec(
         workdir=str(workdir),
         read_paths=tuple(os.path.abspath(p) for p in read_paths),

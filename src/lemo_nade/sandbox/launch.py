@@ -75,6 +75,11 @@ class Outcome:
     returncode: int
     timed_out: bool
     problem: str = ""  # the sandbox itself failed (e.g. the fork server died)
+    # The child's resource use as its parent saw it when reaping it (``wait4``): CPU
+    # seconds (user + system, its reaped descendants included) and peak RSS. The
+    # candidate cannot write these; E1 and the training time come from them.
+    cpu_s: float | None = None
+    maxrss_kb: int | None = None
 
 
 # ---- the fresh-interpreter path --------------------------------------------------------
@@ -100,8 +105,8 @@ def run_fresh(
         start_new_session=True,
         preexec_fn=limits(memory_limit_mb),
     )
-    timed_out = wait_then_kill_group(proc, timeout_s)
-    return Outcome(proc.returncode, timed_out)
+    timed_out, usage = wait_then_kill_group(proc, timeout_s)
+    return Outcome(proc.returncode, timed_out, **usage)
 
 
 # ---- the fork server, seen from the run process ---------------------------------------
@@ -234,7 +239,12 @@ class ForkServer:
             return Outcome(-signal.SIGKILL, timed_out, "" if timed_out else problem)
         if "error" in reply:
             return Outcome(1, False, str(reply["error"]))
-        return Outcome(int(reply["returncode"]), bool(reply["timed_out"]))
+        return Outcome(
+            int(reply["returncode"]),
+            bool(reply["timed_out"]),
+            cpu_s=_number(reply.get("cpu_s")),
+            maxrss_kb=int(reply["maxrss_kb"]) if isinstance(reply.get("maxrss_kb"), int) else None,
+        )
 
     def _read_message(self, deadline: float) -> dict[str, Any] | None:
         """The next line from the server as JSON; None at end of output or the deadline."""
@@ -319,24 +329,51 @@ def _prctl() -> Callable[[int, int], int] | None:
     return func
 
 
-def wait_then_kill_group(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Wait for the child; True when it hit the wall-clock limit.
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def usage_of(rusage: Any) -> dict[str, Any]:
+    """``Outcome`` fields from a ``wait4`` rusage."""
+    return {"cpu_s": rusage.ru_utime + rusage.ru_stime, "maxrss_kb": int(rusage.ru_maxrss)}
+
+
+def wait_then_kill_group(
+    proc: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[bool, dict[str, Any]]:
+    """Wait for the child; True when it hit the wall-clock limit, and its resource use.
 
     The group is killed and the child reaped however the wait ends (exit, timeout,
     Ctrl-C in this process). Waiting does not reap (``WNOWAIT``) where the OS allows,
     so the group id cannot be reused by an unrelated process before the kill.
     """
+    timed_out = False
     try:
         deadline = time.monotonic() + timeout_s
         while not _has_exited(proc):
             if time.monotonic() >= deadline:
-                return True
+                timed_out = True
+                break
             time.sleep(POLL_INTERVAL_S)
-        return False
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        usage = _reap(proc)
+    return timed_out, usage
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Reap the child with ``wait4`` (its rusage), else as Popen does."""
+    if proc.returncode is None and hasattr(os, "wait4"):
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        except ChildProcessError:  # already reaped elsewhere
+            proc.wait()
+            return {}
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return usage_of(rusage)
+    proc.wait()
+    return {}
 
 
 def _has_exited(proc: subprocess.Popen[bytes]) -> bool:

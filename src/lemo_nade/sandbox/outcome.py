@@ -8,11 +8,12 @@ links and only when it is a small regular file, and a missing or garbled one is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lemo_nade.engine import confine
 from lemo_nade.engine.protocol import (
@@ -21,7 +22,7 @@ from lemo_nade.engine.protocol import (
     SETUP_FAILED,
     looks_like_oom,
 )
-from lemo_nade.records import Evaluation, Status
+from lemo_nade.records import Evaluation, Metrics, Status
 from lemo_nade.sandbox.handover import read_regular
 from lemo_nade.sandbox.launch import Outcome, last_lines
 
@@ -61,14 +62,14 @@ def read_result(path: Path) -> str | None:
 
 
 def classify(returncode: int, result_text: str | None, tail: str) -> Evaluation:
-    """The child's own result when it wrote a readable one; else OOM or a crash."""
+    """The child's own result when it wrote a well-formed one (``failed_result`` when it
+    wrote a malformed one: :func:`parse_result`); else OOM or a crash."""
     if result_text is not None:
         try:
-            return replace(Evaluation.from_dict(json.loads(result_text)), log_tail=tail)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            problem = f"wrote an unreadable result ({type(exc).__name__}: {exc})"
-    else:
-        problem = "wrote no result"
+            return replace(parse_result(result_text), log_tail=tail)
+        except ResultError as exc:
+            return Evaluation(Status.FAILED_RESULT, error=f"failed_result: {exc}", log_tail=tail)
+    problem = "wrote no result"
     end = last_lines(tail)
     if looks_like_oom(tail):
         hint = " (if every candidate ends so, memory_limit_mb is too small for torch itself)"
@@ -97,3 +98,87 @@ def describe_exit(returncode: int) -> str:
         "SIGXCPU": " (the CPU-time limit)",
     }
     return f"was killed by {name}{hints.get(name, '')}"
+
+
+class ResultError(ValueError):
+    """A result file that is not a well-formed result; the message says what is wrong."""
+
+
+_EVALUATION_KEYS = frozenset(
+    {"status", "metrics", "error", "wall_time_s", "log_tail", "failure_kwh"}
+)
+_METRIC_TYPES = {f.name: str(f.type) for f in fields(Metrics)}
+_UNIT_INTERVAL = frozenset({"A1", "A2", "test_accuracy"})
+_MUST_BE_FINITE = frozenset({"A1", "A2", "E1", "E2", "F"})
+
+
+def parse_result(text: str) -> Evaluation:
+    """A child's result, checked field by field: a known status; strings where text is
+    expected; numbers (not booleans, not strings) where numbers are, finite where the
+    rules or budgets read them, never negative, accuracies within [0, 1]; no unknown key.
+    Raises :class:`ResultError`."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ResultError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ResultError(f"a {type(data).__name__}, not an object")
+    _no_unknown(data, _EVALUATION_KEYS, "result")
+    try:
+        status = Status(data.get("status"))
+    except ValueError:
+        raise ResultError(f"status {data.get('status')!r} is not a status") from None
+    for key in ("error", "log_tail"):
+        if not isinstance(data.get(key, ""), str):
+            raise ResultError(f"{key} is not text")
+    _number("wall_time_s", data.get("wall_time_s", 0.0))
+    if data.get("failure_kwh") is not None:
+        _number("failure_kwh", data["failure_kwh"], finite=True)
+    metrics = data.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise ResultError("metrics is not an object")
+        _no_unknown(metrics, frozenset(_METRIC_TYPES), "metrics")
+        for key, value in metrics.items():
+            _metric(key, value)
+    return Evaluation.from_dict({**data, "status": status.value})
+
+
+def _no_unknown(data: dict[str, Any], known: frozenset[str], what: str) -> None:
+    extra = sorted(str(k) for k in data if k not in known)
+    if extra:
+        raise ResultError(f"{what} has unknown keys: {', '.join(extra[:5])}")
+
+
+def _metric(key: str, value: Any) -> None:
+    kind = _METRIC_TYPES[key]
+    if value is None and "None" in kind:
+        return
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            raise ResultError(f"metrics.{key} is not text")
+    elif kind.startswith("dict"):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ResultError(f"metrics.{key} is not an object of numbers")
+        for part, number in value.items():
+            _number(f"metrics.{key}.{part}", number, finite=True)
+    elif kind.startswith("int"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ResultError(f"metrics.{key} is not a whole number >= 0")
+    else:
+        _number(f"metrics.{key}", value, finite=key in _MUST_BE_FINITE or "None" in kind)
+        if key in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+            raise ResultError(f"metrics.{key} = {value!r} is not an accuracy in [0, 1]")
+
+
+def _number(name: str, value: Any, finite: bool = False) -> None:
+    """A number, not negative; NaN allowed only where ``finite`` is False (an optional
+    figure that could not be measured)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ResultError(f"{name} is not a number ({type(value).__name__})")
+    if math.isnan(value):
+        if finite:
+            raise ResultError(f"{name} is NaN")
+        return
+    if math.isinf(value) or value < 0:
+        raise ResultError(f"{name} = {value!r} is not a finite number >= 0")

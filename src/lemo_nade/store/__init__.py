@@ -66,6 +66,11 @@ def candidate_path(run_dir: Path, idx: int) -> Path:
     return Path(run_dir) / CANDIDATES_DIR / f"{idx:03d}.py"
 
 
+def artifact_path(run_dir: Path, idx: int) -> Path:
+    """The measured model of candidate ``idx`` (a ``torch.export`` archive), if any."""
+    return Path(run_dir) / CANDIDATES_DIR / f"{idx:03d}.pt2"
+
+
 class RunStore:
     """A run directory opened for reading or writing. Use as a context manager."""
 
@@ -199,6 +204,8 @@ class RunStore:
         """Commit one iteration: the candidate file first (atomic), then one transaction
         with its attempts and LLM calls."""
         atomic_write(candidate_path(self.run_dir, rec.idx), rec.code)
+        if rec.evaluation.artifact:  # the graph that was measured: what retrain/export use
+            atomic_write(artifact_path(self.run_dir, rec.idx), rec.evaluation.artifact)
         key = (self.run_id, rec.idx)
         try:
             with self._conn:

@@ -1,0 +1,141 @@
+"""The candidate's hand-over: a torch.export program plus its weights, no candidate Python.
+
+Candidate side: :func:`export_bytes` turns the trained model (eval mode) into a ``.pt2``
+archive. Measuring side: :func:`load` turns such bytes back into a runnable graph module
+without executing anything the archive could smuggle in: the archive's entries are
+checked first (no pickled payloads, no AOTInductor libraries, no extra files), every
+``torch.load`` while loading is forced to ``weights_only=True`` (torch.export's loader
+falls back to a full unpickle otherwise), and the graph's calls must be ATen/prims ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import operator
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+MAX_ARTIFACT_BYTES = 512 * 2**20
+MAX_BATCH = 1 << 16
+_ALLOWED_NAMESPACES = frozenset({"aten", "prims"})
+_ALLOWED_PY_CALLS = frozenset({operator.getitem})
+
+
+class ArtifactError(Exception):
+    """The candidate's model could not be exported, or an artifact is not acceptable."""
+
+
+def export_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    """The model in eval mode as a ``torch.export`` archive with a dynamic batch size.
+
+    Raises whatever the exporter raises (data-dependent control flow, unsupported
+    Python): the caller reports it as ``failed_export``, which goes back to the LLM."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def load(data: bytes) -> torch.export.ExportedProgram:
+    """The exported program in ``data``; raises ArtifactError for anything unexpected."""
+    if len(data) > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"artifact of {len(data)} bytes is over the limit")
+    _check_entries(data)
+    try:
+        with _weights_only():
+            program = torch.export.load(io.BytesIO(data))
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a malformed archive: the loader's own message, first line
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ArtifactError(f"artifact cannot be loaded: {type(exc).__name__}: {first}") from None
+    _check_graph(program)
+    return program
+
+
+def _check_entries(data: bytes) -> None:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise ArtifactError(f"artifact is not a torch.export archive: {exc}") from None
+    names = archive.namelist()
+    for name in names:
+        inner = name.split("/", 1)[-1]
+        if inner.startswith(("data/aotinductor/", "extra/")) or ".." in name:
+            raise ArtifactError(f"artifact holds an unexpected entry: {name}")
+        if inner.startswith(("data/weights/", "data/constants/")) and name.endswith("_config.json"):
+            try:
+                config = json.loads(archive.read(name))
+                items = dict(config.get("config", {})).items()
+            except (ValueError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+                raise ArtifactError(f"artifact entry {name} is unreadable: {exc}") from None
+            for fqn, meta in items:
+                if not isinstance(meta, dict):
+                    raise ArtifactError(f"artifact entry {fqn!r} is not a plain tensor")
+                if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(
+                    ("weight_", "tensor_")
+                ):
+                    raise ArtifactError(f"artifact entry {fqn!r} is not a plain tensor")
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """While loading, every ``torch.load`` is restricted to tensors and plain containers,
+    and the two other unpickling paths of torch.export's loader refuse."""
+    original = torch.load
+
+    def restricted(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise ArtifactError("artifact holds a pickled object")
+
+    from torch.export.pt2_archive import _package
+
+    saved = (_package.pickle, torch._C._pickle_load_obj)
+    torch.load = restricted
+    _package.pickle = type("NoPickle", (), {"loads": staticmethod(refuse)})  # type: ignore[assignment]
+    torch._C._pickle_load_obj = refuse
+    try:
+        yield
+    finally:
+        torch.load = original
+        _package.pickle, torch._C._pickle_load_obj = saved
+
+
+def _check_graph(program: torch.export.ExportedProgram) -> None:
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            if node.op == "call_function" and not _allowed(node.target):
+                raise ArtifactError(f"artifact calls {node.target!r}, not an ATen operator")
+            if node.op in ("call_module", "call_method"):
+                raise ArtifactError(f"artifact has a {node.op} node ({node.target})")
+
+
+def _allowed(target: Any) -> bool:
+    if target in _ALLOWED_PY_CALLS:
+        return True
+    if isinstance(target, torch._ops.OpOverload):
+        return target.namespace in _ALLOWED_NAMESPACES
+    return isinstance(target, torch._ops.HigherOrderOperator)
+
+
+def tensor_elements(program: torch.export.ExportedProgram) -> int:
+    """Every number the program holds: parameters, buffers and lifted constants."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*program.state_dict.values(), *program.constants.values()]:
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel()
+    return total
