@@ -323,6 +323,26 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_was_done(
         assert st.status() == ("stopped", "interrupted") and st.next_index() == 1
 
 
+def test_an_unexpected_error_never_leaves_the_run_running(
+    tmp_path: Path, architect: ScriptedArchitect
+) -> None:
+    """A bug of ours while a run goes on (e.g. a record the store refuses) stops it with
+    the error on record; what was committed stays."""
+
+    def broken(job: EvalJob, timeout_s: float, memory_limit_mb: int | None) -> Evaluation:
+        if architect.requests[-1].iteration == 1:
+            raise RuntimeError("boom [/] \x1b[2J")
+        return ScriptedEvaluator()(job, timeout_s, memory_limit_mb)
+
+    run_dir = new_run(tmp_path)
+    with pytest.raises(RuntimeError):
+        run_search(run_dir, evaluate=broken)
+    with RunStore.open(run_dir) as st:
+        status, reason = st.status()
+        assert status == "stopped" and reason.startswith("error: RuntimeError: boom")
+        assert st.next_index() == 1
+
+
 def test_stop_reasons_read_as_stored_and_set_the_exit_code(tmp_path: Path) -> None:
     assert str(Stop(StopReason.MAX_TOKENS)) == "max_tokens"
     assert str(Stop(StopReason.LLM_UNAVAILABLE, "down")) == "llm_unavailable: down"

@@ -139,6 +139,9 @@ def run_search(
         except KeyboardInterrupt:
             store.set_status("stopped", "interrupted")
             raise
+        except Exception as exc:  # a bug of ours: the run must not read "running" forever
+            store.set_status("stopped", f"error: {type(exc).__name__}: {exc}"[:500])
+            raise
         done = stop.reason is StopReason.ITERATIONS
         store.set_status("finished" if done else "stopped", str(stop))
         store.add_event("stopped", {"reason": str(stop)})

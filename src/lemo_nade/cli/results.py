@@ -65,17 +65,18 @@ def retrain_cmd(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    acc = result["test_accuracy"]
-    out.print(
-        line(
-            f"candidate {result['iteration']}: test accuracy {acc:.4f} on "
-            f"{result['test_images']} images after {result['epochs']} "
-            f"epoch{'' if result['epochs'] == 1 else 's'} (best {result['best_epoch']}); "
-            f"{result['fps']:,.0f} FPS, {result['hours'] * 3600:.1f} s, "
-            f"{result['kwh_pue']:.3e} kWh-PUE ({result['energy_source']}). "
-            f"Saved to {run_dir}/retrain.json"
-        ),
-        soft_wrap=True,
+    out.print(line(_retrained_text(result, run_dir)), soft_wrap=True)
+
+
+def _retrained_text(result: dict[str, Any], run_dir: Path) -> str:
+    epochs = result["epochs"]
+    return (
+        f"candidate {result['iteration']}: test accuracy {result['test_accuracy']:.4f} on "
+        f"{result['test_images']} images after {epochs} "
+        f"epoch{'' if epochs == 1 else 's'} (best {result['best_epoch']}); "
+        f"{result['fps']:,.0f} FPS, {result['hours'] * 3600:.1f} s, "
+        f"{result['kwh_pue']:.3e} kWh-PUE ({result['energy_source']}). "
+        f"Saved to {run_dir}/retrain.json"
     )
 
 

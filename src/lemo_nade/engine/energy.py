@@ -126,8 +126,7 @@ def span(
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the end is read, so queued GPU
     work is inside the span. Counters are also stepped every ``poll_s`` s by a daemon
     thread, so long spans survive wraparounds. ``usage`` (CPU seconds, peak RSS in GB)
-    replaces this process's own figures in the estimate: the run process measures a
-    child it waited for from outside, with the child's ``wait4`` rusage.
+    replaces this process's own figures in the estimate (a child measured from outside).
     """
     reading = Reading(sources=sensors.sources(), note="; ".join(sensors.notes))
     accumulators: dict[str, list[Accumulator]] = {"cpu": [], "ram": [], "gpu": []}

@@ -128,13 +128,7 @@ def _phase(job: EvalJob, log: Callable[[str], None] | None, start: float) -> Eva
 
 def _train_and_hand_over(job: EvalJob, log: Callable[[str], None] | None) -> None:
     """The candidate's process: build, shape-check, train, export. No metric leaves it."""
-    torch.set_num_threads(job.threads or os.cpu_count() or 1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with _stage(Status.FAILED_BUILD, "building the model (running the code, then Net())"):
-        namespace = load_candidate(job.code)
-        torch.manual_seed(job.seed)  # reproducible initial weights
-        model = _build(namespace)
-        weight_decay = _weight_decay(namespace)
+    device, model, weight_decay = _device_and_model(job)
     with _stage(Status.FAILED_DATA, "loading the prepared training data"):
         split = load_prepared(Path(job.prepared) / TRAIN_FILE, device)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
@@ -177,7 +171,9 @@ def write_result(path: Path, evaluation: Evaluation) -> None:
     atomic_write(path, json.dumps(evaluation.to_dict()), fsync=False)
 
 
-def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
+def _device_and_model(job: EvalJob) -> tuple[torch.device, nn.Module, float]:
+    """Threads and device set; the candidate's code run and ``Net()`` built (seeded), with
+    its ``WEIGHT_DECAY``."""
     torch.set_num_threads(job.threads or os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with _stage(Status.FAILED_BUILD, "building the model (running the code, then Net())"):
@@ -185,6 +181,11 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
         torch.manual_seed(job.seed)  # reproducible initial weights
         model = _build(namespace)
         weight_decay = _weight_decay(namespace)
+    return device, model, weight_decay
+
+
+def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
+    device, model, weight_decay = _device_and_model(job)
     with _stage(Status.FAILED_DATA, "loading the dataset"):
         split = split_for_job(job, device, log)  # the seeded 9:1 split (and search subset)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
