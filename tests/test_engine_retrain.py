@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lemo_nade.engine.retrain import CHECKPOINT, PROGRESS, WEIGHTS, FileCheckpoint, save_weights
+from lemo_nade.engine.retrain import CHECKPOINT, PROGRESS, FileCheckpoint
 from lemo_nade.engine.worker import write_result
 from lemo_nade.records import Evaluation, Metrics, Status
 from lemo_nade.sandbox.outcome import classify, read_result
@@ -52,13 +52,6 @@ def test_a_failed_save_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     assert loaded is not None and loaded["epoch"] == 2
     assert json.loads((tmp_path / PROGRESS).read_text())["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, PROGRESS]
-
-
-def test_weights_are_saved_on_the_cpu(tmp_path: Path) -> None:
-    save_weights(torch.nn.Linear(2, 3), tmp_path)
-    weights = torch.load(tmp_path / WEIGHTS, weights_only=True)
-    assert sorted(weights) == ["bias", "weight"] and weights["weight"].shape == (3, 2)
-    assert [p.name for p in tmp_path.iterdir()] == [WEIGHTS]
 
 
 def test_nan_metrics_cross_the_result_file_as_nan(tmp_path: Path) -> None:

@@ -152,6 +152,10 @@ LOADERS = {
         "net.eval(); f = lambda x: net(x)\n"
     ),
     "torchscript": "import sys, torch\nnet = torch.jit.load(sys.argv[1] + '/model.ts')\nf = net\n",
+    "pt2": (
+        "import sys, torch\n"
+        "net = torch.export.load(sys.argv[1] + '/model.pt2').module()\nf = lambda x: net(x)\n"
+    ),
     "onnx": (
         "import sys, torch, onnxruntime\n"
         "s = onnxruntime.InferenceSession(sys.argv[1] + '/model.onnx')\n"
@@ -172,7 +176,7 @@ def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
     if not (run_dir / "retrain.json").exists():
         assert fresh.exit_code == 2 and "no retrained model" in fresh.output
         assert runner.invoke(app, ["retrain", str(run_dir), "--epochs", "2"]).exit_code == 0
-    formats = ["state_dict", "torchscript"]
+    formats = ["state_dict", "torchscript", "pt2"]
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -197,7 +201,7 @@ def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert float(done.stdout) < 1e-4
     bad = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
-    assert bad.exit_code == 2 and "allowed: state_dict, torchscript, onnx" in bad.output
+    assert bad.exit_code == 2 and "allowed: state_dict, torchscript, onnx, pt2" in bad.output
     nowhere = runner.invoke(app, ["export", str(run_dir / "nope"), "--format", "state_dict"])
     assert nowhere.exit_code == 2 and "is not a run directory (no run.sqlite)" in nowhere.output
     # a new retrain makes another model: the exports of the old one are set aside

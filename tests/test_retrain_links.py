@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,8 +57,8 @@ class FakeBox:
         where = Path(kw["workdir"])
         FakeBox.seen.append({p.name: p.read_bytes() for p in where.iterdir() if p.is_file()})
         (where / "child.log").open("w+b").close()  # as the real sandbox, before the child
-        if job.mode == "retrain":
-            (where / rt.WEIGHTS).write_bytes(b"weights")
+        if job.mode == "retrain":  # the real one: the measured archive, from memory
+            return FakeBox.plant(where, job) or replace(ok(), artifact=b"archive")
         return FakeBox.plant(where, job) or ok()
 
 
@@ -137,20 +138,29 @@ def test_links_left_by_the_child_are_not_followed(
     FakeBox.plant = staticmethod(planting(**{name: to}))  # type: ignore[assignment]
     result = rt.retrain(world["run"], on_progress=lambda p: None)
     assert result["test_accuracy"] == 0.7 and result["resumed_from_epoch"] == 0
-    assert (folder(world) / rt.WEIGHTS).read_bytes() == b"weights"
+    assert (folder(world) / rt.ARCHIVE).read_bytes() == b"archive"
     assert not (folder(world) / rt.CHECKPOINT).exists()  # the link did not come out
     assert not (folder(world) / rt.CHILD_DIR).exists()  # the child's folder is gone
     again = rt.retrain(world["run"])  # and the next session starts clean
     assert again["resumed_from_epoch"] == 0 and set(FakeBox.seen[-1]) == set()
 
 
-def test_weights_replaced_by_a_link_fail_the_retrain_in_one_line(
+def test_an_archive_planted_in_work_is_never_read_and_none_handed_over_fails(
     world: dict[str, Path],
 ) -> None:
-    FakeBox.plant = staticmethod(planting(**{rt.WEIGHTS: "../../../run.sqlite"}))  # type: ignore[assignment]
+    """The stored archive is the one the sandbox measured (handed over in memory), never
+    what the child left in ``work/``; a success without one fails in one line."""
+    planted = planting(**{rt.ARCHIVE: "../../../run.sqlite"})
+
+    def no_archive(where: Path, job: EvalJob) -> Evaluation:
+        planted(where, job)
+        return ok()  # OK, but no measured archive with it
+
+    FakeBox.plant = staticmethod(no_archive)  # type: ignore[assignment]
     with pytest.raises(RuntimeError) as failed:
         rt.retrain(world["run"])
-    assert "model_state.pt is missing, a link" in one_line(failed.value)
+    assert "measured model archive is missing" in one_line(failed.value)
+    assert not (folder(world) / rt.ARCHIVE).exists()
     assert not (world["run"] / rt.RESULT).exists()
     with RunStore.open(world["run"]) as store:
         assert "retrain_failed" in [kind for _, kind, _ in store.events()]
@@ -240,14 +250,14 @@ def test_an_old_retrain_folder_that_was_the_childs_is_read_without_following_lin
     for name in ("sessions.json", ".sessions.json.tmp", "progress.json", "child.log"):
         (old / name).symlink_to(world["sentinel"])
     (old / rt.CHECKPOINT).symlink_to("../../run.sqlite")
-    (old / rt.WEIGHTS).symlink_to(world["sentinel"])
+    (old / rt.ARCHIVE).symlink_to(world["sentinel"])
     (old / rt.CHILD_DIR).symlink_to(world["outside"], target_is_directory=True)
     result = rt.retrain(world["run"])
     assert result["resumed_from_epoch"] == 0 and FakeBox.seen[-1] == {}
     assert not (old / rt.CHILD_DIR).exists()
     sessions = json.loads((old / "sessions.json").read_text())  # a file of its own now
     assert [s["from_epoch"] for s in sessions] == [0]
-    assert (old / rt.WEIGHTS).read_bytes() == b"weights" and not (old / rt.WEIGHTS).is_symlink()
+    assert (old / rt.ARCHIVE).read_bytes() == b"archive" and not (old / rt.ARCHIVE).is_symlink()
 
 
 def exporting(fmt: str = "state_dict", **changes: Any) -> Plant:
@@ -255,7 +265,9 @@ def exporting(fmt: str = "state_dict", **changes: Any) -> Plant:
     (name -> bytes, a link target as str, or None to remove)."""
 
     def plant(where: Path, job: EvalJob) -> None:
-        assert job.mode == "export" and (where / rt.WEIGHTS).read_bytes() == b"weights"
+        assert job.mode == "export" and job.code == ""  # no candidate code in the child
+        assert Path(job.artifact) == where / rt.ARCHIVE
+        assert (where / rt.ARCHIVE).read_bytes() == b"archive"
         out = where / f"export-{fmt}"
         out.mkdir()
         info = {
@@ -336,12 +348,12 @@ def test_an_export_folder_that_is_a_link_is_not_entered(world: dict[str, Path]) 
 
 def test_export_refuses_retrained_weights_that_are_a_link(world: dict[str, Path]) -> None:
     rt.retrain(world["run"])
-    weights = folder(world) / rt.WEIGHTS
-    weights.unlink()
-    weights.symlink_to(world["sentinel"])
+    archive = folder(world) / rt.ARCHIVE
+    archive.unlink()
+    archive.symlink_to(world["sentinel"])
     with pytest.raises(ex.ExportError) as failed:
         ex.export(world["run"], "state_dict")
-    assert "model_state.pt is missing or not a regular file" in one_line(failed.value)
+    assert "model.pt2 is missing or not a regular file" in one_line(failed.value)
     assert FakeBox.seen == [{}]  # the retrain's session only: no export child started
 
 

@@ -237,15 +237,16 @@ class EvalJob:
     compile: bool = False  # torch.compile the model for training
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     mode: str = "search"  # "search": train + measure; "retrain": final protocol + test set;
-    # "export": load the retrained weights and write ``export_format`` (results.export)
+    # "export": load the measured archive (``artifact``; no candidate code) and write
+    # ``export_format`` (results.export)
     export_format: str = ""
-    # The search protocol runs in separate processes (see lemo_nade.sandbox): "prepare"
+    # The search and retrain protocol runs in separate processes (see lemo_nade.sandbox): "prepare"
     # (trusted: writes the data files below), "train" (the candidate: trains on the
     # prepared training data, hands over a graph), "measure" (trusted, never runs
     # candidate code: loads the graph and computes every metric); "all" is one process.
     phase: str = "all"
     prepared: str = ""  # directory of the prepared data files ("train" and "measure")
-    artifact: str = ""  # the graph to measure ("measure")
+    artifact: str = ""  # the graph to measure ("measure") or to export ("export")
     train_time_s: float = 0.0  # "measure": the training time the parent saw (speed budget)
 
     def to_dict(self) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def _retrain_with_progress(
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with a retrained model.")],
     fmt: Annotated[
-        str, typer.Option("--format", help="state_dict, torchscript or onnx (needs [onnx]).")
+        str, typer.Option("--format", help="state_dict, torchscript, onnx (needs [onnx]) or pt2.")
     ] = "state_dict",
     as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
 ) -> None:

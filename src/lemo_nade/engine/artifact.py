@@ -39,6 +39,11 @@ def export_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    return export_bytes_of(program)
+
+
+def export_bytes_of(program: torch.export.ExportedProgram) -> bytes:
+    """An exported program as ``.pt2`` archive bytes."""
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()

@@ -1,13 +1,16 @@
-"""The export child: rebuild the retrained model, write one format, check it round-trips.
+"""The export child: the measured archive, written as one format and checked.
 
-Runs in the sandbox in a new, empty working directory holding only a copy of the
-retrained ``model_state.pt``, and writes ``export-<format>/`` there; the run process
-copies out the format's model file, ``sample_input.pt``, ``expected_logits.pt`` and
-``export.json`` (refusing links and anything not a plain file: see
-:mod:`lemo_nade.results.export`), and writes the source, the preprocessing and the model
-card itself into ``RUN_DIR/export/``.
+Runs in the sandbox (``EvalJob.mode == "export"``) in a new, empty working directory
+holding only a copy of the retrained model's ``model.pt2``, the ``torch.export`` archive
+that the measuring child measured. No candidate code runs here: the archive is loaded
+as :mod:`lemo_nade.engine.artifact` loads it for measuring (no unpickling, ATen-only
+graphs), so the exported model is exactly the measured one. The child writes
+``export-<format>/``; the run process copies out the format's model file,
+``sample_input.pt``, ``expected_logits.pt`` and ``export.json`` (refusing links and
+anything not a plain file: see :mod:`lemo_nade.results.export`), and writes the source,
+the preprocessing and the model card itself into ``RUN_DIR/export/``.
 
-Every format is checked against PyTorch on real inputs (the first test images,
+Every format is checked against the archive on real inputs (the first test images,
 normalised as in training): the maximum absolute difference of the logits is stored in
 ``export.json`` beside ``sample_input.pt`` and ``expected_logits.pt``, which a user (and
 the tests) can load in a fresh process to check the exported model again.
@@ -19,27 +22,26 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lemo_nade.engine import artifact
 from lemo_nade.engine.data import split_for_job
 from lemo_nade.engine.loaders import load
-from lemo_nade.engine.retrain import WEIGHTS
 from lemo_nade.records import EvalJob
 
 SAMPLES = 8
+Program = torch.export.ExportedProgram
 
 
-def export_model(job: EvalJob, folder: Path, build: Callable[[], nn.Module]) -> None:
+def export_model(job: EvalJob, folder: Path) -> None:
+    """Write ``folder/export-FMT/`` from the archive at ``job.artifact``."""
     torch.set_num_threads(job.threads or os.cpu_count() or 1)
-    model = build()
-    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
+    program = artifact.load(Path(job.artifact).read_bytes())
+    model = program.module()
     split = split_for_job(job)  # the training split's statistics
     x = split.normalize(load(job.dataset, job.data_dir).x_test[:SAMPLES])
     with torch.inference_mode():
@@ -48,7 +50,7 @@ def export_model(job: EvalJob, folder: Path, build: Callable[[], nn.Module]) -> 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     writer = WRITERS[job.export_format]
-    files, got = writer(model, x, out)
+    files, got = writer(program, x, out)
     diff = float((got - expected).abs().max())
     torch.save(x, out / "sample_input.pt")
     torch.save(expected, out / "expected_logits.pt")
@@ -65,28 +67,42 @@ def export_model(job: EvalJob, folder: Path, build: Callable[[], nn.Module]) -> 
     (out / "export.json").write_text(json.dumps(info, indent=2))
 
 
-def _state_dict(model: nn.Module, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
-    torch.save(model.state_dict(), out / "model_state.pt")
+def _state_dict(program: Program, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
+    """The archive's weights under the names of the candidate's ``Net`` (its source goes
+    beside them as ``model.py``); checked by loading them back into the graph."""
+    weights = {k: v.detach().cpu() for k, v in program.module().state_dict().items()}
+    torch.save(weights, out / "model_state.pt")
+    check = program.module()
+    check.load_state_dict(torch.load(out / "model_state.pt", weights_only=True))
     with torch.inference_mode():
-        return ["model_state.pt"], model(x)
+        return ["model_state.pt"], check(x)
 
 
-def _torchscript(model: nn.Module, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
+def _pt2(program: Program, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
+    """The archive itself (``torch.export.load``), as measured."""
+    data = artifact.export_bytes_of(program)
+    (out / "model.pt2").write_bytes(data)
+    with torch.inference_mode():
+        return ["model.pt2"], artifact.load(data).module()(x)
+
+
+def _torchscript(program: Program, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
-        traced = torch.jit.trace(model, x)
+        warnings.simplefilter("ignore")  # TorchScript is deprecated; tracing warns
+        traced = torch.jit.trace(program.module(), x)
         traced.save(str(out / "model.ts"))
         loaded = torch.jit.load(str(out / "model.ts"))
     with torch.inference_mode():
         return ["model.ts"], loaded(x)
 
 
-def _onnx(model: nn.Module, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
+def _onnx(program: Program, x: torch.Tensor, out: Path) -> tuple[list[str], torch.Tensor]:
     import onnxruntime
 
     path = out / "model.onnx"
+    model: nn.Module = program.module()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
         torch.onnx.export(
             model,
             (x,),
@@ -101,4 +117,4 @@ def _onnx(model: nn.Module, x: torch.Tensor, out: Path) -> tuple[list[str], torc
     return ["model.onnx"], torch.from_numpy(logits)
 
 
-WRITERS = {"state_dict": _state_dict, "torchscript": _torchscript, "onnx": _onnx}
+WRITERS = {"state_dict": _state_dict, "torchscript": _torchscript, "onnx": _onnx, "pt2": _pt2}

@@ -1,7 +1,8 @@
 """Measuring a trained model: A1, A2 and E2 (with energy), size, FLOPs and speed.
 
-Used by the measuring process of the search protocol (on the handed-over graph) and by
-the one-process protocol of ``retrain``. Child side: imports torch.
+Used by the measuring process of the search and retrain protocol (on the handed-over
+graph) and by the one-process search protocol (``LEMO_NADE_SPLIT=0``). Child side:
+imports torch.
 """
 
 from __future__ import annotations

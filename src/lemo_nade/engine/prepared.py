@@ -11,7 +11,8 @@ dataset once per run and writes two files into a directory the sandbox owns:
   the LR on "validation loss"; here that role is played by a slice carved from the
   training split, so that the validation labels stay in the measuring process.)
 - ``eval.pt``, read by the measuring child only: the same fitting part (for A1) and the
-  validation split (for A2 and E2).
+  validation split (for A2 and E2); for ``retrain`` (``job.mode == "retrain"``) also the
+  held-out test set (``x_test``/``y_test``), which the measuring child uses once.
 
 Both files carry the normalisation statistics of the whole training split, so the two
 sides normalise identically. Tensors are saved with ``torch.save`` and read back with
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lemo_nade.engine.data import Split, split_for_job, stratified_split
+from lemo_nade.engine.loaders import load
 from lemo_nade.files import atomic_write
 from lemo_nade.records import EvalJob
 
@@ -50,6 +52,9 @@ def prepare(job: EvalJob, out_dir: Path) -> tuple[Path, Path]:
         "y_held": split.y_train[plateau],
     }
     evaluation = {**common, **fitting, "x_held": split.x_val, "y_held": split.y_val}
+    if job.mode == "retrain":  # the test set, for the measuring child only
+        raw = load(job.dataset, job.data_dir)
+        evaluation |= {"x_test": raw.x_test, "y_test": raw.y_test}
     paths = out_dir / TRAIN_FILE, out_dir / EVAL_FILE
     for path, tensors in zip(paths, (train, evaluation), strict=True):
         buffer = io.BytesIO()
@@ -72,3 +77,10 @@ def load_prepared(path: Path, device: torch.device | str | None = None) -> Split
         num_classes=int(data["num_classes"]),
     )
     return split.to(device) if device is not None else split
+
+
+def load_test(path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out test set of a retrain's ``eval.pt`` (images not normalised); raises
+    KeyError where the file holds none."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data["x_test"].to(device), data["y_test"].to(device)

@@ -1,9 +1,12 @@
-"""The retrain child's extras: checkpoints in its working directory, the test set once,
-and the trained weights. Runs inside the sandbox (``EvalJob.mode == "retrain"``), whose
+"""The retrain child's extra: checkpoints in its working directory. Runs inside the
+candidate's training process (``EvalJob.mode == "retrain"``, phase ``train``), whose
 working directory is a new ``retrain/NNN/work/`` per session: the only place it may
 write. The run process put a copy of the kept checkpoint there before the child started
-and copies ``checkpoint.pt``, ``progress.json`` and ``model_state.pt`` out after it ended
-(:mod:`lemo_nade.results.retrain`), refusing links and anything not a plain file.
+and copies ``checkpoint.pt`` and ``progress.json`` out after it ended
+(:mod:`lemo_nade.results.retrain`), refusing links and anything not a plain file. The
+trained model leaves as the ``model.pt2`` archive of every training child
+(:func:`lemo_nade.engine.phases.hand_over`); the test set is measured by the trusted
+measuring child, never here.
 
 Checkpoints are ``torch.save`` files written atomically after every epoch and read
 with ``weights_only=True`` (tensors, numbers and dicts only; no pickled code). Written
@@ -19,16 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from lemo_nade.engine import measure
-from lemo_nade.engine.data import Split
-from lemo_nade.engine.loaders import load
 from lemo_nade.files import atomic_file, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.json"  # the epoch reached, for the parent's progress bar (no torch)
-WEIGHTS = "model_state.pt"
 
 
 class FileCheckpoint:
@@ -63,20 +61,3 @@ class FileCheckpoint:
             "spent_s": spent_s,
         }
         atomic_write_json(self.path.with_name(PROGRESS), progress, indent=None, fsync=False)
-
-
-def test_accuracy(
-    model: nn.Module, dataset: str, data_dir: str | None, split: Split, batch_size: int
-) -> tuple[float, int]:
-    """Accuracy on the held-out test set, normalised with the training split's statistics."""
-    raw = load(dataset, data_dir)
-    device = split.x_train.device
-    x, y = raw.x_test.to(device), raw.y_test.to(device)
-    accuracy, _loss = measure.accuracy_and_loss(model, x, y, batch_size, split.normalize)
-    return accuracy, len(x)
-
-
-def save_weights(model: nn.Module, folder: Path) -> None:
-    """The trained weights (on CPU) as ``model_state.pt``, atomically."""
-    with atomic_file(folder / WEIGHTS, fsync=False) as f:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)

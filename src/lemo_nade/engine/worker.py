@@ -40,7 +40,7 @@ from torch import nn
 from lemo_nade.engine import confine, measure, phases, retrain
 from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.measuring import Power, measure_trained
-from lemo_nade.engine.prepared import EVAL_FILE, TRAIN_FILE, load_prepared
+from lemo_nade.engine.prepared import EVAL_FILE, TRAIN_FILE, load_prepared, load_test
 from lemo_nade.engine.protocol import looks_like_oom
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.files import atomic_write
@@ -92,11 +92,11 @@ def run_job(job: EvalJob, log: Callable[[str], None] | None = None) -> Evaluatio
     for anything the candidate does."""
     start = time.perf_counter()
     try:
-        if job.mode == "export":
+        if job.mode == "export":  # from the measured archive: no candidate code runs
             from lemo_nade.engine.export import export_model
 
-            with _stage(Status.FAILED_BUILD, f"exporting as {job.export_format}"):
-                export_model(job, Path.cwd(), build=lambda: _build(load_candidate(job.code)))
+            with _stage(Status.FAILED_EXPORT, f"exporting as {job.export_format}"):
+                export_model(job, Path.cwd())
             return Evaluation(Status.OK, wall_time_s=time.perf_counter() - start)
         if job.phase != "all":
             return _phase(job, log, start)
@@ -133,8 +133,10 @@ def _train_and_hand_over(job: EvalJob, log: Callable[[str], None] | None) -> Non
         split = load_prepared(Path(job.prepared) / TRAIN_FILE, device)
     with _stage(Status.FAILED_SHAPE, "forward on a dummy batch"):
         check_shape(model.to(device), split)
+    # retrain: a checkpoint after every epoch, in this process's working directory
+    checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
     with _stage(Status.FAILED_TRAIN, "training"):
-        train(model, split, job, weight_decay, log)
+        train(model, split, job, weight_decay, log, checkpoint=checkpoint)
     with _stage(Status.FAILED_EXPORT, "exporting the trained model with torch.export"):
         phases.hand_over(model, split)
 
@@ -151,6 +153,8 @@ def _measure_handed_over(job: EvalJob) -> Metrics:
     power = Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     with power.span() as whole, _stage(Status.FAILED_TRAIN, "measuring the exported model"):
         fields = measure_trained(model, split, job, power, train_s=job.train_time_s)
+        if job.mode == "retrain":  # the held-out test set, once, after everything else
+            fields |= _test_once(model, split, job, power)
     fields |= phases.graph_sizes(program)
     return Metrics(
         **fields,
@@ -194,18 +198,13 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     sensors = measure.sensors_for(device)  # RAPL / NVML where readable, else the estimate
     power = Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     sensors_s = time.perf_counter() - sensors_start
-    checkpoint = retrain.FileCheckpoint(Path.cwd()) if job.mode == "retrain" else None
     whole = None
     try:
         with power.span() as whole:
             with _stage(Status.FAILED_TRAIN, "training"), power.span() as e1:
-                result = train(model, split, job, weight_decay, log, checkpoint=checkpoint)
+                result = train(model, split, job, weight_decay, log)
             with _stage(Status.FAILED_TRAIN, "measuring"):
                 fields = measure_trained(model, split, job, power, train_s=e1.wall_s)
-            if job.mode == "retrain":  # the held-out test set, once, after training
-                with _stage(Status.FAILED_TRAIN, "testing"):
-                    fields |= _test_once(model, split, job, power)
-                fields["best_epoch"] = result.best_epoch
     except StageFailed as failed:  # what was spent before it failed still counts
         failed.spent_kwh = whole.energy_kwh if whole is not None else None
         raise
@@ -226,13 +225,13 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
 
 
 def _test_once(model: nn.Module, split: Split, job: EvalJob, power: Power) -> dict[str, Any]:
-    """The held-out test set's accuracy and energy; saves the trained weights."""
+    """The held-out test set's accuracy and energy (retrain's measuring child), normalised
+    with the training split's statistics."""
+    with _stage(Status.FAILED_DATA, "loading the test set"):
+        x, y = load_test(Path(job.prepared) / EVAL_FILE, split.x_train.device)
     with power.span() as e3:
-        accuracy, images = retrain.test_accuracy(
-            model, job.dataset, job.data_dir, split, job.batch_size
-        )
-    retrain.save_weights(model, Path.cwd())
-    return {"test_accuracy": accuracy, "test_images": images, "test_energy_kwh": e3.energy_kwh}
+        accuracy, _loss = measure.accuracy_and_loss(model, x, y, job.batch_size, split.normalize)
+    return {"test_accuracy": accuracy, "test_images": len(x), "test_energy_kwh": e3.energy_kwh}
 
 
 def load_candidate(code: str) -> dict[str, Any]:

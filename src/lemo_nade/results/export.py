@@ -1,26 +1,31 @@
 """``lemo-nade export``: the retrained model as a file a user can ship.
 
-Formats: ``state_dict`` (weights + the source that defines ``Net``), ``torchscript``
-(``torch.jit.trace``; no source needed to load, though TorchScript is deprecated in
-recent PyTorch) and ``onnx`` (the TorchScript-based exporter, opset default; needs the
-``onnx`` extra: ``pip install 'lemo-nade[onnx]'``). Each goes to
-``RUN_DIR/export/<format>/`` with:
+Every format is made from the measured archive ``retrain/NNN/model.pt2`` (the
+``torch.export`` program the trusted measuring child measured), never by running the
+candidate's code: ``state_dict`` (the archive's weights under the names of the
+candidate's ``Net``, whose source goes beside them), ``torchscript`` (``torch.jit.trace``
+of the archive's graph; no source needed to load, though TorchScript is deprecated in
+recent PyTorch), ``onnx`` (the TorchScript-based exporter on the archive's graph, opset
+default; needs the ``onnx`` extra: ``pip install 'lemo-nade[onnx]'``) and ``pt2`` (the
+archive as is; ``torch.export.load``). Each goes to ``RUN_DIR/export/<format>/`` with:
 
-- the model file, and ``model.py`` (the candidate's source, which defines ``Net``);
+- the model file, and ``model.py`` (the candidate's source, which defines ``Net``: text
+  for the user, not run by the export);
 - ``preprocess.json``: input shape, per-channel mean and std in 0..255 pixel units
   (``x = (uint8_image - mean) / std``, NCHW float32);
 - ``model_card.json``: dataset, run id, candidate, metrics and how they were measured;
 - ``sample_input.pt`` and ``expected_logits.pt``: real test images and PyTorch's logits,
   to check the exported file (``export.json`` has the max abs difference found).
 
-The model is rebuilt from its code in the sandbox, like any candidate, in a new, empty
-working directory (``retrain/NNN/work-export-<format>/``) that holds a copy of the
-retrained weights. The child writes ``export-<format>/`` there; the run process copies
-out only the files this format makes, each through :mod:`lemo_nade.sandbox.handover`
-(a regular file, no links, at most the child's file size limit; anything else fails the
-export in one line), re-checks ``export.json`` and writes ``model.py``,
-``preprocess.json``, ``model_card.json`` and ``export.json`` itself, into a folder of its
-own (``export/.<format>.tmp``) that is then renamed into place, so nothing is left
+The export child runs in the sandbox with no candidate code (the archive is untrusted
+data: it is loaded without unpickling, ATen-only), in a new, empty working directory
+(``retrain/NNN/work-export-<format>/``) that holds a copy of the archive. The child
+writes ``export-<format>/`` there; the run process copies out only the files this
+format makes, each through :mod:`lemo_nade.sandbox.handover` (a regular file, no links,
+at most the child's file size limit; anything else fails the export in one line),
+re-checks ``export.json`` and writes ``model.py``, ``preprocess.json``,
+``model_card.json`` and ``export.json`` itself, into a folder of its own
+(``export/.<format>.tmp``) that is then renamed into place, so nothing is left
 half-written and nothing is written where the child could have planted a link.
 
 Pure main-process side: no torch import.
@@ -42,10 +47,10 @@ from lemo_nade.files import atomic_write, atomic_write_json
 from lemo_nade.numbers import finite
 from lemo_nade.records import EvalJob, Status
 from lemo_nade.results.retrain import (
+    ARCHIVE,
     ARTIFACT_LIMIT_BYTES,
     JSON_LIMIT_BYTES,
     RESULT,
-    WEIGHTS,
     RetrainError,
     fresh_dir,
     remove,
@@ -55,7 +60,7 @@ from lemo_nade.runs import search_job
 from lemo_nade.sandbox.handover import copy_regular, opened_dir, read_regular
 from lemo_nade.store import DB_NAME, RunStore
 
-FORMATS = ("state_dict", "torchscript", "onnx")
+FORMATS = ("state_dict", "torchscript", "onnx", "pt2")
 EXTRAS = {"onnx": ("onnx", "onnxruntime")}
 TIMEOUT_S = 1800.0
 # What the export child may hand over, per format, besides the check files: nothing else
@@ -64,6 +69,7 @@ MODEL_FILES = {
     "state_dict": ("model_state.pt",),
     "torchscript": ("model.ts",),
     "onnx": ("model.onnx",),
+    "pt2": ("model.pt2",),
 }
 CHECK_FILES = ("sample_input.pt", "expected_logits.pt")
 INFO = "export.json"
@@ -74,7 +80,7 @@ class ExportError(RetrainError):
 
 
 def export(run_dir: Path, fmt: str) -> dict[str, Any]:
-    """Rebuild the retrained model in the sandbox as ``fmt`` and publish it under
+    """Write the measured archive in the sandbox as ``fmt`` and publish it under
     ``RUN_DIR/export/FMT/`` (replacing an earlier export); returns the model card and
     its ``path``."""
     run_dir = Path(run_dir)
@@ -82,11 +88,13 @@ def export(run_dir: Path, fmt: str) -> dict[str, Any]:
     with RunStore.open(run_dir, writer=True) as store:
         config = config_from_json(store.config_json())
         record = next(r for r in store.iterations() if r.idx == retrained["iteration"])
-        job = replace(search_job(config, record.code), mode="export", export_format=fmt)
+        folder = workdir(run_dir, record.idx)
+        # no candidate code in the child: it loads the archive only
+        job = replace(search_job(config, ""), mode="export", export_format=fmt)
         staging = run_dir / "export" / f".{fmt}.tmp"
         try:
             fresh_dir(staging)
-            info = _export_in_child(workdir(run_dir, record.idx), job, staging, config)
+            info = _export_in_child(folder, job, staging, config)
             _write_own_files(staging, record.code, info)
             card = _model_card(store.run_id, record.idx, config.dataset, fmt, info, retrained)
             atomic_write_json(staging / "model_card.json", card)
@@ -102,21 +110,24 @@ def _export_in_child(
     folder: Path, job: EvalJob, staging: Path, config: RunConfig
 ) -> dict[str, Any]:
     """Run the export child in a fresh ``folder/work-export-FMT/`` holding a copy of the
-    retrained weights, hand its files over into ``staging``, remove its folder; returns
+    measured archive, hand its files over into ``staging``, remove its folder; returns
     the checked ``export.json``."""
     fmt = job.export_format
     child = folder / f"work-export-{fmt}"
     try:
         fresh_dir(child)
-        if not copy_regular(folder / WEIGHTS, child / WEIGHTS, ARTIFACT_LIMIT_BYTES):
+        if not copy_regular(folder / ARCHIVE, child / ARCHIVE, ARTIFACT_LIMIT_BYTES):
             raise ExportError(
-                f"{folder / WEIGHTS} is missing or not a regular file; "
+                f"{folder / ARCHIVE} is missing or not a regular file; "
                 f"run `lemo-nade retrain {folder.parent.parent} --fresh` again"
             )
+        job = replace(job, artifact=str(child / ARCHIVE))
         # this export's own sandbox; one candidate: a fresh interpreter costs less than a
         # fork server's start
         with sandbox.Sandbox(fork_server=False) as box:
-            evaluation = box.evaluate(job, TIMEOUT_S, config.memory_limit_mb, workdir=child)
+            evaluation = box.evaluate(  # no candidate code: nothing for the policy to check
+                job, TIMEOUT_S, config.memory_limit_mb, workdir=child, check_policy=False
+            )
         if evaluation.status is not Status.OK:
             raise RuntimeError(
                 f"exporting as {fmt} failed ({evaluation.status.value}): "

@@ -3,11 +3,18 @@ protocol (Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR x0.1 a
 20-epoch plateau; early stopping is ours), on the full training split (no search
 subset), then the held-out test set once.
 
-It runs in the sandbox like any candidate. The run's ``retrain/NNN/`` folder is the run's
+It runs in the sandbox like a search candidate, across the trust boundary
+(:mod:`lemo_nade.sandbox.split`): a trusted child prepares ``train.pt`` (the training
+split less the plateau slice: no validation or test labels) and ``eval.pt`` (validation
+and test sets); the candidate's child trains on ``train.pt`` and hands over a
+``torch.export`` archive; a trusted measuring child loads the archive and computes every
+number (A1, A2, test accuracy once, FPS, latency, P, FLOPs, E2, the test pass's energy);
+E1 and the hours are measured from outside. The run's ``retrain/NNN/`` folder is the run's
 own (the candidate cannot write there): ``sessions.json``, the kept ``checkpoint.pt`` with
-its ``progress.json``, and the final ``model_state.pt``. The child gets a new, empty
-``retrain/NNN/work/`` per session, holding only a copy of the kept checkpoint; it writes
-``checkpoint.pt`` there after every epoch (and ``progress.json`` for the progress bar).
+its ``progress.json``, and the measured archive ``model.pt2`` (what ``export`` exports).
+The training child gets a new, empty ``retrain/NNN/work/`` per session, holding only a
+copy of the kept checkpoint; it writes ``checkpoint.pt`` there after every epoch (and
+``progress.json`` for the progress bar).
 When the child ends (normally, killed, or the command interrupted; or, at the next
 session, after the run process itself was killed) the run copies the checkpoint out with
 :mod:`lemo_nade.sandbox.handover` (a regular file, no links, at most the child's file
@@ -54,7 +61,7 @@ RESULT = "retrain.json"
 PROGRESS = "progress.json"
 SESSIONS = "sessions.json"  # one entry per retrain session: from_epoch, protocol
 CHECKPOINT = "checkpoint.pt"  # as lemo_nade.engine.retrain names them (child side, torch)
-WEIGHTS = "model_state.pt"
+ARCHIVE = "model.pt2"  # the measured torch.export archive, written by the run process
 CHILD_DIR = "work"  # the retrain child's working directory, inside retrain/NNN/
 # A child cannot write a larger file (RLIMIT_FSIZE): anything larger is not its output.
 ARTIFACT_LIMIT_BYTES = FILE_SIZE_LIMIT_BYTES
@@ -124,6 +131,7 @@ def retrain(
                 "run the command again to continue from the last checkpoint"
             )
         seconds = before_s + time.time() - start
+        evaluation = _with_epochs(evaluation, _progress(folder))
         result = summarise(chosen, evaluation, config, seconds, resumed, folder)
         result["sessions"] = sessions
         atomic_write_json(Path(run_dir) / RESULT, result)  # NaN becomes null
@@ -155,10 +163,11 @@ def _run_child(
     memory_limit_mb: int | None,
     on_progress: Callable[[dict[str, Any]], None] | None,
 ) -> Evaluation:
-    """The retrain child in ``folder/work/``; whatever happens, its checkpoint (and, when
-    it succeeded, its weights) come out and ``work/`` goes."""
+    """The retrain's children, the training one in ``folder/work/``; whatever happens, its
+    checkpoint comes out and ``work/`` goes. When they succeeded, the measured archive
+    (from the run process's memory, never re-read from ``work/``) is stored as
+    ``folder/model.pt2``."""
     child = folder / CHILD_DIR
-    evaluation: Evaluation | None = None
     try:
         # this retrain's own sandbox; one candidate: a fresh interpreter costs less than a
         # fork server's start
@@ -169,33 +178,26 @@ def _run_child(
                 lambda: box.evaluate(job, timeout_s, memory_limit_mb, workdir=child),
             )
     finally:
-        succeeded = evaluation is not None and evaluation.status is Status.OK
-        weights = collect(child, folder, weights=succeeded)
-    if succeeded and not weights:
-        return Evaluation(
-            Status.CRASHED,
-            error=f"the child's {WEIGHTS} is missing, a link, not a regular file, or over "
-            f"{ARTIFACT_LIMIT_BYTES // 2**20} MB",
-        )
-    assert evaluation is not None
+        collect(child, folder)
+    if evaluation.status is Status.OK:
+        if not evaluation.artifact:
+            return Evaluation(Status.CRASHED, error="the measured model archive is missing")
+        atomic_write(folder / ARCHIVE, evaluation.artifact)
     return evaluation
 
 
-def collect(child: Path, folder: Path, weights: bool = False) -> bool:
-    """Copy the checkpoint (with its progress) and, with ``weights``, the trained weights
-    out of the ended child's ``child`` folder into ``folder``, then remove ``child``.
-    Read through :mod:`lemo_nade.sandbox.handover`: a link, FIFO, device or oversized file
-    there counts as missing. Returns whether the weights came out."""
-    got = False
+def collect(child: Path, folder: Path) -> None:
+    """Copy the checkpoint (with its progress) out of the ended child's ``child`` folder
+    into ``folder``, then remove ``child``. Read through
+    :mod:`lemo_nade.sandbox.handover`: a link, FIFO, device or oversized file there counts
+    as missing."""
     with opened_dir(child) as fd:
         if fd is not None:
             progress = read_regular(PROGRESS, JSON_LIMIT_BYTES, dir_fd=fd)
             copied = copy_regular(CHECKPOINT, folder / CHECKPOINT, ARTIFACT_LIMIT_BYTES, fd)
             if copied and progress is not None:
                 atomic_write(folder / PROGRESS, progress, fsync=False)
-            got = weights and copy_regular(WEIGHTS, folder / WEIGHTS, ARTIFACT_LIMIT_BYTES, fd)
     remove(child)
-    return got
 
 
 def fresh_dir(path: Path) -> None:
@@ -220,6 +222,17 @@ def remove(path: Path) -> None:
             path.unlink()
     except OSError:
         pass
+
+
+def _with_epochs(evaluation: Evaluation, progress: dict[str, Any]) -> Evaluation:
+    """The epochs run and the best epoch, from the checkpoint's progress (the measuring
+    child sees only the archive): bookkeeping, not a measured number."""
+    assert evaluation.metrics is not None
+    epochs = int(progress.get("epoch", 0))
+    best = int(progress.get("best_epoch", epochs))
+    return replace(
+        evaluation, metrics=replace(evaluation.metrics, epochs_run=epochs, best_epoch=best)
+    )
 
 
 def _retire_exports(run_dir: Path) -> None:
@@ -270,7 +283,7 @@ def summarise(
         ),
         "energy_source": m.energy_source,
         "protocol": config.final.model_dump(),
-        "weights": f"retrain/{folder.name}/model_state.pt",  # relative to the run directory
+        "weights": f"retrain/{folder.name}/{ARCHIVE}",  # relative to the run directory
     }
 
 

@@ -149,8 +149,8 @@ class Sandbox:
 
         ``check_policy=False`` skips the static policy (tests of the kernel layer, the
         project's own code). ``workdir``: a directory to use (and keep) instead of a
-        fresh temporary one; the only place the child may write. ``retrain`` keeps its
-        checkpoints there."""
+        fresh temporary one; the only place the child may write (under the split
+        protocol, the training child's). ``retrain`` keeps its checkpoints there."""
         if check_policy:
             verdict = policy.check(job.code)
             if verdict is not None:
@@ -159,14 +159,14 @@ class Sandbox:
         start = time.perf_counter()
         workdirs.sweep_once()
         try:
-            if split.applies(job) and workdir is None:
+            if split.applies(job):
                 run = functools.partial(
                     self.run_phase,
                     memory_limit_mb=memory_limit_mb,
                     log_cap_bytes=log_cap_bytes,
                     fresh_process=fresh_process,
                 )
-                evaluation = split.evaluate(job, timeout_s, run, self.prepared)
+                evaluation = split.evaluate(job, timeout_s, run, self.prepared, workdir)
             else:
                 with workdirs.workdir(workdir) as where:
                     evaluation, _ = self._run_in(

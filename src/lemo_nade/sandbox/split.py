@@ -1,7 +1,10 @@
-"""The search protocol across processes: a candidate produces weights, never numbers.
+"""The search and retrain protocol across processes: a candidate produces weights, never
+numbers.
 
 Main-process side: no torch import. For each search candidate (``EvalJob.mode ==
-"search"``) the sandbox runs, each in its own confined child:
+"search"``) and each retrain session (``"retrain"``: the final protocol, checkpoints in
+the kept ``work/`` folder, the test set in ``eval.pt``, measured once by the measuring
+child) the sandbox runs, each in its own confined child:
 
 1. ``prepare`` (once per run and data split, trusted code): the prepared data files in a
    directory the sandbox owns (:mod:`lemo_nade.engine.prepared`). Afterwards they belong
@@ -20,8 +23,9 @@ E1 and the training time are measured here, from outside the candidate's process
 CPU time and peak memory from ``wait4`` (the fork server reaps it), wall time around it,
 and the machine's RAPL counters over its lifetime where readable. They cover the whole
 training process (building, loading the prepared data, training, export), not the
-training loop alone. ``LEMO_NADE_SPLIT=0`` restores the one-process protocol (the
-candidate's process measures itself), for comparison only.
+training loop alone. ``LEMO_NADE_SPLIT=0`` restores the one-process protocol for search
+candidates (the candidate's process measures itself), for comparison only; a retrain
+always goes this way.
 """
 
 from __future__ import annotations
@@ -53,8 +57,11 @@ RunPhase = Callable[[Path, EvalJob, float, "tuple[str, ...] | None"], tuple[Eval
 
 
 def applies(job: EvalJob) -> bool:
-    """Whether ``job`` goes through the split protocol (search candidates)."""
-    return job.mode == "search" and job.phase == "all" and os.environ.get(SPLIT_ENV) != "0"
+    """Whether ``job`` goes through the split protocol: a retrain always, a search
+    candidate unless ``LEMO_NADE_SPLIT=0``."""
+    if job.phase != "all":
+        return False
+    return job.mode == "retrain" or (job.mode == "search" and os.environ.get(SPLIT_ENV) != "0")
 
 
 class PreparedData:
@@ -65,6 +72,7 @@ class PreparedData:
 
     def get(self, job: EvalJob, run: RunPhase, timeout_s: float) -> Path | Evaluation:
         key = (
+            job.mode,  # a retrain's eval.pt also holds the test set
             job.dataset,
             job.data_dir,
             job.split_seed,
@@ -100,13 +108,21 @@ def _seal(where: Path) -> None:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
-def evaluate(job: EvalJob, timeout_s: float, run: RunPhase, prepared: PreparedData) -> Evaluation:
-    """Prepare (once), train (the candidate), measure (trusted): one Evaluation."""
+def evaluate(
+    job: EvalJob,
+    timeout_s: float,
+    run: RunPhase,
+    prepared: PreparedData,
+    train_dir: Path | None = None,
+) -> Evaluation:
+    """Prepare (once), train (the candidate), measure (trusted): one Evaluation, carrying
+    the measured archive. ``train_dir``: the training child's working directory, kept
+    (a retrain's ``work/``, with its checkpoint), instead of a fresh temporary one."""
     start = time.perf_counter()
     data = prepared.get(job, run, timeout_s)
     if isinstance(data, Evaluation):
         return data
-    trained, e1, model = _train(job, timeout_s, run, data)
+    trained, e1, model = _train(job, timeout_s, run, data, train_dir)
     if model is None:
         failure_kwh = e1.energy_kwh if e1 is not None else None
         return replace(trained, metrics=None, failure_kwh=failure_kwh)
@@ -132,14 +148,14 @@ def evaluate(job: EvalJob, timeout_s: float, run: RunPhase, prepared: PreparedDa
 
 
 def _train(
-    job: EvalJob, timeout_s: float, run: RunPhase, data: Path
+    job: EvalJob, timeout_s: float, run: RunPhase, data: Path, train_dir: Path | None
 ) -> tuple[Evaluation, energy.Reading | None, bytes | None]:
     """The candidate's process, measured from outside; its archive, read safely."""
     usage: dict[str, float] = {}
     detected = sensors.detect()
     train_job = replace(job, phase="train", prepared=str(data))
     with (
-        workdir(None) as where,
+        workdir(train_dir) as where,
         energy.span(
             detected,
             job.cpu_power_w_per_core,
