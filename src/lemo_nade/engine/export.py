@@ -31,6 +31,7 @@ from torch import nn
 from lemo_nade.engine import artifact
 from lemo_nade.engine.data import split_for_job
 from lemo_nade.engine.loaders import load
+from lemo_nade.engine.phases import Graph
 from lemo_nade.records import EvalJob
 
 SAMPLES = 8
@@ -100,7 +101,7 @@ def _onnx(program: Program, x: torch.Tensor, out: Path) -> tuple[list[str], torc
     import onnxruntime
 
     path = out / "model.onnx"
-    model: nn.Module = program.module()
+    model: nn.Module = Graph(program)  # the exporter switches modes: a no-op on a graph
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
         torch.onnx.export(
