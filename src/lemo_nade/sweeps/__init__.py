@@ -1,0 +1,1 @@
+"""Sweeps: a grid of runs (:mod:`.plan`) executed locally or on Ray (:mod:`.executors`)."""
