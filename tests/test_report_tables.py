@@ -5,6 +5,7 @@ instead of "nan" or a crash, and a finite one as it always did."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from rich.console import Console
 from lemo_nade.cli.console import LiveProgress, print_summary, print_table
 from lemo_nade.config import build_config
 from lemo_nade.reporting.compare import compare_rows, rich_table
-from lemo_nade.reporting.sweep_table import to_markdown
+from lemo_nade.reporting.sweep_table import to_json, to_markdown
 from test_report import CHAIN, make_run
 
 
@@ -86,3 +87,16 @@ def test_compare_table_shows_a_dash_for_nan(tmp_path: Path) -> None:
     console.print(rich_table(compare_rows([run])))
     line = next(x for x in console.export_text().splitlines() if x.startswith("│ run"))
     assert " 90.00% │        — │ 20,000 │ 0.0125 │       — │       — │ 4,000 │ estimate │" in line
+
+
+def test_the_sweep_json_is_strict_json_when_a_figure_is_not_finite(tmp_path: Path) -> None:
+    """A search energy that could not be summed (NaN) was written as a bare NaN token,
+    which strict JSON parsers refuse; it is null."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    rows = [{"run": "a", "search_kwh_pue": math.nan, "val_accuracy": 0.5, "nested": [math.inf]}]
+    doc = json.loads(to_json(tmp_path, [], rows), parse_constant=refuse)
+    assert doc["rows"][0]["search_kwh_pue"] is None and doc["rows"][0]["nested"] == [None]
+    assert doc["rows"][0]["val_accuracy"] == 0.5

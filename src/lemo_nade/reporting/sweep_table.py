@@ -25,7 +25,7 @@ from typing import Any
 
 from lemo_nade.config import config_from_json
 from lemo_nade.files import atomic_write
-from lemo_nade.numbers import fmt
+from lemo_nade.numbers import fmt, jsonable
 from lemo_nade.reporting.data import load_retrain
 from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import DB_NAME, RunStore
@@ -120,7 +120,7 @@ def to_csv(axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
 
 def to_json(sweep_dir: Path, axis_keys: list[str], rows: list[dict[str, Any]]) -> str:
     doc = {"sweep_dir": str(sweep_dir), "columns": columns(axis_keys), "rows": rows}
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"  # NaN: null
 
 
 def plot_accuracy_vs_energy(axis_keys: list[str], rows: list[dict[str, Any]], path: Path) -> bool:
