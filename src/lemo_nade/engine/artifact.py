@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-MAX_ARTIFACT_BYTES = 512 * 2**20
+from lemo_nade.engine.protocol import MAX_ARTIFACT_BYTES
+
 MAX_BATCH = 1 << 16
 _ALLOWED_NAMESPACES = frozenset({"aten", "prims"})
 _ALLOWED_PY_CALLS = frozenset({operator.getitem})
@@ -135,12 +136,12 @@ def _allowed(target: Any) -> bool:
     return isinstance(target, torch._ops.HigherOrderOperator)
 
 
+def held_tensors(program: torch.export.ExportedProgram) -> list[torch.Tensor]:
+    """Every tensor the program holds, once each: parameters, buffers, lifted constants."""
+    held = [*program.state_dict.values(), *program.constants.values()]
+    return list({id(t): t for t in held if isinstance(t, torch.Tensor)}.values())
+
+
 def tensor_elements(program: torch.export.ExportedProgram) -> int:
     """Every number the program holds: parameters, buffers and lifted constants."""
-    seen: set[int] = set()
-    total = 0
-    for t in [*program.state_dict.values(), *program.constants.values()]:
-        if isinstance(t, torch.Tensor) and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel()
-    return total
+    return sum(t.numel() for t in held_tensors(program))

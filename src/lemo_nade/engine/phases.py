@@ -27,10 +27,9 @@ from torch import nn
 from lemo_nade.engine import artifact
 from lemo_nade.engine.data import Split
 from lemo_nade.engine.prepared import prepare
+from lemo_nade.engine.protocol import ARTIFACT_FILE
 from lemo_nade.files import atomic_write
 from lemo_nade.records import EvalJob
-
-ARTIFACT_FILE = "model.pt2"
 
 
 class Graph(nn.Module):
@@ -69,8 +68,7 @@ def load_graph(path: Path, device: torch.device) -> tuple[torch.export.ExportedP
 def graph_sizes(program: torch.export.ExportedProgram) -> dict[str, Any]:
     """P counts every number the graph holds (parameters, buffers, constants), so weights
     cannot hide outside ``parameters()``; the trainable count and the size in MB too."""
-    held = [*program.state_dict.values(), *program.constants.values()]
-    tensors = {id(t): t for t in held if isinstance(t, torch.Tensor)}.values()
+    tensors = artifact.held_tensors(program)
     return {
         "P": artifact.tensor_elements(program),
         "params_trainable": sum(

@@ -28,11 +28,10 @@ import torch
 
 from lemo_nade.engine.data import Split, split_for_job, stratified_split
 from lemo_nade.engine.loaders import load
+from lemo_nade.engine.protocol import EVAL_FILE, TRAIN_FILE
 from lemo_nade.files import atomic_write
 from lemo_nade.records import EvalJob
 
-TRAIN_FILE = "train.pt"
-EVAL_FILE = "eval.pt"
 PLATEAU_FRACTION = 0.1
 _PLATEAU_SEED_MIX = 104_729  # the slice's draw is independent of the split's and subset's
 

@@ -24,6 +24,13 @@ REQUEST_FILE = "request.json"
 RESULT_FILE = "result.json"
 LOG_FILE = "child.log"
 RESULT_SIZE_LIMIT_BYTES = 1 * 2**20
+# The search and retrain protocol's files (lemo_nade.sandbox.split): the prepared data a
+# training child may read, the one its measuring child reads, and the trained model the
+# training child hands over (a torch.export archive, refused above the size cap).
+TRAIN_FILE = "train.pt"
+EVAL_FILE = "eval.pt"
+ARTIFACT_FILE = "model.pt2"
+MAX_ARTIFACT_BYTES = 512 * 2**20
 CONFINE_FAILED = 70  # exit code: a probed isolation step failed in the candidate
 SETUP_FAILED = 71  # exit code: the fork server's child could not set up its session or files
 # Texts that mean out of memory: Python, torch (CPU and CUDA), C++, the dynamic loader.

@@ -40,8 +40,8 @@ from torch import nn
 from lemo_nade.engine import confine, measure, phases, retrain
 from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.measuring import Power, measure_trained
-from lemo_nade.engine.prepared import EVAL_FILE, TRAIN_FILE, load_prepared, load_test
-from lemo_nade.engine.protocol import looks_like_oom
+from lemo_nade.engine.prepared import load_prepared, load_test
+from lemo_nade.engine.protocol import EVAL_FILE, TRAIN_FILE, looks_like_oom
 from lemo_nade.engine.train import TrainingDiverged, train
 from lemo_nade.files import atomic_write
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status

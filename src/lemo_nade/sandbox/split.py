@@ -30,6 +30,7 @@ always goes this way.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lemo_nade.engine import energy, sensors
+from lemo_nade.engine.protocol import ARTIFACT_FILE, EVAL_FILE, MAX_ARTIFACT_BYTES, TRAIN_FILE
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 from lemo_nade.sandbox.handover import read_regular
 from lemo_nade.sandbox.launch import Outcome
@@ -47,13 +49,17 @@ from lemo_nade.sandbox.workdirs import WORKDIR_PREFIX, workdir
 
 SPLIT_ENV = "LEMO_NADE_SPLIT"
 PREPARED_MARK = "data"  # in the prepared directory's name (swept like a workdir if stale)
-TRAIN_FILE, EVAL_FILE, ARTIFACT_FILE = "train.pt", "eval.pt", "model.pt2"
-MAX_ARTIFACT_BYTES = 512 * 2**20
 LOG_CAP_CHARS = 64_000
 MIN_MEASURE_S = 30.0  # the measuring child's own wall clock, at least
 
 # run(where, job, timeout_s, read_paths) -> (evaluation, outcome): one confined child
 RunPhase = Callable[[Path, EvalJob, float, "tuple[str, ...] | None"], tuple[Evaluation, Any]]
+
+
+@functools.cache
+def _machine_sensors() -> sensors.Sensors:
+    """This machine's CPU counters (RAPL), found once per process, not per candidate."""
+    return sensors.detect()
 
 
 def applies(job: EvalJob) -> bool:
@@ -152,7 +158,7 @@ def _train(
 ) -> tuple[Evaluation, energy.Reading | None, bytes | None]:
     """The candidate's process, measured from outside; its archive, read safely."""
     usage: dict[str, float] = {}
-    detected = sensors.detect()
+    detected = _machine_sensors()
     train_job = replace(job, phase="train", prepared=str(data))
     with (
         workdir(train_dir) as where,
