@@ -167,19 +167,28 @@ def test_a_replaced_result_writer_forges_nothing(box: Sandbox, forged: str) -> N
 
 def test_the_candidates_process_holds_no_validation_labels(box: Sandbox, features: object) -> None:
     """Label theft: the candidate looks for the prepared evaluation file and for the
-    dataset's other copies; Landlock lets it read only its own training file."""
+    dataset's other copies (the built-in dataset inside the package included); Landlock
+    lets it read only its own training file."""
     if not getattr(features, "landlock_abi", 0):
         pytest.skip("needs Landlock (the kernel keeps the candidate from reading files)")
     code = _prefix(
         "import glob, os, tempfile\n"
         "found = []\n"
+        "import lemo_nade\n"
+        "data = os.path.join(os.path.dirname(lemo_nade.__file__), 'data')\n"
+        "paths = [os.path.join(data, 'digits.npz')]\n"
         "for pattern in ('/tmp/lemo-nade-*/eval.pt', tempfile.gettempdir() + '/../*/eval.pt'):\n"
-        "    for path in glob.glob(pattern):\n"
-        "        try:\n"
-        "            open(path, 'rb').read(1)\n"
-        "            found.append(path)\n"
-        "        except OSError:\n"
-        "            pass\n"
+        "    paths += glob.glob(pattern)\n"
+        "for path in paths:\n"
+        "    try:\n"
+        "        open(path, 'rb').read(1)\n"
+        "        found.append(path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        "    found += os.listdir(data)\n"
+        "except OSError:\n"
+        "    pass\n"
         "print('LEAKED' if found else 'NOTHING', found)\n"
     )
     evaluation = run(box, code)

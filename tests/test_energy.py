@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lemo_nade.engine import energy, measure
+from lemo_nade.engine import sensors as sensors_module
 from lemo_nade.engine.energy import combined_source
 from lemo_nade.engine.sensors import (
     ESTIMATE_ONLY,
@@ -226,6 +227,39 @@ def test_gpu_without_nvml_is_labelled_unmeasured(monkeypatch: pytest.MonkeyPatch
     )
     assert sensors.sources()["gpu"] == "unmeasured"
     assert "nvml: missing" in sensors.notes
+
+
+@pytest.mark.parametrize(
+    ("gpu", "visible", "opened"),
+    [
+        (False, None, None),  # a CPU machine: no NVML, gpu "none"
+        (True, None, (0, None)),  # the first device
+        (True, "2,3", (2, None)),
+        (True, "GPU-ab12,1", (0, "GPU-ab12")),
+        (True, "", None),  # every device hidden
+        (True, "-1", None),
+    ],
+)
+def test_the_parent_reads_the_childs_gpu_without_torch(
+    gpu: bool, visible: str | None, opened: tuple[int, str | None] | None
+) -> None:
+    """E1 from outside the candidate's process: the run process opens NVML for the
+    device the training child will use, and its counter is read around the child."""
+    calls: list[tuple[int, str | None]] = []
+    counter = [5_000]  # mJ
+
+    def nvml_open(index: int, uuid: str | None) -> tuple[Nvml | None, str]:
+        calls.append((index, uuid))
+        pynvml = fake_pynvml(counter)
+        return Nvml(sensors_module._NvmlCounter(pynvml, None), "energy counter"), ""
+
+    found = sensors_module.detect_outside(gpu, visible, Path("/nonexistent"), nvml_open)
+    assert calls == ([opened] if opened else [])
+    assert found.sources()["gpu"] == ("nvml" if opened else "none")
+    with energy.span(found, 10.0) as reading:
+        counter[0] += 36_000  # +36 J during the child's life
+    expected = 1e-5 if opened else 0.0
+    assert reading.parts_kwh.get("gpu", 0.0) == pytest.approx(expected)
 
 
 def test_energy_span_in_measure_uses_the_given_sensors(powercap: dict[str, Path]) -> None:

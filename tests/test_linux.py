@@ -1,6 +1,9 @@
-"""The ctypes layer's pure parts: the seccomp program's assembly and Landlock's rights."""
+"""The ctypes layer's pure parts: the seccomp program's assembly, Landlock's rights, and
+the read rules' carving around the package's data folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +49,31 @@ def test_landlock_rights_grow_with_the_abi() -> None:
     assert linux.landlock_fs_rights(1) == linux.FS_ALL_ABI1
     assert linux.landlock_fs_rights(2) == linux.FS_ALL_ABI1 | linux.FS_REFER
     assert linux.landlock_fs_rights(7) & linux.FS_TRUNCATE
+
+
+def test_carve_grants_everything_around_the_hidden_folder(tmp_path: Path) -> None:
+    from lemo_nade.engine.access import carve
+
+    site = tmp_path / "site-packages"
+    for folder in ("torch", "numpy", "lemo_nade/engine", "lemo_nade/data"):
+        (site / folder).mkdir(parents=True)
+    (site / "lemo_nade" / "__init__.py").write_text("")
+    (site / "six.py").write_text("")
+    hidden = str(site / "lemo_nade" / "data")
+    granted = carve([str(tmp_path), "/usr"], hidden)
+    assert "/usr" in granted and str(tmp_path) not in granted
+    assert str(site / "torch") in granted and str(site / "six.py") in granted
+    assert str(site / "lemo_nade" / "engine") in granted
+    assert str(site / "lemo_nade" / "__init__.py") in granted
+    assert not any(g == hidden or g.startswith(hidden + "/") for g in granted)
+    assert not any(hidden.startswith(g + "/") for g in granted)  # no ancestor left whole
+    assert carve([hidden], hidden) == []
+
+
+def test_the_package_data_folder_is_outside_every_default_read_path() -> None:
+    from lemo_nade.engine import access
+
+    hidden = access.hidden_paths()
+    assert hidden and hidden[0].endswith("data")
+    for path in access.default_read_paths():
+        assert not hidden[0].startswith(path + "/") and path != hidden[0], path

@@ -3,10 +3,11 @@
 :mod:`lemo_nade.engine.linux`.
 
 Read-only: the Python installation and the packages the child has loaded (torch, numpy,
-``lemo_nade``), system libraries, the CPU list, the RAPL counters, the dataset, and the
-candidate's own ``/proc/PID``. Read and write: everything beneath its working directory,
-and ``/dev/null``/``/dev/zero``. On a GPU host also the NVIDIA device files and reading
-``/proc``, ``/sys`` and ``/etc/nvidia`` (the CUDA driver needs them).
+``lemo_nade`` less its ``data`` folder, the built-in dataset), system libraries, the CPU
+list, the RAPL counters, the dataset, and the candidate's own ``/proc/PID``. Read and
+write: everything beneath its working directory, and ``/dev/null``/``/dev/zero``. On a
+GPU host also the NVIDIA device files and reading ``/proc``, ``/sys`` and
+``/etc/nvidia`` (the CUDA driver needs them).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DEVICE_RW_PATHS = ("/dev/null", "/dev/zero")
 GPU_RW_GLOB = ("/dev/nvidia", "/dev/dri")
 GPU_READ_PATHS = ("/proc", "/sys", "/etc/nvidia")
 LOADED_PACKAGES = ("torch", "numpy", "lemo_nade")  # their directories must be readable
+PACKAGE_DATA = "data"  # lemo_nade/data: the built-in dataset, never readable by a candidate
 
 
 def restrict(
@@ -77,7 +79,36 @@ def default_read_paths() -> tuple[str, ...]:
     paths.update(SYSTEM_READ_PATHS)
     if has_gpu():
         paths.update(GPU_READ_PATHS)
-    return tuple(sorted(p for p in paths if p and os.path.exists(p)))
+    granted = sorted(os.path.realpath(p) for p in paths if p and os.path.exists(p))
+    for hidden in hidden_paths():
+        granted = carve(granted, hidden)
+    return tuple(sorted(set(granted)))
+
+
+def hidden_paths() -> list[str]:
+    """What stays unreadable inside the granted trees: the package's own data folder
+    (the built-in dataset, validation and test labels included). The trusted ``prepare``
+    child gets it back as an explicit read path; a candidate's process never does."""
+    package = sys.modules.get("lemo_nade")
+    file = getattr(package, "__file__", None)
+    return [os.path.realpath(os.path.join(os.path.dirname(file), PACKAGE_DATA))] if file else []
+
+
+def carve(granted: list[str], hidden: str) -> list[str]:
+    """``granted`` with ``hidden`` cut out: a granted ancestor of ``hidden`` is replaced
+    by its entries on the way down, all but the one leading to ``hidden`` (Landlock
+    rules only add access, so a subtree is excluded by not granting it)."""
+    carved = []
+    for root in granted:
+        if root != hidden and not hidden.startswith(root.rstrip(os.sep) + os.sep):
+            carved.append(root)
+            continue
+        current = root
+        for part in os.path.relpath(hidden, root).split(os.sep) if root != hidden else ():
+            with contextlib.suppress(OSError):
+                carved += [os.path.join(current, e) for e in os.listdir(current) if e != part]
+            current = os.path.join(current, part)
+    return carved
 
 
 def loaded_package_dirs() -> list[str]:

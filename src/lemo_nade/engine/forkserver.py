@@ -74,22 +74,15 @@ INDUCTOR_CACHE_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def _warm_exporter() -> None:
-    """Export a tiny model once, so every child's hand-over finds the exporter's lazy
-    state built (0.35 -> 0.25 s per candidate here). One intra-op thread, tiny tensors:
-    no thread pool starts (the lifecycle test counts the server's threads)."""
-    import io
-
+    """Hand a small model over once, both ways (:func:`phases.warm_up`), so every child
+    finds the exporter's and the loader's lazy state built. One intra-op thread, tiny
+    tensors: no thread pool starts (the lifecycle test counts the server's threads)."""
     import torch
-    from torch import nn
+
+    from lemo_nade.engine import phases
 
     torch.set_num_threads(1)  # each child sets its own
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten())
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad():
-        program = torch.export.export(
-            model.eval(), (torch.zeros(2, 1, 4, 4),), dynamic_shapes=({0: batch},), strict=False
-        )
-    torch.export.save(program, io.BytesIO())
+    phases.warm_up()
 
 
 def main() -> int:

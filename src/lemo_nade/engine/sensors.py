@@ -263,6 +263,34 @@ def detect(
     return Sensors(rapl, nvml, gpu_used, tuple(notes))
 
 
+def detect_outside(
+    gpu_present: bool,
+    visible: str | None = None,
+    powercap_root: Path = POWERCAP_ROOT,
+    nvml_open: Callable[[int, str | None], tuple[Nvml | None, str]] = Nvml.open,
+) -> Sensors:
+    """The sensors a parent reads around a child's lifetime, without importing torch:
+    RAPL, and NVML for the GPU the child will train on where the machine has one
+    (``gpu_present``) and ``CUDA_VISIBLE_DEVICES`` (``visible``) does not hide it all.
+
+    The child's device is the first visible one: a ``GPU-...`` UUID names it exactly; a
+    number is NVML's index, the same as CUDA's under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
+    (CUDA's default order may differ on machines with mixed GPUs)."""
+    notes: list[str] = []
+    rapl, note = Rapl.open(powercap_root)
+    if note:
+        notes.append(note)
+    first = (visible.split(",")[0].strip() if visible is not None else "0") or "-1"
+    if not gpu_present or first.startswith("-"):
+        return Sensors(rapl, None, False, tuple(notes))
+    uuid = first if first.upper().startswith("GPU-") else None
+    index = int(first) if first.isdigit() else 0
+    nvml, note = nvml_open(index, uuid)
+    if note:
+        notes.append(note)
+    return Sensors(rapl, nvml, True, tuple(notes))
+
+
 def _cuda_index_and_uuid(device: Any) -> tuple[int, str | None]:
     import torch
 

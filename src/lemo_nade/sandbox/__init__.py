@@ -93,6 +93,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lemo_nade.datasets import DATASETS, builtin_path
 from lemo_nade.engine import confine
 from lemo_nade.engine.protocol import LOG_FILE, RESULT_FILE
 from lemo_nade.records import EvalJob, Evaluation, Status
@@ -275,13 +276,17 @@ def _spec(
     read_paths: tuple[str, ...] | None = None,
 ) -> confine.Spec:
     """The child's confinement; ``read_paths`` replaces the dataset's files (a phase of
-    the split protocol reads only its prepared file)."""
+    the split protocol reads only its prepared file). The package's data folder, where
+    a built-in dataset lives, is readable only where the dataset's files are."""
     cpus = os.cpu_count() or 1
     threads = job.threads or cpus
     if read_paths is None:
         read_paths = (job.data_dir,) if job.data_dir else ()
         if job.dataset.startswith("npz:"):
             read_paths = (*read_paths, job.dataset[4:])
+        info = DATASETS.get(job.dataset)
+        if info is not None and not info.needs_data_dir:  # shipped in the package's data
+            read_paths = (*read_paths, str(builtin_path(job.dataset).parent))  # folder
     return confine.Spec(
         workdir=str(workdir),
         read_paths=tuple(os.path.abspath(p) for p in read_paths),

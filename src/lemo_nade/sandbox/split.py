@@ -21,7 +21,8 @@ child) the sandbox runs, each in its own confined child:
 
 E1 and the training time are measured here, from outside the candidate's process: its
 CPU time and peak memory from ``wait4`` (the fork server reaps it), wall time around it,
-and the machine's RAPL counters over its lifetime where readable. They cover the whole
+and the machine's RAPL counters and, with an NVIDIA GPU, NVML's energy counter over its
+lifetime where readable (``sensors.detect_outside``). They cover the whole
 training process (building, loading the prepared data, training, export), not the
 training loop alone. ``LEMO_NADE_SPLIT=0`` restores the one-process protocol for search
 candidates (the candidate's process measures itself), for comparison only; a retrain
@@ -40,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lemo_nade.engine import energy, sensors
+from lemo_nade.engine import access, energy, sensors
 from lemo_nade.engine.protocol import ARTIFACT_FILE, EVAL_FILE, MAX_ARTIFACT_BYTES, TRAIN_FILE
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 from lemo_nade.sandbox.handover import read_regular
@@ -58,8 +59,9 @@ RunPhase = Callable[[Path, EvalJob, float, "tuple[str, ...] | None"], tuple[Eval
 
 @functools.cache
 def _machine_sensors() -> sensors.Sensors:
-    """This machine's CPU counters (RAPL), found once per process, not per candidate."""
-    return sensors.detect()
+    """This machine's counters around a training child: RAPL and, where the machine has
+    an NVIDIA GPU, NVML (no torch here); found once per process, not per candidate."""
+    return sensors.detect_outside(access.has_gpu(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def applies(job: EvalJob) -> bool:
