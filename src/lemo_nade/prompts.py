@@ -12,17 +12,15 @@ Pure: no torch, no network.
 
 from __future__ import annotations
 
-import ast
-import re
-
-from lemo_nade import rules
+from lemo_nade import repairs, rules
 from lemo_nade.records import Metrics, ProposalRequest, Status, TaskSpec
-from lemo_nade.sandbox.policy import DEFAULT_POLICY
+from lemo_nade.text import fence
 
 SYSTEM = """\
 You are an expert in designing neural network architectures for image classification.
 You write complete, runnable PyTorch model code and nothing else.
-Reply with exactly one ```python code block holding the whole file; keep any prose short."""
+Reply with exactly one ```python code block holding the whole file: imports, constants and
+`class Net`. No test code, no `if __name__ == "__main__":` block, no prints; keep prose short."""
 
 DEFAULT_INITIAL_COMMAND = (
     "Write a small convolutional neural network as a starting point: a few convolutional "
@@ -45,17 +43,45 @@ REPAIRABLE = frozenset(
 def contract(task: TaskSpec) -> str:
     """The task specification and the rules every candidate must follow."""
     c, h, w = task.input_shape
-    allowed = ", ".join(sorted(r for r in DEFAULT_POLICY.allowed_import_roots if r[0] != "_"))
     return f"""\
 Task: image classification on {task.dataset}: inputs are float tensors of shape
 [batch, {c}, {h}, {w}] (normalised per channel), {task.num_classes} classes.
 The code must:
 - define exactly one `class Net(nn.Module)` whose constructor takes no required arguments;
-- return raw logits of shape [batch, {task.num_classes}] from `forward` (no softmax);
-- import only these modules (and their submodules): {allowed};
+- return raw logits of shape [batch, {task.num_classes}] from `forward` (no softmax) for any
+  batch size: flatten with `x.flatten(1)`, never a fixed batch number;
+- import only what it uses, from: {repairs.allowed_imports()};
 - not read or write files, open network connections, start processes, or train anything:
   the framework trains it (Adam, cross-entropy) and measures accuracy, energy and speed;
 - optionally set a module constant `WEIGHT_DECAY = <float>` (Adam weight decay, default 0)."""
+
+
+def skeleton(task: TaskSpec) -> str:
+    """The contract as code: a minimal valid model for ``task`` (the first prompt's
+    example). An adaptive pool before the classifier makes the ``Linear`` input size
+    independent of the image size, the mistake small models make most."""
+    c, h, w = task.input_shape
+    return f"""\
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d({c}, 16, kernel_size=3, padding=1),  # input [batch, {c}, {h}, {w}]
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)  # [batch, 16, H, W] -> [batch, 16, 1, 1]
+        self.classifier = nn.Linear(16, {task.num_classes})  # 16 = channels of the last conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.pool(x).flatten(1)  # [batch, 16]
+        return self.classifier(x)  # [batch, {task.num_classes}] raw logits
+"""
 
 
 def metrics_text(m: Metrics) -> str:
@@ -66,6 +92,31 @@ def metrics_text(m: Metrics) -> str:
     )
 
 
+# How to carry out each instruction of Table 2, in words a small model can follow (the
+# paper names the instruction only; the name stays first, then the concrete edit).
+HOW_TO: dict[str, str] = {
+    "ACL": "add one more conv block (nn.Conv2d + nn.BatchNorm2d + nn.ReLU) to the features",
+    "ASC": "add a residual connection in forward: `x = block(x) + x` around a block whose "
+    "input and output shapes match",
+    "ADL": "add one more hidden nn.Linear layer (followed by nn.ReLU) before the classifier",
+    "RCL": "remove one conv block (its nn.Conv2d and the layers that go with it)",
+    "RSC": "remove one residual connection (a `+ x` in forward)",
+    "RDL": "remove one hidden nn.Linear layer (keep the final classifier)",
+    "AD": "add an nn.Dropout layer (p between 0.2 and 0.5) before a nn.Linear layer",
+    "AMK": "give the convolutions more channels (e.g. double out_channels) and update the "
+    "next layers' input sizes",
+    "AWI": "initialise the weights explicitly in __init__, e.g. nn.init.kaiming_normal_ on "
+    "every nn.Conv2d weight",
+    "AR": "add regularization: set the module constant WEIGHT_DECAY = 1e-4 (or raise it)",
+    "RK": "give the convolutions fewer channels (e.g. halve out_channels) and update the "
+    "next layers' input sizes",
+    "RD": "remove an nn.Dropout layer or lower its p",
+    "AMN": "give the hidden nn.Linear layers more units (out_features)",
+    "RN": "give the hidden nn.Linear layers fewer units (out_features)",
+    "RR": "reduce regularization: lower WEIGHT_DECAY (or a dropout p)",
+}
+
+
 def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
     if not instructions:
         return (
@@ -73,14 +124,17 @@ def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
             "accuracy or efficiency without breaking the contract."
         )
     lines = [
-        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g})"
+        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g}): {HOW_TO[code]}"
         for n, (code, value) in enumerate(instructions, start=1)
     ]
     return "Modify the model as follows, most important first:\n" + "\n".join(lines)
 
 
 def first_prompt(task: TaskSpec, initial_command: str) -> str:
-    return f"{initial_command.strip()}\n\n{contract(task)}"
+    return (
+        f"{initial_command.strip()}\n\n{contract(task)}\n\n"
+        "A minimal valid file, to start from and improve:\n" + fence(skeleton(task))
+    )
 
 
 def iteration_prompt(request: ProposalRequest) -> str:
@@ -103,12 +157,13 @@ def iteration_prompt(request: ProposalRequest) -> str:
     return "\n\n".join(parts)
 
 
-def repair_prompt(error: str) -> str:
-    return (
-        "That code could not be used:\n"
-        + fence(error, "text")
-        + "\n\nFix it and return the complete corrected code in one ```python block."
-    )
+def repair_prompt(error: str, code: str = "") -> str:
+    """The error, the line it points at in ``code`` (the code that was checked), and the
+    specific fix for its kind (:mod:`lemo_nade.repairs`)."""
+    parts = ["That code could not be used:", fence(error, "text")]
+    parts += repairs.advice(error, code)
+    parts.append("Fix it and return the complete corrected file in one ```python block.")
+    return "\n\n".join(parts)
 
 
 def messages(request: ProposalRequest, initial_command: str) -> list[dict[str, str]]:
@@ -124,65 +179,5 @@ def messages(request: ProposalRequest, initial_command: str) -> list[dict[str, s
     chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     for answer, error in request.history:
         chat.append({"role": "assistant", "content": answer})
-        chat.append({"role": "user", "content": repair_prompt(error)})
+        chat.append({"role": "user", "content": repair_prompt(error, repairs.code_of(answer))})
     return chat
-
-
-def fence(text: str, lang: str = "python") -> str:
-    ticks = "```"
-    while ticks in text:  # a fence the text cannot close early
-        ticks += "`"
-    return f"{ticks}{lang}\n{text.rstrip()}\n{ticks}"
-
-
-# -- extraction ---------------------------------------------------------------------------
-
-_BLOCK = re.compile(r"^(`{3,})[ \t]*([\w+-]*)[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MULTILINE)
-_NET = re.compile(r"^class\s+Net\s*[(:]", re.MULTILINE)
-
-
-class ExtractionError(ValueError):
-    """The answer holds no single usable code block; the message says what was wrong."""
-
-
-def extract_code(answer: str) -> str:
-    """The Python code in an LLM answer: the one fenced block that defines ``class Net``.
-
-    Accepts an unfenced answer when the whole answer is code defining ``Net`` (some local
-    models omit the fences). Rejects prose without code, answers with no ``Net`` and
-    answers with several blocks or several definitions of ``Net``.
-    """
-    blocks = [
-        m.group(3)
-        for m in _BLOCK.finditer(answer)
-        if m.group(2).lower() in ("", "python", "py", "python3")
-    ]
-    if not blocks:
-        if _NET.search(answer) and _looks_like_code(answer):
-            blocks = [answer]
-        else:
-            raise ExtractionError(
-                "the answer has no ```python code block; reply with the complete code "
-                "in one ```python block"
-            )
-    with_net = [b for b in blocks if _NET.search(b)]
-    if not with_net:
-        raise ExtractionError("the code defines no `class Net(nn.Module)`; define exactly one")
-    if len(with_net) > 1:
-        raise ExtractionError(
-            f"the answer has {len(with_net)} code blocks defining `class Net`; "
-            "reply with exactly one complete version"
-        )
-    code = with_net[0]
-    count = len(_NET.findall(code))
-    if count > 1:
-        raise ExtractionError(f"the code defines `class Net` {count} times; define it once")
-    return code.strip("\n") + "\n"
-
-
-def _looks_like_code(text: str) -> bool:
-    try:
-        ast.parse(text)
-    except SyntaxError:
-        return False
-    return True

@@ -68,3 +68,11 @@ def no_math(text: str) -> str:
     """``text`` for a matplotlib label: :func:`plain`, and every ``$`` escaped so that
     mathtext never parses it (``$\\frac{$`` would fail when the figure is drawn)."""
     return plain(text).replace("$", "\\$")
+
+
+def fence(text: str, lang: str = "python") -> str:
+    """``text`` in a Markdown code fence it cannot close early (for a prompt)."""
+    ticks = "```"
+    while ticks in text:  # a fence the text cannot close early
+        ticks += "`"
+    return f"{ticks}{lang}\n{text.rstrip()}\n{ticks}"

@@ -1,0 +1,181 @@
+"""What a repair prompt says besides the error: the line it points at, and the fix.
+
+A small model repeats a mistake when it is only shown the error (the local 0.5B model
+re-imported a name that does not exist after three repair prompts). So each repair
+quotes the failing line from the code that was checked, and adds the specific fix for
+the kind of error: the allowed imports for an import error, the got and expected shapes
+and where a ``Linear`` input size comes from for a shape error, and so on. Unknown kinds
+get the quoted line only.
+
+Pure: no torch, no network. The advice is built from untrusted text (an error written
+by the candidate's process, an LLM's code) and goes only into a prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lemo_nade import answers
+from lemo_nade.sandbox.policy import DEFAULT_POLICY
+from lemo_nade.text import fence
+
+# The imports a model needs; the policy allows a few more standard modules.
+IMPORTS = "import math\nimport torch\nfrom torch import nn\nimport torch.nn.functional as F"
+LAYERS = (
+    "nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, "
+    "nn.Dropout, nn.Flatten, nn.Linear, nn.Sequential"
+)
+
+_CANDIDATE_LINE = re.compile(r'File "candidate\.py", line (\d+)')
+_POLICY_LINE = re.compile(r"^\w+: line (\d+):", re.MULTILINE)
+_SYNTAX_LINE = re.compile(r"\bline (\d+)\b")
+_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+_OUTPUT = re.compile(
+    r"Net output for an input of shape (\[[^\]]*\]) is (.+?); expected (\[[^\]]*\])"
+)
+_NAME = re.compile(r"NameError: name '(\w+)' is not defined")
+_NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
+MAX_QUOTED_CHARS = 300
+
+
+def allowed_imports() -> str:
+    """The policy's allowed module roots, for a prompt."""
+    return ", ".join(sorted(r for r in DEFAULT_POLICY.allowed_import_roots if r[0] != "_"))
+
+
+def code_of(answer: str) -> str:
+    """The code an answer held (as checked and built), or "" when it held none."""
+    try:
+        return answers.extract_code(answer)
+    except answers.ExtractionError:
+        return ""
+
+
+def advice(error: str, code: str) -> list[str]:
+    """Paragraphs for a repair prompt: the failing line, then the fix for its kind."""
+    parts = []
+    line = failing_line(error, code)
+    if line is not None:
+        number, text = line
+        parts.append(f"The failing line (line {number}):\n" + fence(text))
+    for matches, fix in _FIXES:
+        found = matches(error)
+        if found is not None:
+            parts.append(fix(found))
+            break
+    return parts
+
+
+def failing_line(error: str, code: str) -> tuple[int, str] | None:
+    """The line of ``code`` the error points at: the innermost candidate frame of a
+    traceback, the policy's ``rule: line N:``, or a syntax error's line."""
+    numbers = [int(n) for n in _CANDIDATE_LINE.findall(error)]
+    if not numbers:
+        numbers = [int(n) for n in _POLICY_LINE.findall(error)]
+    if not numbers and "SyntaxError" in error:
+        numbers = [int(n) for n in _SYNTAX_LINE.findall(error)]
+    lines = code.splitlines()
+    if not numbers or not 1 <= numbers[-1] <= len(lines):
+        return None
+    text = lines[numbers[-1] - 1].strip()
+    return (numbers[-1], text[:MAX_QUOTED_CHARS]) if text else None
+
+
+def _search(pattern: re.Pattern[str]) -> Callable[[str], re.Match[str] | None]:
+    return pattern.search
+
+
+def _contains(*needles: str) -> Callable[[str], str | None]:
+    def matches(error: str) -> str | None:
+        return next((n for n in needles if n in error), None)
+
+    return matches
+
+
+def _imports(_: object) -> str:
+    return "Delete every import the model does not need. These are enough for any model:\n" + fence(
+        IMPORTS
+    )
+
+
+def _matmul(m: re.Match[str]) -> str:
+    got, expected = m.group(2), m.group(3)
+    return (
+        f"A `Linear` layer expects {expected} input features but receives {got}. The first "
+        "Linear after `flatten(1)` must take channels x height x width of the tensor that "
+        f"reaches it: make it `nn.Linear({got}, ...)`, or put `nn.AdaptiveAvgPool2d(1)` "
+        "before `flatten(1)` so that the size is just the channel count of the last conv."
+    )
+
+
+def _channels(m: re.Match[str]) -> str:
+    declared, got = m.group(1), m.group(2)
+    return (
+        f"A `Conv2d` declares in_channels={declared} but receives {got} channels: each "
+        "conv's in_channels must equal the out_channels of the layer before it (the "
+        "first one: the image's channels)."
+    )
+
+
+def _output(m: re.Match[str]) -> str:
+    return (
+        f"For an input {m.group(1)} the model returned {m.group(2)}; it must return "
+        f"{m.group(3)}: batch first, then one raw logit per class. End `forward` with the "
+        "classifier `nn.Linear(features, classes)` on `x.flatten(1)`, with no softmax, "
+        "squeeze or reshape after it."
+    )
+
+
+def _name(m: re.Match[str]) -> str:
+    name = m.group(1)
+    hint = (
+        f" (`{name}` usually comes from `import torch.nn.functional as F`)" if name == "F" else ""
+    )
+    return f"`{name}` is used but never defined or imported{hint}. Imports that work:\n" + fence(
+        IMPORTS
+    )
+
+
+def _nn_attr(m: re.Match[str]) -> str:
+    return f"`{m.group(1)}.{m.group(2)}` does not exist. Layers that do: {LAYERS}."
+
+
+def _too_small(_: object) -> str:
+    return (
+        "The image became smaller than a kernel: each `MaxPool2d(2)` or stride-2 conv "
+        "halves height and width. Pool fewer times, or pad the convolutions "
+        "(`padding=1` for a 3x3 kernel)."
+    )
+
+
+def _constructor(_: object) -> str:
+    return "The framework calls `Net()` with no arguments: give every parameter a default."
+
+
+def _policy_line(_: object) -> str:
+    return (
+        "Remove that line: a model needs none of it. Only imports, constants and "
+        "`class Net` (with helper classes or functions if needed) belong in the file."
+    )
+
+
+_FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
+    (
+        _contains("ImportError", "ModuleNotFoundError", "import of ", "cannot import name"),
+        _imports,
+    ),
+    (_search(_MATMUL), _matmul),
+    (_search(_CHANNELS), _channels),
+    (_search(_OUTPUT), _output),
+    (_search(_NAME), _name),
+    (_search(_NN_ATTR), _nn_attr),
+    (
+        _contains("Output size is too small", "Kernel size can't be greater", "non-positive"),
+        _too_small,
+    ),
+    (_contains("missing 1 required positional", "required positional argument"), _constructor),
+    (_contains("dunder: ", "name: ", "private: ", "attribute: ", "qualname: "), _policy_line),
+)

@@ -1,0 +1,114 @@
+"""Prompts a small model can follow (issue 17, point 2): the skeleton in the first
+prompt is a valid model for the task, every instruction says how to carry it out, and
+each repair prompt quotes the failing line and gives the fix for its kind of error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lemo_nade import prompts, repairs, rules
+from lemo_nade.records import TaskSpec
+from lemo_nade.sandbox import policy
+
+CODE = """import torch
+from torch import nn
+from operator import divmod
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+"""
+
+TRACEBACK = """building the model (running the code, then Net()) failed:
+  File "candidate.py", line 12, in forward
+    return self.fc(x.flatten(1))
+RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x64 and 100x10)"""
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 16, 16)])
+def test_the_skeleton_is_a_valid_model_for_the_task(shape: tuple[int, int, int]) -> None:
+    task = TaskSpec("x", shape, 7)
+    code = prompts.skeleton(task)
+    assert policy.check(code) is None
+    namespace: dict[str, object] = {}
+    exec(compile(code, "skeleton.py", "exec"), namespace)
+    model = namespace["Net"]()  # type: ignore[operator]
+    assert model(torch.zeros(3, *shape)).shape == (3, 7)
+    assert prompts.skeleton(task) in prompts.first_prompt(task, "Write a model.")
+
+
+def test_every_instruction_says_how() -> None:
+    assert set(prompts.HOW_TO) == set(rules.INSTRUCTIONS)
+    text = prompts.instructions_text((("ASC", 0.9), ("AR", 0.3)))
+    assert "1. Add skip connection (priority 0.9): add a residual connection" in text
+    assert "2. Add regularization (priority 0.3): " in text and "WEIGHT_DECAY" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "number", "line"),
+    [
+        (TRACEBACK, 12, "return self.fc(x.flatten(1))"),
+        ("import: line 3: import of 'os' is not allowed", 3, "from operator import divmod"),
+        ("SyntaxError: invalid syntax (candidate.py, line 9)", 9, "self.fc = nn.Linear(100, 10)"),
+        ('File "candidate.py", line 99, in forward', None, None),  # past the end
+        ("training loss became NaN at epoch 2", None, None),
+    ],
+)
+def test_the_failing_line_is_found(error: str, number: int | None, line: str | None) -> None:
+    found = repairs.failing_line(error, CODE)
+    assert found == ((number, line) if number is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (TRACEBACK, ["expects 100 input features but receives 64", "nn.Linear(64, ...)"]),
+        (
+            "ImportError: cannot import name 'divmod' from 'operator'",
+            ["Delete every import", "from torch import nn"],
+        ),
+        (
+            "RuntimeError: Given groups=1, weight of size [16, 3, 3, 3], expected "
+            "input[2, 1, 8, 8] to have 3 channels, but got 1 channels instead",
+            ["in_channels=3 but receives 1 channels"],
+        ),
+        (
+            "Net output for an input of shape [2, 1, 8, 8] is [2, 5]; expected [2, 10] "
+            "(batch, classes: raw logits)",
+            ["returned [2, 5]; it must return [2, 10]"],
+        ),
+        ("NameError: name 'F' is not defined", ["import torch.nn.functional as F"]),
+        (
+            "AttributeError: module 'torch.nn' has no attribute 'Conv2D'",
+            ["`torch.nn.Conv2D` does not exist", "nn.Conv2d"],
+        ),
+        (
+            "RuntimeError: Given input size: (32x1x1). Calculated output size: (32x0x0). "
+            "Output size is too small",
+            ["halves height and width"],
+        ),
+        (
+            "TypeError: Net.__init__() missing 1 required positional argument: 'n'",
+            ["with no arguments"],
+        ),
+        ("dunder: line 3: string mentions '__main__'", ["Remove that line"]),
+    ],
+)
+def test_each_kind_of_error_gets_its_fix(error: str, expected: list[str]) -> None:
+    text = "\n".join(repairs.advice(error, CODE))
+    for fragment in expected:
+        assert fragment in text, text
+
+
+def test_the_repair_prompt_quotes_the_line_and_the_fix() -> None:
+    answer = prompts.fence(CODE)
+    text = prompts.repair_prompt(TRACEBACK, repairs.code_of(answer))
+    assert "The failing line (line 12):" in text and "return self.fc(x.flatten(1))" in text
+    assert "nn.Linear(64, ...)" in text and text.rstrip().endswith("```python block.")
+    assert "failing line" not in prompts.repair_prompt("NaN", "")  # nothing to quote
