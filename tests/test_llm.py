@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fake_llm import FakeLLM, serve
-from lemo_nade import prompts
+from lemo_nade import answers, prompts
 from lemo_nade.architects import ArchitectError, create_architect
 from lemo_nade.architects.offline.arch import initial
 from lemo_nade.architects.offline.render import render
@@ -221,16 +221,16 @@ def test_unknown_price_with_a_cost_budget_is_refused(monkeypatch: pytest.MonkeyP
 
 
 def test_extract_code_variants() -> None:
-    assert prompts.extract_code(answer(GOOD)) == GOOD
-    assert prompts.extract_code(GOOD) == GOOD  # an unfenced answer that is all code
+    assert answers.extract_code(answer(GOOD)) == GOOD
+    assert answers.extract_code(GOOD) == GOOD  # an unfenced answer that is all code
     helper = "```python\nimport torch\n```\n" + answer(GOOD)
-    assert prompts.extract_code(helper) == GOOD  # only the block with Net counts
-    with pytest.raises(prompts.ExtractionError, match="no ```python"):
-        prompts.extract_code("Add a layer.")
-    with pytest.raises(prompts.ExtractionError, match="defines no"):
-        prompts.extract_code("```python\nx = 1\n```")
-    with pytest.raises(prompts.ExtractionError, match="2 times"):
-        prompts.extract_code(answer(GOOD + "\n" + GOOD))
+    assert answers.extract_code(helper) == GOOD  # only the block with Net counts
+    with pytest.raises(answers.ExtractionError, match="no ```python"):
+        answers.extract_code("Add a layer.")
+    with pytest.raises(answers.ExtractionError, match="defines no"):
+        answers.extract_code("```python\nx = 1\n```")
+    with pytest.raises(answers.ExtractionError, match="2 times"):
+        answers.extract_code(answer(GOOD + "\n" + GOOD))
 
 
 def test_doctor_checks_the_endpoint_and_never_shows_the_key(fake: FakeLLM) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from lemo_nade import prompts
+from lemo_nade import answers, prompts
 from lemo_nade.architects import (
     Architect,
     ArchitectError,
@@ -238,15 +238,16 @@ class OpenAIArchitect:
 
 
 def proposal_from_answer(text: str, finish: str | None, usage: Usage, call: LLMCall) -> Proposal:
-    """Extract the code from an answer; a rejection carries the reason for the repair."""
+    """The candidate an answer means (:func:`lemo_nade.answers.read_answer`): its code,
+    tidied, with ``notes`` saying what was removed; or a rejection carrying the reason
+    for the repair. Replayed answers come through here too."""
     try:
-        code = prompts.extract_code(text)
-    except prompts.ExtractionError as exc:
-        reason = str(exc)
-        if finish == "length":
-            reason += " (the answer was cut off at llm_max_tokens; raise it)"
-        return Proposal(code="", answer=text, rejected=reason, usage=usage, calls=(call,))
-    return Proposal(code=code, answer=text, usage=usage, calls=(call,))
+        candidate = answers.read_answer(text, finish)
+    except answers.ExtractionError as exc:
+        return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
+    return Proposal(
+        code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
+    )
 
 
 def price_for(

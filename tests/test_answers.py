@@ -1,0 +1,329 @@
+"""Answers read for what they mean (lemo_nade.answers, lemo_nade.tidy), on real answers.
+
+The fixtures in tests/answers/ are answers of a real local model (Qwen2.5-Coder-0.5B
+through llama.cpp, asked with the project's own prompts) and hand-made answers that
+reproduce its failures; tests/answers/README.md says where each one comes from.
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lemo_nade.answers import (
+    CUT_BEFORE_CODE,
+    CUT_IN_NET,
+    ExtractionError,
+    extract_code,
+    read_answer,
+    strip_reasoning,
+)
+from lemo_nade.architects.llm import proposal_from_answer
+from lemo_nade.architects.replay import ReplayArchitect
+from lemo_nade.datasets import resolve_dataset
+from lemo_nade.records import ProposalRequest, Status
+from lemo_nade.sandbox.policy import check
+from lemo_nade.tidy import tidy
+from lemo_nade.usage import LLMCall, Usage
+
+ANSWERS = Path(__file__).parent / "answers"
+DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+@dataclass(frozen=True)
+class Case:
+    finish: str  # the completion's finish_reason
+    removed: tuple[str, ...] = ()  # what the note must name
+    untidy: bool = False  # the untidied code fails the policy only for its untidiness
+
+
+CASES = {
+    "handmade_divmod.md": Case("stop", ("removed unused import: `from operator import divmod`",)),
+    "handmade_main_block.md": Case(
+        "stop",
+        (
+            "`if __name__ == '__main__':` block (lines 34-38)",
+            "`model = Net()` (line 31)",
+            "`print(model)` (line 32)",
+            "`torch.manual_seed(0)` (line 9)",
+        ),
+        untidy=True,
+    ),
+    "handmade_think.md": Case("stop"),
+    "handmade_cut_in_main.md": Case(
+        "length", ("dropped the unfinished end of the cut-off answer (line 16 on)",)
+    ),
+}
+
+
+def fixture(name: str) -> str:
+    return (ANSWERS / name).read_text()
+
+
+def top_level_is_definitions(code: str) -> bool:
+    """Only imports, defs, classes, a docstring and constant assignments at top level."""
+    tree = ast.parse(code)
+    for i, node in enumerate(tree.body):
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        constant = isinstance(node, ast.Assign | ast.AnnAssign) and not any(
+            isinstance(n, ast.Call) for n in ast.walk(node)
+        )
+        if not (isinstance(node, DEFINITIONS) or docstring or constant):
+            return False
+    return True
+
+
+def test_every_fixture_is_small_and_listed() -> None:
+    names = {p.name for p in ANSWERS.iterdir() if p.suffix in (".md", ".txt")} - {"README.md"}
+    assert names == set(CASES) | set(REFUSED) | {"handmade_cut_in_net.md"}
+    readme = fixture("README.md")
+    for name in names:
+        assert (ANSWERS / name).stat().st_size < 8192, name
+        assert name in readme, f"{name} is not described in tests/answers/README.md"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixtures_become_tidy_candidates(name: str) -> None:
+    case = CASES[name]
+    text = fixture(name)
+    candidate = read_answer(text, case.finish)
+    tree = ast.parse(candidate.code)
+    nets = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"]
+    assert len(nets) == 1
+    assert top_level_is_definitions(candidate.code), candidate.code
+    assert check(candidate.code) is None, check(candidate.code)
+    for needle in case.removed:
+        assert needle in candidate.note, candidate.note
+    assert bool(candidate.note) == bool(case.removed)
+    if case.untidy:
+        refused = check(extract_code(text))
+        assert refused is not None and refused[0] is Status.FAILED_POLICY
+    # what is inside the class is untouched, byte for byte
+    segment = ast.get_source_segment(candidate.code, nets[0])
+    assert segment is not None and segment in text
+
+
+def test_the_unused_hallucinated_import_no_longer_fails_at_load() -> None:
+    text = fixture("handmade_divmod.md")
+    with pytest.raises(ImportError, match="divmod"):
+        exec(compile(extract_code(text), "candidate", "exec"), {})  # the failure (a)
+    namespace: dict[str, object] = {}
+    exec(compile(read_answer(text).code, "candidate", "exec"), namespace)
+    import torch
+
+    net = namespace["Net"]()  # type: ignore[operator]
+    assert tuple(net(torch.zeros(2, 1, 8, 8)).shape) == (2, 10)
+
+
+# ---- dangerous answers stay refused ----------------------------------------------------
+
+REFUSED = {
+    "handmade_dangerous.md": "import of 'os' is not allowed",
+    "handmade_open.md": "'open' is not allowed",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_tidying_launders_nothing(name: str) -> None:
+    text = fixture(name)
+    candidate = read_answer(text)
+    refused = check(candidate.code)
+    assert refused is not None and refused[0] is Status.FAILED_POLICY
+    assert REFUSED[name] in refused[1]
+    assert candidate.note.startswith("removed top-level code")  # the test code went
+    net = next(
+        n for n in ast.parse(candidate.code).body if isinstance(n, ast.ClassDef) and n.name == "Net"
+    )
+    assert ast.get_source_segment(candidate.code, net) in text  # Net's body as written
+
+
+def test_unused_imports_outside_the_allowed_modules_are_left_for_the_policy() -> None:
+    code = "import os\nimport torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    pass\n"
+    tidied, notes = tidy(code)
+    assert tidied == code and notes == []  # os stays: the policy refuses it, as before
+    refused = check(tidied)
+    assert refused is not None and "'os'" in refused[1]
+
+
+# ---- reasoning, fences ---------------------------------------------------------------
+
+GOOD = "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f"<think>\nI need a Net.\n</think>\n```python\n{GOOD}```",
+        f"<THINKING>plan: ```python\nclass Net:\n    pass\n```</THINKING>\n```python\n{GOOD}```",
+        f"<reasoning>short</reasoning>Here:\n```py\n{GOOD}```\nDone.",
+        f"the template opened the block\n</think>\n\n```python\n{GOOD}```",
+        f"```python3\n{GOOD}```",
+        f"```Python\n{GOOD}```",
+        f"```\n{GOOD}```",
+        f"~~~python\n{GOOD}~~~",
+        f"~~~~\n{GOOD}~~~~\n",
+        "1. The code:\n   ```python\n" + textwrap.indent(GOOD, "   ") + "   ```",
+        f"```python\n{GOOD}",  # the closing fence is missing
+        f"Here is the code.\n\n{GOOD}",  # no fences, prose before
+        f"{GOOD}\nThis network has no layers yet.\n",  # no fences, prose after
+        f"```bash\npip install torch\n```\n```python\nx = Net()\n```\n```python\n{GOOD}```",
+    ],
+)
+def test_the_code_is_found_whatever_the_form(answer: str) -> None:
+    assert read_answer(answer).code == GOOD
+
+
+def test_reasoning_blocks_are_dropped() -> None:
+    assert strip_reasoning("<think>a</think>b<thinking>c</thinking>d") == "bd"
+    assert strip_reasoning("<think>still thinking when the tokens ran out") == ""
+    assert strip_reasoning("x\n</think>\ny") == "\ny"
+    with pytest.raises(ExtractionError, match="only reasoning"):
+        read_answer("<think>\n```python\n" + GOOD + "```\nmaybe more layers")
+
+
+@pytest.mark.parametrize(
+    ("answer", "needle"),
+    [
+        ("Add a layer.", "no ```python"),
+        ("```python\nx = 1\n```", "defines no"),
+        (f"```python\n{GOOD}```\nor\n```python\n{GOOD}```", "2 code blocks"),
+        (f"```python\n{GOOD}\n{GOOD}```", "2 times"),
+        ("The class Net should\nclass Net is a model with layers\n", "no ```python"),
+    ],
+)
+def test_answers_without_one_net_are_refused(answer: str, needle: str) -> None:
+    with pytest.raises(ExtractionError, match=needle):
+        read_answer(answer)
+
+
+def test_a_syntax_error_is_passed_on_unchanged() -> None:
+    broken = (
+        "import torch\n\n\nclass Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return x +\n"
+    )
+    candidate = read_answer(f"```python\n{broken}```")
+    assert candidate.code == broken and candidate.note == ""
+    refused = check(candidate.code)
+    assert refused is not None and refused[0] is Status.FAILED_SYNTAX
+
+
+# ---- answers cut off at max_tokens -----------------------------------------------------
+
+
+def test_a_cut_inside_net_asks_for_a_shorter_version() -> None:
+    with pytest.raises(ExtractionError) as caught:
+        read_answer(fixture("handmade_cut_in_net.md"), "length")
+    assert str(caught.value) == CUT_IN_NET
+    assert "shorter complete version" in CUT_IN_NET and "no test code" in CUT_IN_NET
+
+
+def test_a_cut_before_any_code_asks_for_a_shorter_version() -> None:
+    for answer in ("Let me explain the design first. The first layer", "<think>\nFirst,"):
+        with pytest.raises(ExtractionError) as caught:
+            read_answer(answer, "length")
+        assert str(caught.value) == CUT_BEFORE_CODE
+
+
+def test_complete_code_in_a_cut_answer_is_used() -> None:
+    closed = f"```python\n{GOOD}```\nThis model works as follows: first the"
+    assert read_answer(closed, "length").code == GOOD
+    unclosed_net_last = f"```python\n{GOOD}"  # maybe cut inside Net: not used
+    with pytest.raises(ExtractionError, match="inside `class Net`"):
+        read_answer(unclosed_net_last, "length")
+    assert read_answer(unclosed_net_last, "stop").code == GOOD  # the fence was forgotten
+    looping = f"```python\n{GOOD}```\nAgain:\n```python\n{GOOD[:50]}"  # a repeat, cut
+    assert read_answer(looping, "length").code == GOOD
+    with pytest.raises(ExtractionError, match="2 code blocks"):
+        read_answer(looping, "stop")  # not cut: two different versions
+
+
+# ---- what tidying keeps --------------------------------------------------------------
+
+
+def test_tidying_keeps_definitions_constants_and_what_they_read() -> None:
+    code = '''"""A model."""
+
+from __future__ import annotations
+
+import math  # comments survive
+import torch.nn.functional
+import torch.nn as nn
+
+WEIGHT_DECAY = float("1e-4")  # read by the trainer, whatever its form
+CHANNELS = [16, 32]
+HIDDEN = CHANNELS[-1] * 4 + 1
+SCALE = torch.nn.functional.relu  # read by Net: stays
+unused = torch.nn.functional.relu(x)
+
+
+@torch.no_grad
+def helper(x: "torch.Tensor") -> int:
+    return 2
+
+
+class Net(nn.Module):
+    def forward(self, x):
+        return SCALE(x) * HIDDEN * math.pi
+
+
+net = Net(); print(net)
+'''
+    tidied, notes = tidy(code)
+    assert tidied == code.replace("unused = torch.nn.functional.relu(x)\n", "").replace(
+        "\n\nnet = Net(); print(net)\n", ""
+    )
+    assert notes == [
+        "removed top-level code: `unused = torch.nn.functional.relu(x)` (line 13), "
+        "`net = Net()` (line 26), `print(net)` (line 26)"
+    ]
+
+
+def test_tidying_rewrites_only_an_import_line_that_loses_names() -> None:
+    code = (
+        "from operator import add, divmod  # ops\n"
+        "import math, torch.nn.functional as F, torch.nn as nn\n\n\n"
+        "class Net(nn.Module):\n    x = add\n"
+    )
+    tidied, notes = tidy(code)
+    assert tidied.splitlines()[:2] == [
+        "from operator import add  # ops",
+        "import math, torch.nn as nn",
+    ]
+    assert tidied.splitlines()[2:] == code.splitlines()[2:]
+    assert notes == [
+        "removed unused imports: `from operator import divmod` (line 1), "
+        "`import torch.nn.functional as F` (line 2)"
+    ]
+
+
+def test_nothing_to_tidy_returns_the_code_as_it_was() -> None:
+    assert tidy(GOOD) == (GOOD, [])
+    assert tidy("class Net(:\n") == ("class Net(:\n", [])
+
+
+# ---- wiring: live and replayed answers -------------------------------------------------
+
+
+def test_the_architects_propose_the_tidied_code_with_the_note() -> None:
+    text = fixture("handmade_main_block.md")
+    call = LLMCall(
+        0, 0, Usage(calls=1), None, {"response": {"text": text, "finish_reason": "stop"}}
+    )
+    live = proposal_from_answer(text, "stop", Usage(calls=1), call)
+    expected = read_answer(text)
+    assert (live.code, live.notes, live.answer, live.rejected) == (
+        expected.code,
+        expected.note,
+        text,
+        None,
+    )
+    task = resolve_dataset("digits", None)
+    replay = ReplayArchitect(Path("recorded"), [call], "start")
+    replayed = replay.propose(ProposalRequest(0, task, None, None, ()))
+    assert (replayed.code, replayed.notes) == (expected.code, expected.note)
+    cut = proposal_from_answer(fixture("handmade_cut_in_net.md"), "length", Usage(), call)
+    assert cut.code == "" and cut.rejected == CUT_IN_NET
