@@ -73,13 +73,17 @@ class Net(nn.Module):
             nn.Conv2d({c}, 16, kernel_size=3, padding=1),  # input [batch, {c}, {h}, {w}]
             nn.BatchNorm2d(16),
             nn.ReLU(),
+            nn.MaxPool2d(2),  # halves height and width
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)  # [batch, 16, H, W] -> [batch, 16, 1, 1]
-        self.classifier = nn.Linear(16, {task.num_classes})  # 16 = channels of the last conv
+        self.pool = nn.AdaptiveAvgPool2d(1)  # [batch, 32, H, W] -> [batch, 32, 1, 1]
+        self.classifier = nn.Linear(32, {task.num_classes})  # 32 = channels of the last conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = self.pool(x).flatten(1)  # [batch, 16]
+        x = self.pool(x).flatten(1)  # [batch, 32]
         return self.classifier(x)  # [batch, {task.num_classes}] raw logits
 """
 
