@@ -50,7 +50,7 @@ def test_report_command_writes_a_self_contained_page(tmp_path: Path) -> None:
     assert "(search only)" in md and "(estimate)" in md
     assert "![Instruction frequency](instructions.png)" in md
     assert "├─ #2 failed_shape  <- #1 via ASC" in md
-    assert "| #3 | #1 | Add skip connection (ASC, priority 0.6) | ok | 1.800 |" in md
+    assert "| #3 | #1 | Add skip connection (ASC, priority 0.6) | — | ok | 1.800 |" in md
     assert "## Best model: candidate #3" in md and "class Net:  # candidate 3" in md
     # ★ best, ◆ on the Pareto front: #0, #1, #3 (#4 is bigger and less accurate than #3)
     assert re.search(r"^\| ★ ◆ 3 \| 1 \| ok \|", md, re.M)

@@ -364,3 +364,28 @@ def test_the_loop_and_its_records_import_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_measured_child_carries_whether_it_followed_its_instructions(
+    tmp_path: Path, architect: ScriptedArchitect
+) -> None:
+    """The loop judges each measured child against its parent (their stored structures
+    and code) and commits the verdicts with it; the first candidate and a failed one
+    get none."""
+
+    def measured(conv_layers: int) -> Evaluation:
+        structure = {"conv_layers": conv_layers, "skip_connections": 0, "dense_layers": 1}
+        metrics = Metrics(A1=0.5, A2=0.5, E1=1e-6, E2=0.0, F=1000.0, P=1000, structure=structure)
+        return Evaluation(Status.OK, metrics, wall_time_s=0.01)
+
+    run_dir = new_run(tmp_path)
+    evaluate = ScriptedEvaluator(measured(1), measured(2), Status.FAILED_TRAIN)
+    records = run_search(run_dir, evaluate=evaluate).records
+    asked = records[0].resolved_instructions
+    assert "ACL" in dict(asked)  # A1 and A2 under their thresholds
+    verdicts = records[1].evaluation.compliance
+    assert [v.code for v in verdicts] == [code for code, _ in asked]
+    assert ("ACL", "followed", "conv layers 1 -> 2") in verdicts
+    assert records[0].evaluation.compliance == () == records[2].evaluation.compliance
+    with RunStore.open(run_dir) as st:
+        assert st.iterations()[1].evaluation.compliance == verdicts

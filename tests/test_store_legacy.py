@@ -22,10 +22,11 @@ def test_a_store_from_before_failure_energy_gains_it_and_keeps_its_rows(
         st.record_iteration(make_record(0))
     conn = sqlite3.connect(tmp_path / "r" / "run.sqlite")  # back to what schema 2 wrote
     conn.execute("ALTER TABLE iterations DROP COLUMN failure_kwh")
+    conn.execute("ALTER TABLE iterations DROP COLUMN compliance_json")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
-    with RunStore.open(tmp_path / "r", writer=True) as st:  # migration 3 runs
+    with RunStore.open(tmp_path / "r", writer=True) as st:  # migrations 3 and 4 run
         (first,) = st.iterations()
         assert first.evaluation.failure_kwh is None and first.idx == 0
         failed = make_record(1, ok=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from lemo_nade.usage import LLMCall, Usage
 
@@ -34,6 +34,17 @@ class Status(str, enum.Enum):
     @property
     def ok(self) -> bool:
         return self is Status.OK
+
+
+# The keys of ``Metrics.structure`` (lemo_nade.engine.structure writes them, the sandbox's
+# result check accepts nothing else): whole-number counts, and lists of numbers.
+STRUCTURE_COUNTS = frozenset(
+    {
+        "conv_layers", "conv_ops", "conv_channels_total", "skip_connections",
+        "dense_layers", "hidden_units", "batch_norms", "dropout_layers",
+    }
+)  # fmt: skip
+STRUCTURE_LISTS = frozenset({"conv_channels", "dense_units", "dropout_rates"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,10 @@ class Metrics:
     # device energy of everything measured in the child: training, every eval pass,
     # FLOPs and speed (retrain: the test pass too); None in runs recorded before it existed
     candidate_kwh: float | None = None
+    # what the measured graph is made of (lemo_nade.engine.structure: conv layers and
+    # their channels, skip connections, dense layers and units, ...), for the instruction
+    # checker (lemo_nade.compliance); empty where unknown (older runs, one-process protocol)
+    structure: dict[str, Any] = field(default_factory=dict)
 
     @property
     def spent_kwh(self) -> float:
@@ -108,6 +123,16 @@ class Metrics:
         return {"A1": self.A1, "A2": self.A2, "E1": self.E1, "E2": self.E2, "F": self.F}
 
 
+class Verdict(NamedTuple):
+    """Whether a candidate implements one instruction of the request that produced it
+    (:mod:`lemo_nade.compliance`): ``verdict`` is ``followed``, ``not_followed`` or
+    ``unknown``; ``reason`` the facts compared, e.g. ``conv layers 2 -> 3``."""
+
+    code: str
+    verdict: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The outcome of running one candidate in the sandbox."""
@@ -124,6 +149,9 @@ class Evaluation:
     # the measured model as a torch.export archive (the search protocol's hand-over, kept
     # by the store as candidates/NNN.pt2); never part of the JSON result
     artifact: bytes | None = field(default=None, repr=False, compare=False)
+    # set by the loop after an OK evaluation, never by a child (not in the result file):
+    # one verdict per instruction of the request that produced this candidate
+    compliance: tuple[Verdict, ...] = ()
 
     @property
     def spent_kwh(self) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lemo_nade import prompts, rules, runs, sandbox
+from lemo_nade import compliance, prompts, rules, runs, sandbox
 from lemo_nade.architects import Architect, ArchitectUnavailable
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.datasets import resolve_dataset
@@ -332,9 +332,11 @@ class Search:
         tried: Tried,
         judged: Judgement,
     ) -> IterationRecord:
-        """Commit the iteration: its last attempt is its result, all attempts are kept."""
+        """Commit the iteration: its last attempt is its result, all attempts are kept;
+        a measured child carries whether it followed the request's instructions."""
         assert tried.last is not None
         proposal, evaluation = tried.last
+        evaluation = compliance.attach(request, proposal.code, evaluation)
         record = IterationRecord(
             idx=request.iteration,
             started_at=started,

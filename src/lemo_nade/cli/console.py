@@ -88,6 +88,7 @@ class LiveProgress:
                 f"A2 {fmt(row['A2'], '.3f', DASH)}  P {fmt(row['P'], ',', DASH)}  "
                 f"F {fmt(row['F'], ',.0f', DASH)}  CM {fmt(row['CM'], '.3f', DASH)}",
                 (" ★ best" if row["best"] else "", "bold green"),
+                f"  followed {row['instructions_followed']}" if row["compliance"] else "",
                 f"  next: {' '.join(row['instructions_out']) or DASH}",
             )
         else:
@@ -103,8 +104,9 @@ class LiveProgress:
 def print_table(console: Console, records: list[IterationRecord]) -> None:
     table = Table(title="Iterations (★ = best by CM, Eq. 1)")
     columns = ("#", "parent", "status", "A1", "A2", "params", "MFLOPs", "FPS", "p50 ms")
-    for name in (*columns, "E1 kWh", "E2 kWh", "energy source", "CM"):
-        table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
+    for name in (*columns, "E1 kWh", "E2 kWh", "energy source", "CM", "followed"):
+        left = name in ("status", "followed")
+        table.add_column(name, justify="left" if left else "right", no_wrap=True)
     table.add_column("instructions in", overflow="fold")
     for row in iteration_rows(records):
         table.add_row(
@@ -121,6 +123,7 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
             fmt(row["E2_kwh"], ".2e", DASH),
             Text(plain(row["energy_source"] or DASH)),
             fmt(row["CM"], ".3f", DASH),
+            row["instructions_followed"] or DASH,
             " ".join(row["instructions_in"])
             or ("(initial)" if row["parent"] is None else "(none: explore)"),
             style="bold green" if row["best"] else None,
@@ -137,6 +140,27 @@ def print_errors(console: Console, records: list[IterationRecord]) -> None:
         error = one_line(row["error"] or "") or DASH
         console.print(
             text_line(f"{row['iteration']:>4}  ", (row["status"], "red"), f"  {error}"),
+            soft_wrap=True,
+        )
+
+
+MARKS = {"followed": "✓", "not_followed": "✗", "unknown": "?"}
+
+
+def print_compliance(console: Console, records: list[IterationRecord]) -> None:
+    """Per checked candidate, each instruction that produced it and whether it was
+    followed; the facts compared where it was not (or could not be decided)."""
+    checked = [r for r in iteration_rows(records) if r["compliance"]]
+    if checked:
+        console.print("instructions followed (✓ followed, ✗ not, ? unknown):")
+    for row in checked:
+        verdicts = "  ".join(
+            f"{v['code']} {MARKS.get(v['verdict'], '?')}"
+            + ("" if v["verdict"] == "followed" else f" ({v['reason']})")
+            for v in row["compliance"]
+        )
+        console.print(
+            text_line(f"{row['iteration']:>4}  {row['instructions_followed']}:  {verdicts}"),
             soft_wrap=True,
         )
 
@@ -171,6 +195,8 @@ def print_summary(
             (f"(energy source: {source}; PUE {s['pue']}, {s['co2_lbs_per_kwh']} lbs/kWh)", "dim"),
         )
     )
+    if s["instructions_checked"]:
+        console.print(text_line(f"instructions followed: {following_text(s)}"))
     if s.get("llm_calls"):
         cost = s["llm_cost_usd"]
         console.print(
@@ -182,6 +208,17 @@ def print_summary(
             highlight=False,
         )
     print_paper_row(console, s)
+
+
+def following_text(s: dict[str, Any]) -> str:
+    """A run summary's instruction following: ``14 of 18 decided (78%), 2 unknown, over
+    7 candidates``."""
+    decided = s["instructions_followed"] + s["instructions_not_followed"]
+    return (
+        f"{s['instructions_followed']} of {decided} decided "
+        f"({fmt(s['instruction_follow_rate'], '.0%', DASH)}), "
+        f"{s['instructions_unknown']} unknown, over {s['candidates_checked']} candidates"
+    )
 
 
 def print_paper_row(console: Console, s: dict[str, Any]) -> None:

@@ -242,7 +242,7 @@ def show_cmd(
 ) -> None:
     """Print a run's per-iteration table and its summary (paper Table 3 shape), and the
     retrained model's result when `lemo-nade retrain` has run."""
-    from lemo_nade.cli.console import print_errors, print_summary, print_table
+    from lemo_nade.cli.console import print_compliance, print_errors, print_summary, print_table
     from lemo_nade.reporting.data import load_run
 
     data = load_run(run_dir)
@@ -250,6 +250,7 @@ def show_cmd(
         _print_show_json(run_dir, data)
         return
     print_table(out, data.records)
+    print_compliance(out, data.records)
     print_errors(out, data.records)  # what `run` points to when no candidate succeeded
     print_summary(out, data.records, data.config, data.status, data.reason)
     rt = data.retrain

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lemo_nade.engine import confine, measure, phases, retrain
+from lemo_nade.engine import confine, measure, phases, retrain, structure
 from lemo_nade.engine.data import Split, split_for_job
 from lemo_nade.engine.measuring import Power, measure_trained
 from lemo_nade.engine.prepared import load_prepared, load_test
@@ -156,6 +156,7 @@ def _measure_handed_over(job: EvalJob) -> Metrics:
         if job.mode == "retrain":  # the held-out test set, once, after everything else
             fields |= _test_once(model, split, job, power)
     fields |= phases.graph_sizes(program)
+    fields["structure"] = structure.safe_structure(program)  # for the instruction checker
     return Metrics(
         **fields,
         E1=0.0,  # the parent's: measured from outside the candidate's process

@@ -46,7 +46,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 def rich_table(rows: list[dict[str, Any]]) -> Table:
     """Run id, dataset, llm, setting, iterations, best validation (and test) accuracy,
-    parameters, hours, kWh-PUE, CO2, FPS and LLM cost."""
+    parameters, hours, kWh-PUE, CO2, FPS, LLM cost and instructions followed."""
     table = Table(title="Runs compared (paper Tables 3/5/6 columns)")
     heads = (
         "run",
@@ -63,6 +63,7 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
         "FPS",
         "energy",
         "LLM cost",
+        "followed",
     )
     for h in heads:
         text = h in ("run", "dataset", "llm", "energy")
@@ -88,5 +89,16 @@ def rich_table(rows: list[dict[str, Any]]) -> Table:
             fmt(r["fps"], ",.0f"),
             Text(plain(r["energy_source"] or MISSING)),
             MISSING if cost is None else f"${cost:.4f}",
+            _followed(r),
         )
     return table
+
+
+def _followed(row: dict[str, Any]) -> str:
+    """``14 of 18 (78%)``: instructions followed of those decided; ``+2?`` unknown."""
+    decided = row["instructions_followed"] + row["instructions_not_followed"]
+    if not decided and not row["instructions_unknown"]:
+        return MISSING
+    unknown = f" +{row['instructions_unknown']}?" if row["instructions_unknown"] else ""
+    rate = fmt(row["instruction_follow_rate"], ".0%")
+    return f"{row['instructions_followed']} of {decided} ({rate}){unknown}"

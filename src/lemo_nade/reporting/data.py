@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lemo_nade import rules
+from lemo_nade import compliance, rules
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import finite, missing
@@ -235,13 +235,15 @@ def instructions_text(rec: IterationRecord) -> str:
 
 def lineage_rows(records: Sequence[IterationRecord]) -> list[dict[str, Any]]:
     """One row per candidate: child <- parent, the instructions (with their priority
-    sums and meanings) and how the child ended."""
+    sums and meanings), whether the child followed them, and how it ended."""
     return [
         {
             "child": r.idx,
             "parent": r.parent_idx,
             "instructions": [code for code, _ in r.prompt_instructions],
             "described": rules.describe(list(r.prompt_instructions)),
+            "followed": compliance.followed_text(r.evaluation.compliance),
+            "verdicts": list(r.evaluation.compliance),
             "status": r.status.value,
             "cm": r.cm,
         }
@@ -327,6 +329,10 @@ COMPARE_COLUMNS: tuple[str, ...] = (
     "energy_source",
     "llm_cost_usd",
     "llm_tokens",
+    "instructions_followed",
+    "instructions_not_followed",
+    "instructions_unknown",
+    "instruction_follow_rate",
 )
 
 
@@ -354,4 +360,9 @@ def compare_row(data: RunData) -> dict[str, Any]:
         "energy_source": p["energy_source"],
         "llm_cost_usd": s["llm_cost_usd"],
         "llm_tokens": s["llm_tokens"],
+        # instruction following: followed / (followed + not followed), unknowns apart
+        "instructions_followed": s["instructions_followed"],
+        "instructions_not_followed": s["instructions_not_followed"],
+        "instructions_unknown": s["instructions_unknown"],
+        "instruction_follow_rate": s["instruction_follow_rate"],
     }

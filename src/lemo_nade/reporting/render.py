@@ -16,24 +16,23 @@ import html
 import json
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from lemo_nade import __version__
 from lemo_nade.history import best_of
 from lemo_nade.numbers import MISSING, fmt
-from lemo_nade.reporting.data import (
-    NOT_MEASURED,
-    RETRAIN_NAME,
-    RunData,
-    instructions_text,
-    lineage_rows,
-    lineage_tree,
-    paper_row,
-    pareto_iterations,
+from lemo_nade.reporting.data import NOT_MEASURED, RETRAIN_NAME, RunData, lineage_tree, paper_row
+from lemo_nade.reporting.tables import (
+    Table,
+    clip,
+    following_table,
+    iterations_table,
+    lineage_table,
+    summary_table,
 )
-from lemo_nade.text import md_cell, one_line, plain
+from lemo_nade.text import md_cell, plain
+
+__all__ = ["clip", "html_table", "md_table", "to_html", "to_markdown"]
 
 # Sets data-images-ok on <body> once every image has decoded: the headless-browser check
 # (bench/render_report.py) reads it from the dumped DOM.
@@ -63,120 +62,6 @@ figcaption{font-size:.85rem;color:#555}
 pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.8rem;line-height:1.3}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1rem}
 """
-
-
-# -- tables --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Table:
-    """Cells already formatted as text; ``text_cols`` are left-aligned in HTML; a row's
-    class (``best``/``failed``) is only used by HTML."""
-
-    headers: tuple[str, ...]
-    rows: Sequence[tuple[str, ...]]
-    text_cols: frozenset[int] = frozenset()
-    row_classes: tuple[str, ...] = ()
-    wide_cols: frozenset[int] = frozenset()  # long text: given room in HTML
-
-
-def summary_table(data: RunData) -> Table:
-    """The paper's Tables 3/5/6 columns (plus validation accuracy and energy source)."""
-    p = paper_row(data)
-    est = " (estimate)" if p["energy_estimated"] else ""
-    time_scope = "" if p["includes_retrain"] else " (search only)"
-    headers = (
-        "test accuracy",
-        "validation accuracy",
-        "parameters",
-        f"generating + training hours{time_scope}",
-        f"energy kWh-PUE{est}",
-        f"CO2 lbs{est}",
-        "inference FPS",
-        f"inference kWh-PUE / image{est}",
-        f"inference CO2 lbs / image{est}",
-        "energy source",
-    )
-    row = (
-        fmt(p["test_accuracy"], ".2%") if p["test_accuracy"] is not None else NOT_MEASURED,
-        fmt(p["validation_accuracy"], ".2%"),
-        fmt(p["params"], ","),
-        fmt(p["hours"], ".4f"),
-        fmt(p["kwh_pue"], ".4f" if (p["kwh_pue"] or 0) >= 1e-3 else ".3E"),
-        fmt(p["co2_lbs"], ".4f" if (p["co2_lbs"] or 0) >= 1e-3 else ".3E"),
-        fmt(p["fps"], ",.2f"),
-        fmt(p["inference_kwh_pue_per_image"], ".2E"),
-        fmt(p["inference_co2_lbs_per_image"], ".2E"),
-        p["energy_source"] or MISSING,
-    )
-    return Table(headers, [row], text_cols=frozenset({0, 9}))
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters at a space, with "…" when cut."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:") + "…"
-
-
-def iterations_table(data: RunData) -> Table:
-    rows, classes = [], []
-    by_idx = {r.idx: r for r in data.records}
-    front = set(pareto_iterations(data.ok_records))
-    for row in data.rows:
-        rec = by_idx[row["iteration"]]
-        marks = ("★ " if row["best"] else "") + ("◆ " if row["iteration"] in front else "")
-        mflops = row["flops_per_image"] / 1e6 if row["flops_per_image"] else None
-        rows.append(
-            (
-                marks + str(row["iteration"]),
-                fmt(row["parent"]),
-                row["status"],
-                fmt(row["A1"], ".2%"),
-                fmt(row["A2"], ".2%"),
-                fmt(row["P"], ","),
-                fmt(mflops, ".3f"),
-                fmt(row["F"], ",.0f"),
-                fmt(row["E1_kwh"], ".2e"),
-                fmt(row["E2_kwh"], ".2e"),
-                row["energy_source"] or MISSING,
-                fmt(row["CM"], ".3f"),
-                instructions_text(rec),
-                " ".join(row["instructions_out"]) or MISSING,
-                clip(one_line(row["error"] or row["notes"] or ""), 200),
-            )
-        )
-        classes.append("best" if row["best"] else ("failed" if row["status"] != "ok" else ""))
-    headers = (
-        "#",
-        "parent",
-        "status",
-        "A1",
-        "A2",
-        "params",
-        "MFLOPs",
-        "FPS",
-        "E1 kWh",
-        "E2 kWh",
-        "energy source",
-        "CM",
-        "instructions in (produced it)",
-        "instructions out (for the next)",
-        "notes / error",
-    )
-    return Table(headers, rows, frozenset({2, 10, 12, 13, 14}), tuple(classes), frozenset({14}))
-
-
-def lineage_table(data: RunData) -> Table:
-    rows = []
-    for row in lineage_rows(data.records):
-        parent = MISSING if row["parent"] is None else f"#{row['parent']}"
-        what = "; ".join(row["described"]) or (
-            "initial model" if row["parent"] is None else "no instruction (explore)"
-        )
-        rows.append((f"#{row['child']}", parent, what, row["status"], fmt(row["cm"], ".3f")))
-    return Table(("child", "← parent", "instructions", "status", "CM"), rows, frozenset({2, 3}))
 
 
 def _meta(data: RunData) -> list[tuple[str, str]]:
@@ -233,6 +118,14 @@ def _notes(data: RunData) -> list[str]:
     notes.append(
         "★ best by CM (Eq. 1); ◆ on the Pareto front (max validation accuracy, min parameters)."
     )
+    if s["instructions_checked"]:
+        notes.append(
+            f"Instructions followed: {s['instructions_followed']} of "
+            f"{s['instructions_followed'] + s['instructions_not_followed']} decided "
+            f"({fmt(s['instruction_follow_rate'], '.0%')}), {s['instructions_unknown']} "
+            f"unknown, over {s['candidates_checked']} candidates (the parent and the child "
+            "compared: their measured graphs and their code)."
+        )
     return notes
 
 
@@ -279,6 +172,8 @@ def to_markdown(data: RunData, plots: list[tuple[str, str]]) -> str:
     for name, caption in plots:
         parts += [f"### {caption}", "", f"![{caption}]({name})", ""]
     parts += ["## Iterations", "", md_table(iterations_table(data)), ""]
+    if data.summary["instructions_checked"]:
+        parts += ["## Instruction following", "", md_table(following_table(data)), ""]
     parts += ["## Lineage", "", _fence(lineage_tree(data.records, best_idx), "text"), ""]
     parts += [md_table(lineage_table(data)), ""]
     parts += [f"## {heading}", "", _fence(code, "python"), ""]
@@ -337,6 +232,9 @@ def to_html(data: RunData, plots: list[tuple[str, str]], image_dir: Path) -> str
     )
     figures = "".join(_img(image_dir / name, caption) for name, caption in plots)
     config = json.dumps(data.config.model_dump(), indent=2)
+    following = ""
+    if data.summary["instructions_checked"]:
+        following = f"<h2>Instruction following</h2>\n{html_table(following_table(data))}\n"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -358,7 +256,7 @@ def to_html(data: RunData, plots: list[tuple[str, str]], image_dir: Path) -> str
 <div class="grid">{figures}</div>
 <h2>Iterations</h2>
 {html_table(iterations_table(data))}
-<h2>Lineage</h2>
+{following}<h2>Lineage</h2>
 <pre>{_esc(lineage_tree(data.records, best_idx))}</pre>
 {html_table(lineage_table(data))}
 <h2>{_esc(heading)}</h2>

@@ -7,8 +7,10 @@ intensity they used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from lemo_nade import compliance
 from lemo_nade.config import RunConfig
 from lemo_nade.history import IterationRecord, best_of, elapsed_s
 from lemo_nade.numbers import jsonable
@@ -64,6 +66,9 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
         **_metric_cells(m, _MEASURE_COLUMNS),
         "CM": rec.cm,
         "instructions_in": [code for code, _ in rec.prompt_instructions],
+        # whether this candidate implements them: "4 of 6", and each verdict with its facts
+        "instructions_followed": compliance.followed_text(rec.evaluation.compliance) or None,
+        "compliance": [v._asdict() for v in rec.evaluation.compliance],
         "instructions_out": [code for code, _ in rec.resolved_instructions],
         "wall_time_s": round(rec.finished_at - rec.started_at, 3),
         "error": rec.evaluation.error.strip().splitlines()[-1] if rec.evaluation.error else None,
@@ -96,6 +101,26 @@ def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
         "llm_completion_tokens": usage.completion_tokens,
         "llm_latency_s": usage.latency_s,
         "llm_cost_usd": usage.cost_usd,
+    }
+
+
+def compliance_summary(records: Sequence[IterationRecord]) -> dict[str, Any]:
+    """Instruction following over a run (the paper's Fig. 2 question): every verdict of
+    every checked candidate, the rate followed / (followed + not followed), unknowns
+    apart, and the same per instruction code."""
+    lists = [r.evaluation.compliance for r in records if r.evaluation.compliance]
+    counts = compliance.tally(v for verdicts in lists for v in verdicts)
+    return {
+        "candidates_checked": len(lists),
+        "instructions_checked": sum(counts.values()),
+        "instructions_followed": counts[compliance.FOLLOWED],
+        "instructions_not_followed": counts[compliance.NOT_FOLLOWED],
+        "instructions_unknown": counts[compliance.UNKNOWN],
+        "instruction_follow_rate": compliance.rate(counts),
+        "instructions_by_code": {
+            code: {**c, "rate": compliance.rate(c)}
+            for code, c in compliance.by_instruction(lists).items()
+        },
     }
 
 
@@ -146,6 +171,7 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
         "best_fps_cv": jsonable(bm.fps_cv) if bm else None,
         "best_flops_per_image": jsonable(bm.flops_per_image) if bm else None,
         **llm_summary(records),
+        **compliance_summary(records),
         "pue": config.pue,
         "co2_lbs_per_kwh": config.co2_lbs_per_kwh,
     }

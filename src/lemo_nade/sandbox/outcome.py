@@ -22,7 +22,7 @@ from lemo_nade.engine.protocol import (
     SETUP_FAILED,
     looks_like_oom,
 )
-from lemo_nade.records import Evaluation, Metrics, Status
+from lemo_nade.records import STRUCTURE_COUNTS, STRUCTURE_LISTS, Evaluation, Metrics, Status
 from lemo_nade.sandbox.handover import read_regular
 from lemo_nade.sandbox.launch import Outcome, last_lines
 
@@ -110,6 +110,7 @@ _EVALUATION_KEYS = frozenset(
 _METRIC_TYPES = {f.name: str(f.type) for f in fields(Metrics)}
 _UNIT_INTERVAL = frozenset({"A1", "A2", "test_accuracy"})
 _MUST_BE_FINITE = frozenset({"A1", "A2", "E1", "E2", "F"})
+STRUCTURE_LIST_CAP = 10_000  # entries per list: far above any model a search makes
 
 
 def parse_result(text: str) -> Evaluation:
@@ -154,7 +155,9 @@ def _metric(key: str, value: Any) -> None:
     kind = _METRIC_TYPES[key]
     if value is None and "None" in kind:
         return
-    if kind.startswith("str"):
+    if key == "structure":
+        _structure(value)
+    elif kind.startswith("str"):
         if not isinstance(value, str):
             raise ResultError(f"metrics.{key} is not text")
     elif kind.startswith("dict"):
@@ -163,12 +166,38 @@ def _metric(key: str, value: Any) -> None:
         for part, number in value.items():
             _number(f"metrics.{key}.{part}", number, finite=True)
     elif kind.startswith("int"):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ResultError(f"metrics.{key} is not a whole number >= 0")
+        _whole(f"metrics.{key}", value)
     else:
         _number(f"metrics.{key}", value, finite=key in _MUST_BE_FINITE or "None" in kind)
         if key in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
             raise ResultError(f"metrics.{key} = {value!r} is not an accuracy in [0, 1]")
+
+
+def _structure(value: Any) -> None:
+    """Only known keys; counts are whole numbers >= 0, lists hold finite numbers >= 0
+    (whole numbers but the dropout rates, which are within [0, 1])."""
+    if not isinstance(value, dict):
+        raise ResultError("metrics.structure is not an object")
+    _no_unknown(value, STRUCTURE_COUNTS | STRUCTURE_LISTS, "metrics.structure")
+    for key, item in value.items():
+        name = f"metrics.structure.{key}"
+        if key in STRUCTURE_COUNTS:
+            _whole(name, item)
+            continue
+        if not isinstance(item, list) or len(item) > STRUCTURE_LIST_CAP:
+            raise ResultError(f"{name} is not a list of at most {STRUCTURE_LIST_CAP} numbers")
+        for number in item:
+            if key == "dropout_rates":
+                _number(name, number, finite=True)
+                if number > 1:
+                    raise ResultError(f"{name} holds {number!r}, not a rate in [0, 1]")
+            else:
+                _whole(name, number)
+
+
+def _whole(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ResultError(f"{name} is not a whole number >= 0")
 
 
 def _number(name: str, value: Any, finite: bool = False) -> None:

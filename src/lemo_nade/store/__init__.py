@@ -5,7 +5,8 @@ Design (after optuna's RDB storage and MLflow's file store, made smaller):
 - SQLite in WAL mode with ``synchronous=FULL``: an iteration committed is on disk, and
   a process killed at any point leaves the database consistent.
 - Each iteration is one transaction: its code, status, error, metrics, raw and resolved
-  instructions, CM, timings, the architect's state and token usage. The candidate's
+  instructions, CM, whether it followed the instructions that produced it, timings,
+  the architect's state and token usage. The candidate's
   source is also written to ``candidates/NNN.py`` (atomically, before the commit) so it
   can be read, diffed and imported without the database.
 - Schema changes are numbered, append-only migrations (:mod:`.migrations`); ``PRAGMA

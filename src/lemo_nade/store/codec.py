@@ -5,6 +5,9 @@ JSON columns are written with sorted keys and no NaN (a non-finite float is ``nu
 a metric that reads back as ``null`` is NaN again, except the fields that may be absent
 (``Metrics`` fields whose default is None). The metric columns ``a1`` .. ``params`` copy
 ``metrics_json`` for SQL queries; records are decoded from ``metrics_json``.
+``compliance_json`` holds the candidate's instruction verdicts as ``[code, verdict,
+reason]`` lists; NULL (read as none) where there are none, and in iterations recorded
+before schema 4.
 
 Pure: no torch import.
 """
@@ -14,12 +17,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Generic, TypeVar
 
 from lemo_nade.history import Attempt, IterationRecord
 from lemo_nade.numbers import finite, jsonable
-from lemo_nade.records import Evaluation, Metrics, Status
+from lemo_nade.records import Evaluation, Metrics, Status, Verdict
 from lemo_nade.usage import LLMCall, Usage, usage_dict
 
 T = TypeVar("T")
@@ -77,6 +80,7 @@ ITERATION_COLUMNS: tuple[Column[IterationRecord], ...] = (
     Column("resolved_instructions_json", lambda r: dumps(r.resolved_instructions)),
     Column("usage_json", lambda r: dumps(usage_dict(r.usage))),
     Column("failure_kwh", lambda r: finite(r.evaluation.failure_kwh)),
+    Column("compliance_json", lambda r: _compliance_json(r.evaluation.compliance)),
 )
 
 ATTEMPT_COLUMNS: tuple[Column[Attempt], ...] = (
@@ -94,6 +98,12 @@ CALL_COLUMNS: tuple[Column[LLMCall], ...] = (
     Column("attempt", lambda c: c.attempt),
     Column("call_json", lambda c: dumps(c.to_dict())),
 )
+
+
+def _compliance_json(verdicts: tuple[Verdict, ...]) -> str | None:
+    """The verdicts as ``[code, verdict, reason]`` lists; NULL when there are none (no
+    instruction, or not measured), as in iterations recorded before schema 4."""
+    return dumps([list(v) for v in verdicts]) if verdicts else None
 
 
 def insert_sql(table: str, columns: Sequence[Column[Any]], keys: Sequence[str]) -> str:
@@ -129,6 +139,7 @@ def decode_iteration(row: Mapping[str, Any]) -> IterationRecord:
             "failure_kwh": row["failure_kwh"],
         }
     )
+    evaluation = replace(evaluation, compliance=_verdicts(row["compliance_json"]))
     state = row["state_json"]
     return IterationRecord(
         idx=row["idx"],
@@ -166,6 +177,13 @@ def decode_call(row: Mapping[str, Any]) -> LLMCall:
     """The stored call; the row's own iteration and attempt win over the JSON's."""
     data = json.loads(row["call_json"])
     return LLMCall.from_dict({**data, "iteration": row["idx"], "attempt": row["attempt"]})
+
+
+def _verdicts(text: str | None) -> tuple[Verdict, ...]:
+    """The stored verdicts; none for an iteration recorded before they existed."""
+    if text is None:
+        return ()
+    return tuple(Verdict(str(c), str(v), str(r)) for c, v, r in json.loads(text))
 
 
 def _pairs(text: str) -> tuple[tuple[str, float], ...]:

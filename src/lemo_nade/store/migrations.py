@@ -85,6 +85,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE iterations ADD COLUMN failure_kwh REAL
     """,
+    # 4: whether the candidate followed each instruction that produced it: a JSON list of
+    # [code, verdict, reason] (lemo_nade.compliance); NULL in iterations recorded before.
+    """
+    ALTER TABLE iterations ADD COLUMN compliance_json TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
