@@ -30,6 +30,7 @@ from lemo_nade.sandbox.policy import check
 from lemo_nade.tidy import tidy
 from lemo_nade.usage import LLMCall, Usage
 
+pytest_plugins = ["sandbox_fixtures"]
 ANSWERS = Path(__file__).parent / "answers"
 DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -42,6 +43,27 @@ class Case:
 
 
 CASES = {
+    # real answers of Qwen2.5-Coder-0.5B
+    "qwen_old_first_divmod.md": Case(
+        "stop",
+        (
+            "`from operator import add, sub, mul, floordiv, pow, divmod` (line 13)",
+            "`from torch.utils.data import DataLoader` (line 4)",
+            "`import torch.optim as optim` (line 3)",
+        ),
+        untidy=True,  # the unused DataLoader import alone had it refused
+    ),
+    "qwen_old_first.md": Case(
+        "stop",
+        (
+            "removed unused imports: `import torch.optim as optim` (line 3), "
+            "`from collections import defaultdict` (line 5)",
+        ),
+    ),
+    "qwen_first_clean.md": Case("stop"),
+    "qwen_iter_dense.md": Case("stop"),
+    "qwen_old_iter.md": Case("stop"),
+    # hand-made, reproducing what the model did in earlier runs
     "handmade_divmod.md": Case("stop", ("removed unused import: `from operator import divmod`",)),
     "handmade_main_block.md": Case(
         "stop",
@@ -57,6 +79,13 @@ CASES = {
     "handmade_cut_in_main.md": Case(
         "length", ("dropped the unfinished end of the cut-off answer (line 16 on)",)
     ),
+}
+# Answers that hold no usable code, with the finish reason and the rejection.
+REJECTED = {
+    "qwen_first_cut.md": ("length", CUT_IN_NET),  # cut at `return`: parses, but unfinished
+    "qwen_old_first_loop.md": ("length", CUT_BEFORE_CODE),  # an import loop, no Net
+    "qwen_repair_imports_only.md": ("stop", "the code defines no `class Net(nn.Module)`"),
+    "handmade_cut_in_net.md": ("length", CUT_IN_NET),
 }
 
 
@@ -79,7 +108,7 @@ def top_level_is_definitions(code: str) -> bool:
 
 def test_every_fixture_is_small_and_listed() -> None:
     names = {p.name for p in ANSWERS.iterdir() if p.suffix in (".md", ".txt")} - {"README.md"}
-    assert names == set(CASES) | set(REFUSED) | {"handmade_cut_in_net.md"}
+    assert names == set(CASES) | set(REFUSED) | set(REJECTED)
     readme = fixture("README.md")
     for name in names:
         assert (ANSWERS / name).stat().st_size < 8192, name
@@ -168,6 +197,7 @@ GOOD = "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    pass\
         f"~~~~\n{GOOD}~~~~\n",
         "1. The code:\n   ```python\n" + textwrap.indent(GOOD, "   ") + "   ```",
         f"```python\n{GOOD}",  # the closing fence is missing
+        f"```python\n{GOOD}```\n".replace("\n", "\r\n"),
         f"Here is the code.\n\n{GOOD}",  # no fences, prose before
         f"{GOOD}\nThis network has no layers yet.\n",  # no fences, prose after
         f"```bash\npip install torch\n```\n```python\nx = Net()\n```\n```python\n{GOOD}```",
@@ -214,11 +244,14 @@ def test_a_syntax_error_is_passed_on_unchanged() -> None:
 # ---- answers cut off at max_tokens -----------------------------------------------------
 
 
-def test_a_cut_inside_net_asks_for_a_shorter_version() -> None:
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_answers_without_usable_code_say_why(name: str) -> None:
+    finish, reason = REJECTED[name]
     with pytest.raises(ExtractionError) as caught:
-        read_answer(fixture("handmade_cut_in_net.md"), "length")
-    assert str(caught.value) == CUT_IN_NET
-    assert "shorter complete version" in CUT_IN_NET and "no test code" in CUT_IN_NET
+        read_answer(fixture(name), finish)
+    assert str(caught.value).startswith(reason)
+    if finish == "length":
+        assert "shorter complete version" in reason and "no test code" in reason
 
 
 def test_a_cut_before_any_code_asks_for_a_shorter_version() -> None:
@@ -235,6 +268,8 @@ def test_complete_code_in_a_cut_answer_is_used() -> None:
     with pytest.raises(ExtractionError, match="inside `class Net`"):
         read_answer(unclosed_net_last, "length")
     assert read_answer(unclosed_net_last, "stop").code == GOOD  # the fence was forgotten
+    half_fence = read_answer(f"```python\n{GOOD}``", "length")  # cut in the closing fence
+    assert half_fence.code == GOOD and "line 7 on" in half_fence.note
     looping = f"```python\n{GOOD}```\nAgain:\n```python\n{GOOD[:50]}"  # a repeat, cut
     assert read_answer(looping, "length").code == GOOD
     with pytest.raises(ExtractionError, match="2 code blocks"):
@@ -327,3 +362,22 @@ def test_the_architects_propose_the_tidied_code_with_the_note() -> None:
     assert (replayed.code, replayed.notes) == (expected.code, expected.note)
     cut = proposal_from_answer(fixture("handmade_cut_in_net.md"), "length", Usage(), call)
     assert cut.code == "" and cut.rejected == CUT_IN_NET
+
+
+@pytest.mark.usefixtures("shared_sandbox")
+def test_an_untidy_answer_trains_in_a_real_run(tmp_path: Path) -> None:
+    """The failure (b) end to end: the answer with a ``__main__`` block, once refused by
+    the policy, trains at the first attempt, and the record says what was removed."""
+    from fake_llm import serve
+    from lemo_nade.config import build_config
+    from lemo_nade.runs import create_run
+    from lemo_nade.search import run_search
+
+    with serve() as fake:
+        fake.script = [("answer", fixture("handmade_main_block.md"))]
+        flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 1}
+        run_dir = create_run(build_config({}, {**flags, "epochs": 1}), tmp_path / "runs")
+        (rec,) = run_search(run_dir).records
+    assert [a.status for a in rec.attempts] == [Status.OK], rec.attempts
+    assert rec.code == read_answer(fixture("handmade_main_block.md")).code
+    assert "`if __name__ == '__main__':` block (lines 34-38)" in rec.notes

@@ -149,7 +149,7 @@ def _net_block(text: str, cut: bool) -> _Block:
 
 def _fenced(text: str) -> list[_Block]:
     """Every Python (or bare) fenced block; the last may lack its closing fence."""
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]
     blocks: list[_Block] = []
     i = 0
     while i < len(lines):
@@ -179,7 +179,7 @@ def _unfenced(text: str, cut: bool) -> _Block:
     (prose before it is skipped) to the end."""
     if not _NET.search(text):
         raise ExtractionError(NO_BLOCK)
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
     for start in starts:
         code = "".join(lines[start:])
@@ -224,7 +224,7 @@ def _trim_tail(code: str) -> tuple[str, int] | None:
     """The longest prefix that parses and ends at a top-level line after ``class Net``,
     dropping a tail with no definition in it (prose, test code); with the tail's first
     line number. None when there is none: ``Net`` itself is always kept whole."""
-    lines = code.splitlines(keepends=True)
+    lines = _lines(code)
     net = next((i for i, line in enumerate(lines) if _NET.match(line)), None)
     if net is None:
         return None
@@ -238,3 +238,9 @@ def _trim_tail(code: str) -> tuple[str, int] | None:
         if parses(prefix) is not None:
             return prefix.rstrip("\n") + "\n", k + 1
     return None
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their ends, split at newlines only (``str.splitlines`` also splits
+    at form feeds and Unicode separators, which may sit inside a string literal)."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
