@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from candidates import SMALL_CNN
-from lemo_nade.engine import artifact, phases
+from lemo_nade.engine import artifact, loadguard, phases
 from lemo_nade.records import Status
 from lemo_nade.sandbox import Sandbox
 from sandboxes import job
@@ -58,7 +58,7 @@ def test_memoised_schema_hints_answer_like_typing() -> None:
 
     artifact.load(artifact.export_bytes(_small(), torch.zeros(2, 1, 8, 8)))
     memo = serialize.typing
-    assert isinstance(memo, artifact._HintsMemo)
+    assert isinstance(memo, loadguard._HintsMemo)
     for cls in (schema.Node, schema.TensorMeta, schema.Argument):
         expected = typing.get_type_hints(cls, globalns=vars(schema))
         assert memo.get_type_hints(cls, globalns=vars(schema)) == expected
@@ -66,7 +66,7 @@ def test_memoised_schema_hints_answer_like_typing() -> None:
             cls, globalns=vars(schema)
         )
     assert memo.get_origin is typing.get_origin  # everything else is the real module
-    artifact._memoise_schema_hints()
+    loadguard.memoise_schema_hints()
     assert serialize.typing is memo  # installed once
 
 

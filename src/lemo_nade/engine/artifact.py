@@ -10,23 +10,16 @@ falls back to a full unpickle otherwise), and the graph's calls must be ATen/pri
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import operator
-import typing
 import zipfile
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
+from lemo_nade.engine import graphcheck, loadguard
 from lemo_nade.engine.protocol import MAX_ARTIFACT_BYTES
-
-_ALLOWED_NAMESPACES = frozenset({"aten", "prims"})
-_ALLOWED_PY_CALLS = frozenset({operator.getitem})
 
 
 class ArtifactError(Exception):
@@ -72,49 +65,24 @@ def export_bytes_of(program: torch.export.ExportedProgram) -> bytes:
     return buffer.getvalue()
 
 
-def _memoise_schema_hints() -> None:
-    """torch.export's loader calls ``typing.get_type_hints`` on its schema dataclasses
-    once per deserialised object (hundreds per graph, about a third of loading a small
-    model). The schema classes never change while the process lives, so the loader's
-    module gets a ``typing`` whose ``get_type_hints`` remembers its answer per class
-    and namespace; everything else is the real ``typing``. Set up where the fork server
-    warms the loader, so every measuring child inherits the answers."""
-    from torch._export.serde import serialize
-
-    if isinstance(serialize.typing, _HintsMemo):
-        return
-    serialize.typing = _HintsMemo()  # type: ignore[assignment]
-
-
-class _HintsMemo:
-    def __init__(self) -> None:
-        self._hints: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(typing, name)
-
-    def get_type_hints(self, obj: Any, globalns: Any = None, localns: Any = None) -> Any:
-        key = (obj, id(globalns), id(localns))
-        if key not in self._hints:
-            self._hints[key] = typing.get_type_hints(obj, globalns=globalns, localns=localns)
-        return self._hints[key]
-
-
 def load(data: bytes) -> torch.export.ExportedProgram:
     """The exported program in ``data``; raises ArtifactError for anything unexpected."""
     if len(data) > MAX_ARTIFACT_BYTES:
         raise ArtifactError(f"artifact of {len(data)} bytes is over the limit")
     _check_entries(data)
-    _memoise_schema_hints()
+    loadguard.memoise_schema_hints()
     try:
-        with _weights_only():
+        with loadguard.no_code():
             program = torch.export.load(io.BytesIO(data))
-    except ArtifactError:
-        raise
+    except loadguard.CodeRefused as exc:
+        raise ArtifactError(f"artifact refused: {exc}") from None
     except Exception as exc:  # a malformed archive: the loader's own message, first line
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ArtifactError(f"artifact cannot be loaded: {type(exc).__name__}: {first}") from None
-    _check_graph(program)
+    try:
+        graphcheck.check(program)
+    except graphcheck.GraphRefused as exc:
+        raise ArtifactError(f"artifact refused: {exc}") from None
     return program
 
 
@@ -143,50 +111,6 @@ def _check_entries(data: bytes) -> None:
                     raise ArtifactError(f"artifact entry {fqn!r} is not a plain tensor")
 
 
-@contextlib.contextmanager
-def _weights_only() -> Iterator[None]:
-    """While loading, every ``torch.load`` is restricted to tensors and plain containers,
-    and the two other unpickling paths of torch.export's loader refuse."""
-    original = torch.load
-
-    def restricted(*args: Any, **kwargs: Any) -> Any:
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    def refuse(*_: Any, **__: Any) -> Any:
-        raise ArtifactError("artifact holds a pickled object")
-
-    from torch.export.pt2_archive import _package
-
-    saved = (_package.pickle, torch._C._pickle_load_obj)
-    torch.load = restricted
-    _package.pickle = type("NoPickle", (), {"loads": staticmethod(refuse)})  # type: ignore[assignment]
-    torch._C._pickle_load_obj = refuse
-    try:
-        yield
-    finally:
-        torch.load = original
-        _package.pickle, torch._C._pickle_load_obj = saved
-
-
-def _check_graph(program: torch.export.ExportedProgram) -> None:
-    for module in program.graph_module.modules():
-        graph = getattr(module, "graph", None)
-        for node in graph.nodes if graph is not None else ():
-            if node.op == "call_function" and not _allowed(node.target):
-                raise ArtifactError(f"artifact calls {node.target!r}, not an ATen operator")
-            if node.op in ("call_module", "call_method"):
-                raise ArtifactError(f"artifact has a {node.op} node ({node.target})")
-
-
-def _allowed(target: Any) -> bool:
-    if target in _ALLOWED_PY_CALLS:
-        return True
-    if isinstance(target, torch._ops.OpOverload):
-        return target.namespace in _ALLOWED_NAMESPACES
-    return isinstance(target, torch._ops.HigherOrderOperator)
-
-
 def held_tensors(program: torch.export.ExportedProgram) -> list[torch.Tensor]:
     """Every tensor the program holds, once each: parameters, buffers, lifted constants."""
     held = [*program.state_dict.values(), *program.constants.values()]
@@ -194,5 +118,7 @@ def held_tensors(program: torch.export.ExportedProgram) -> list[torch.Tensor]:
 
 
 def tensor_elements(program: torch.export.ExportedProgram) -> int:
-    """Every number the program holds: parameters, buffers and lifted constants."""
-    return sum(t.numel() for t in held_tensors(program))
+    """Every number the program holds: parameters, buffers and lifted constants (a
+    complex number counts as two; the graph may not reinterpret a tensor's dtype, see
+    :mod:`lemo_nade.engine.graphcheck`)."""
+    return sum(t.numel() * (2 if t.is_complex() else 1) for t in held_tensors(program))

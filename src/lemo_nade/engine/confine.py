@@ -209,16 +209,29 @@ def contain(spec: Spec, features: Features, body: Callable[[], int]) -> NoReturn
     os._exit(call(candidate))
 
 
+_LOCKED: list[tuple[int, str]] = []  # this process's Landlock ABI and working directory
+
+
 def lock_down(spec: Spec, features: Features) -> None:
     """The candidate process's last step before its code runs: irreversible restrictions."""
     if features.landlock_abi or features.seccomp:
         linux.prctl(PR_SET_NO_NEW_PRIVS, 1)
     if features.landlock_abi:
         access.restrict(features.landlock_abi, spec.workdir, spec.read_paths, own_proc=True)
+        _LOCKED.append((features.landlock_abi, spec.workdir))
     if features.seccomp:
         linux.seccomp(allow_processes=spec.allow_processes)
     if LINUX:
         linux.drop_capabilities()
+
+
+def forget_read_paths() -> None:
+    """Stack one more Landlock layer without the spec's read paths: the measuring child
+    calls it once the evaluation data is in memory, so the graph it runs next cannot
+    read that file (or any dataset) again. A no-op where Landlock is not in force."""
+    if _LOCKED:
+        abi, workdir = _LOCKED[-1]
+        access.restrict(abi, workdir, (), own_proc=True)
 
 
 def apply_rlimits(spec: Spec, in_user_namespace: bool) -> None:

@@ -147,14 +147,19 @@ def _measure_handed_over(job: EvalJob) -> Metrics:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with _stage(Status.FAILED_DATA, "loading the prepared evaluation data"):
         split = load_prepared(Path(job.prepared) / EVAL_FILE, device)
+    test = None
+    if job.mode == "retrain":  # read now: the file is out of reach once the graph runs
+        with _stage(Status.FAILED_DATA, "loading the test set"):
+            test = load_test(Path(job.prepared) / EVAL_FILE, device)
     with _stage(Status.FAILED_EXPORT, "loading the exported model"):
         program, model = phases.load_graph(Path(job.artifact), device)
+    confine.forget_read_paths()  # the graph runs next: no file it could read labels from
     sensors = measure.sensors_for(device)
     power = Power(job.cpu_power_w_per_core, job.ram_power_w_per_gb, device, sensors)
     with power.span() as whole, _stage(Status.FAILED_TRAIN, "measuring the exported model"):
         fields = measure_trained(model, split, job, power, train_s=job.train_time_s)
-        if job.mode == "retrain":  # the held-out test set, once, after everything else
-            fields |= _test_once(model, split, job, power)
+        if test is not None:  # the held-out test set, once, after everything else
+            fields |= _test_once(model, split, test, job, power)
     fields |= phases.graph_sizes(program)
     fields["structure"] = structure.safe_structure(program)  # for the instruction checker
     return Metrics(
@@ -225,11 +230,16 @@ def _evaluate(job: EvalJob, log: Callable[[str], None] | None) -> Metrics:
     )
 
 
-def _test_once(model: nn.Module, split: Split, job: EvalJob, power: Power) -> dict[str, Any]:
+def _test_once(
+    model: nn.Module,
+    split: Split,
+    test: tuple[torch.Tensor, torch.Tensor],
+    job: EvalJob,
+    power: Power,
+) -> dict[str, Any]:
     """The held-out test set's accuracy and energy (retrain's measuring child), normalised
     with the training split's statistics."""
-    with _stage(Status.FAILED_DATA, "loading the test set"):
-        x, y = load_test(Path(job.prepared) / EVAL_FILE, split.x_train.device)
+    x, y = test
     with power.span() as e3:
         accuracy, _loss = measure.accuracy_and_loss(model, x, y, job.batch_size, split.normalize)
     return {"test_accuracy": accuracy, "test_images": len(x), "test_energy_kwh": e3.energy_kwh}

@@ -54,6 +54,7 @@ from lemo_nade.numbers import finite
 from lemo_nade.records import EvalJob, Evaluation, Status, final_job
 from lemo_nade.runs import search_job
 from lemo_nade.sandbox.handover import copy_regular, opened_dir, read_regular
+from lemo_nade.sandbox.workdirs import remove_tree
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
 from lemo_nade.store import RunStore, StoreError
 
@@ -213,11 +214,11 @@ def fresh_dir(path: Path) -> None:
 
 
 def remove(path: Path) -> None:
-    """Remove ``path`` without following links (a link is unlinked; ``shutil.rmtree``
+    """Remove ``path`` without following links (a link is unlinked; the tree removal
     follows none inside a directory); never raises: :func:`fresh_dir` finds what stayed."""
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)  # however deep the candidate made it
         else:
             path.unlink()
     except OSError:

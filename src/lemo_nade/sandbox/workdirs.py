@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,27 @@ def workdir(kept: Path | None) -> Iterator[Path]:
         (kept / RESULT_FILE).unlink(missing_ok=True)
         yield kept
         return
-    prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
-    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
-        yield Path(tmp)
+    made = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+    try:
+        yield made
+    finally:
+        remove_tree(made)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove a directory a candidate may have filled as it liked, never raising: its
+    tree may be thousands of levels deep, where ``shutil.rmtree`` (recursive up to
+    Python 3.12) hits the recursion limit and paths grow past PATH_MAX; ``rm -rf``
+    (fts, iterative, relative to open directories) removes what is left."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except (OSError, RecursionError):
+        pass
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False, timeout=300)
 
 
 def sweep_stale_workdirs(tmp: str | None = None) -> list[str]:
@@ -48,7 +67,7 @@ def sweep_stale_workdirs(tmp: str | None = None) -> list[str]:
         for entry in os.scandir(root):
             match = _WORKDIR_NAME.fullmatch(entry.name)
             if match and entry.is_dir(follow_symlinks=False) and not _pid_alive(int(match[1])):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                remove_tree(entry.path)
                 removed.append(entry.name)
     return removed
 
