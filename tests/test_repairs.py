@@ -71,7 +71,7 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
         (TRACEBACK, ["expects 100 input features but receives 64", "nn.Linear(64, ...)"]),
         (
             "ImportError: cannot import name 'divmod' from 'operator'",
-            ["Delete every import", "from torch import nn"],
+            ["Delete that import line", "`from torch import nn`"],
         ),
         (
             "RuntimeError: Given groups=1, weight of size [16, 3, 3, 3], expected "
@@ -107,8 +107,10 @@ def test_each_kind_of_error_gets_its_fix(error: str, expected: list[str]) -> Non
 
 
 def test_the_repair_prompt_quotes_the_line_and_the_fix() -> None:
+    """Line numbers are those of the tidied code (the unused import gone), as built."""
     answer = prompts.fence(CODE)
-    text = prompts.repair_prompt(TRACEBACK, repairs.code_of(answer))
-    assert "The failing line (line 12):" in text and "return self.fc(x.flatten(1))" in text
+    error = TRACEBACK.replace("line 12", "line 11")
+    text = prompts.repair_prompt(error, repairs.code_of(answer))
+    assert "The failing line (line 11):" in text and "return self.fc(x.flatten(1))" in text
     assert "nn.Linear(64, ...)" in text and text.rstrip().endswith("```python block.")
     assert "failing line" not in prompts.repair_prompt("NaN", "")  # nothing to quote

@@ -47,9 +47,10 @@ def allowed_imports() -> str:
 
 
 def code_of(answer: str) -> str:
-    """The code an answer held (as checked and built), or "" when it held none."""
+    """The code an answer held, tidied as it was checked and built (so that line numbers
+    in its error match), or "" when it held none."""
     try:
-        return answers.extract_code(answer)
+        return answers.read_answer(answer).code
     except answers.ExtractionError:
         return ""
 
@@ -96,8 +97,9 @@ def _contains(*needles: str) -> Callable[[str], str | None]:
 
 
 def _imports(_: object) -> str:
-    return "Delete every import the model does not need. These are enough for any model:\n" + fence(
-        IMPORTS
+    return (
+        "Delete that import line and keep the rest of the file. A model needs no imports "
+        "but these: " + ", ".join(f"`{line}`" for line in IMPORTS.splitlines()) + "."
     )
 
 
@@ -131,12 +133,8 @@ def _output(m: re.Match[str]) -> str:
 
 def _name(m: re.Match[str]) -> str:
     name = m.group(1)
-    hint = (
-        f" (`{name}` usually comes from `import torch.nn.functional as F`)" if name == "F" else ""
-    )
-    return f"`{name}` is used but never defined or imported{hint}. Imports that work:\n" + fence(
-        IMPORTS
-    )
+    hint = " (usually from `import torch.nn.functional as F`)" if name == "F" else ""
+    return f"`{name}` is used but never defined or imported{hint}; define or import it."
 
 
 def _nn_attr(m: re.Match[str]) -> str:
