@@ -128,7 +128,8 @@ def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
             "accuracy or efficiency without breaking the contract."
         )
     lines = [
-        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g}): {HOW_TO[code]}"
+        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g})"
+        + (f": {HOW_TO[code]}" if HOW_TO.get(code) else "")
         for n, (code, value) in enumerate(instructions, start=1)
     ]
     return "Modify the model as follows, most important first:\n" + "\n".join(lines)
