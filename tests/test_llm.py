@@ -109,7 +109,17 @@ def test_first_prompt_has_the_task_and_the_initial_command(fake: FakeLLM, tmp_pa
         (("answer", "You should add two more conv layers and dropout."), "failed_extract", "no"),
         (("raw", "{this is not json"), "failed_extract", "valid chat completion"),
         (("answer", answer(GOOD) + answer(GOOD)), "failed_extract", "2 code blocks"),
-        (("answer", answer("import os\n" + GOOD)), "failed_policy", "os"),
+        (
+            (
+                "answer",
+                answer(
+                    "import os\n"
+                    + GOOD.replace("x = self.conv1(x)", "x = self.conv1(x) + len(os.sep)")
+                ),
+            ),
+            "failed_policy",
+            "os",
+        ),
     ],
 )
 def test_unusable_answers_are_recorded_then_repaired(

@@ -71,6 +71,14 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
         (TRACEBACK, ["expects 100 input features but receives 64", "nn.Linear(64, ...)"]),
         (
             "ImportError: cannot import name 'divmod' from 'operator'",
+            ["`operator` has no `divmod`: remove `divmod` from that import"],
+        ),
+        (
+            "ImportError: cannot import name 'F' from 'torch.nn.functional'",
+            ["write `import torch.nn.functional as F`"],
+        ),
+        (
+            "import: line 4: import of 'torchvision' is not allowed",
             ["Delete that import line", "`from torch import nn`"],
         ),
         (

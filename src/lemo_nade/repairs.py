@@ -37,6 +37,7 @@ _OUTPUT = re.compile(
     r"Net output for an input of shape (\[[^\]]*\]) is (.+?); expected (\[[^\]]*\])"
 )
 _NAME = re.compile(r"NameError: name '(\w+)' is not defined")
+_CANNOT_IMPORT = re.compile(r"cannot import name '(\w+)' from '([\w.]+)'")
 _NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
 MAX_QUOTED_CHARS = 300
 
@@ -103,6 +104,16 @@ def _imports(_: object) -> str:
     )
 
 
+def _cannot_import(m: re.Match[str]) -> str:
+    name, module = m.group(1), m.group(2)
+    if name == "F":
+        return "`F` is not a name inside a module: write `import torch.nn.functional as F`."
+    return (
+        f"`{module}` has no `{name}`: remove `{name}` from that import (the whole line if "
+        "nothing else is imported there) and keep the rest of the file."
+    )
+
+
 def _matmul(m: re.Match[str]) -> str:
     got, expected = m.group(2), m.group(3)
     return (
@@ -161,10 +172,8 @@ def _policy_line(_: object) -> str:
 
 
 _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
-    (
-        _contains("ImportError", "ModuleNotFoundError", "import of ", "cannot import name"),
-        _imports,
-    ),
+    (_search(_CANNOT_IMPORT), _cannot_import),
+    (_contains("ImportError", "ModuleNotFoundError", "import of "), _imports),
     (_search(_MATMUL), _matmul),
     (_search(_CHANNELS), _channels),
     (_search(_OUTPUT), _output),

@@ -15,11 +15,15 @@ What it never does:
 - remove an assignment the remaining code reads (``DEVICE = torch.device("cpu")`` used
   in ``forward`` stays; the policy and the sandbox judge it), nor ``WEIGHT_DECAY``,
   which the trainer reads;
-- remove an unused import of a module outside those the prompt allows (``import os``):
-  the policy refuses it, as the model was told; nor ``from __future__`` imports.
-  Removing an unused import never widens what the remaining code can reach, and the
-  policy still checks all of that code. ``import torch`` (a whole allowed module, no
-  ``as``) stays too: it cannot fail, and a model editing this code may rely on it.
+- remove ``from __future__`` imports, or ``import torch`` (a whole allowed module, no
+  ``as``): it cannot fail, and a model editing this code may rely on it.
+
+An unused import of a module the policy refuses (``from torchvision import models``,
+left over from a data-loading block the tidying removed) goes like any other unused
+import: removing it never widens what the remaining code can reach (an import only
+runs the imported module's code), and the policy still checks all of that code, so
+``os`` used anywhere in it is still refused. A 0.5B model kept such imports through
+three repair prompts in a row.
 
 The code is cut by source positions, not regenerated, so comments and formatting
 survive; only an import line that loses some of its names is rewritten. Code that does
@@ -181,7 +185,7 @@ def _loaded_names(nodes: Iterable[ast.stmt]) -> set[str]:
 
 
 def _unused_imports(kept: list[ast.stmt]) -> list[tuple[_Import, list[ast.alias]]]:
-    """Each import with the names it binds that no kept code uses, from allowed modules."""
+    """Each import with the names it binds that no kept code uses (and may go)."""
     used = _used_names([n for n in kept if not isinstance(n, ast.Import | ast.ImportFrom)])
     found: list[tuple[_Import, list[ast.alias]]] = []
     for node in kept:
@@ -228,15 +232,16 @@ def _annotations(node: ast.AST) -> list[ast.expr]:
 
 
 def _allowed(node: _Import, alias: ast.alias) -> bool:
-    """Whether the import is from a module the prompt allows (``torch``, ``math``...)
-    and may go: not ``import torch`` itself, which cannot fail and which a model
-    editing this code next may rely on."""
+    """Whether an unused import may go: not a star or relative import, and not a bare
+    ``import torch`` of an allowed module, which cannot fail and which a model editing
+    this code next may rely on."""
     if alias.name == "*" or (isinstance(node, ast.ImportFrom) and node.level):
         return False
-    if isinstance(node, ast.Import) and not alias.asname and "." not in alias.name:
-        return False
     module = alias.name if isinstance(node, ast.Import) else node.module or ""
-    return module.split(".")[0] in DEFAULT_POLICY.allowed_import_roots
+    allowed = module.split(".")[0] in DEFAULT_POLICY.allowed_import_roots
+    return not (
+        allowed and isinstance(node, ast.Import) and not alias.asname and "." not in alias.name
+    )
 
 
 # ---- cutting by source position ------------------------------------------------------------
