@@ -387,3 +387,21 @@ def test_an_untidy_answer_trains_in_a_real_run(tmp_path: Path) -> None:
     assert [a.status for a in rec.attempts] == [Status.OK], rec.attempts
     assert rec.code == read_answer(fixture("handmade_main_block.md")).code
     assert "`if __name__ == '__main__':` block (lines 34-38)" in rec.notes
+
+
+def test_a_repair_of_only_import_lines_means_the_previous_code_with_them() -> None:
+    """The local model answered a syntax error on an import line with the fixed import
+    lines alone (tests/answers/qwen_repair_imports_only.md)."""
+    previous = (
+        "import torch\nfrom torch import nn, functional, torch.nn.functional as F\n\n\n"
+        "class Net(nn.Module):\n    def forward(self, x):\n        return F.relu(x)\n"
+    )
+    answer = "```python\nimport torch\nfrom torch import nn\nimport torch.nn.functional as F\n```"
+    candidate = read_answer(answer, previous=previous)
+    assert candidate.code.startswith("import torch\nfrom torch import nn\nimport torch.nn.")
+    assert "class Net(nn.Module):" in candidate.code and "functional, torch" not in candidate.code
+    assert "only import lines" in candidate.note and check(candidate.code) is None
+    with pytest.raises(ExtractionError):  # without the attempt it repairs: no Net
+        read_answer(answer)
+    with pytest.raises(ExtractionError):  # prose or other code is not a splice
+        read_answer("```python\nx = 1\n```", previous=previous)

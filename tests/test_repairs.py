@@ -106,6 +106,7 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
             ["with no arguments"],
         ),
         ("dunder: line 3: string mentions '__main__'", ["Remove that line"]),
+        ("syntax: line 3: invalid syntax", ["Fix that import", "`import torch`"]),
     ],
 )
 def test_each_kind_of_error_gets_its_fix(error: str, expected: list[str]) -> None:
@@ -120,5 +121,5 @@ def test_the_repair_prompt_quotes_the_line_and_the_fix() -> None:
     error = TRACEBACK.replace("line 12", "line 11")
     text = prompts.repair_prompt(error, repairs.code_of(answer))
     assert "The failing line (line 11):" in text and "return self.fc(x.flatten(1))" in text
-    assert "nn.Linear(64, ...)" in text and text.rstrip().endswith("```python block.")
+    assert "nn.Linear(64, ...)" in text and "the complete `class Net`" in text
     assert "failing line" not in prompts.repair_prompt("NaN", "")  # nothing to quote

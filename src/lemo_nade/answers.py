@@ -74,15 +74,41 @@ class _Block:
     closed: bool  # False: no closing fence (or no fences at all); may run to a cut
 
 
-def read_answer(answer: str, finish: str | None = None) -> Candidate:
+def read_answer(answer: str, finish: str | None = None, previous: str = "") -> Candidate:
     """The candidate in an LLM answer, tidied; :class:`ExtractionError` when none.
 
     ``finish`` is the completion's ``finish_reason``: ``"length"`` means the answer was
-    cut off at ``max_tokens``.
+    cut off at ``max_tokens``. ``previous``: the code of the attempt this answer repairs;
+    a repair answer that holds only import lines (a small model answers an import error
+    with the fixed imports alone) means that code with its imports replaced.
     """
-    code, notes = _extracted(answer, finish == "length")
+    try:
+        code, notes = _extracted(answer, finish == "length")
+    except ExtractionError as exc:
+        imports = _imports_only(answer) if str(exc) == _NO_NET and previous else None
+        if imports is None:
+            raise
+        code, notes = _with_imports(previous, imports), [SPLICED]
     tidied, removed = tidy(code)
     return Candidate(tidied, "; ".join(notes + removed))
+
+
+SPLICED = "the answer held only import lines: used with the repaired attempt's code"
+
+
+def _imports_only(answer: str) -> list[str] | None:
+    """The answer's code lines when every one is an import, else None."""
+    blocks = _fenced(strip_reasoning(answer))
+    lines = [line for b in blocks for line in b.code.splitlines() if line.strip()]
+    if lines and all(line.startswith(("import ", "from ")) for line in lines):
+        return lines
+    return None
+
+
+def _with_imports(previous: str, imports: list[str]) -> str:
+    """``previous`` with its top-level import lines replaced by ``imports``."""
+    body = [line for line in previous.splitlines() if not line.startswith(("import ", "from "))]
+    return "\n".join([*imports, *body]).strip("\n") + "\n"
 
 
 def extract_code(answer: str) -> str:

@@ -50,7 +50,9 @@ The code must:
 - define exactly one `class Net(nn.Module)` whose constructor takes no required arguments;
 - return raw logits of shape [batch, {task.num_classes}] from `forward` (no softmax) for any
   batch size: flatten with `x.flatten(1)`, never a fixed batch number;
-- import only what it uses, from: {repairs.allowed_imports()};
+- import only what it uses: `import torch`, `from torch import nn`,
+  `import torch.nn.functional as F` and `import math` are all a model needs (the
+  standard modules {repairs.allowed_imports()} are allowed, nothing else);
 - not read or write files, open network connections, start processes, or train anything:
   the framework trains it (Adam, cross-entropy) and measures accuracy, energy and speed;
 - optionally set a module constant `WEIGHT_DECAY = <float>` (Adam weight decay, default 0)."""
@@ -167,7 +169,10 @@ def repair_prompt(error: str, code: str = "") -> str:
     specific fix for its kind (:mod:`lemo_nade.repairs`)."""
     parts = ["That code could not be used:", fence(error, "text")]
     parts += repairs.advice(error, code)
-    parts.append("Fix it and return the complete corrected file in one ```python block.")
+    parts.append(
+        "Return the whole file again in one ```python block, with that fixed: the "
+        "imports, any constants and the complete `class Net`."
+    )
     return "\n\n".join(parts)
 
 

@@ -50,6 +50,8 @@ def allowed_imports() -> str:
 def code_of(answer: str) -> str:
     """The code an answer held, tidied as it was checked and built (so that line numbers
     in its error match), or "" when it held none."""
+    if not answer:
+        return ""
     try:
         return answers.read_answer(answer).code
     except answers.ExtractionError:
@@ -63,6 +65,9 @@ def advice(error: str, code: str) -> list[str]:
     if line is not None:
         number, text = line
         parts.append(f"The failing line (line {number}):\n" + fence(text))
+        if error.startswith("syntax:") and text.startswith(("import ", "from ")):
+            parts.append(_imports(None).replace("Delete that import line", "Fix that import"))
+            return parts
     for matches, fix in _FIXES:
         found = matches(error)
         if found is not None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from lemo_nade import answers, prompts
+from lemo_nade import answers, prompts, repairs
 from lemo_nade.architects import (
     Architect,
     ArchitectError,
@@ -198,7 +198,8 @@ class OpenAIArchitect:
             reported,
         )
         call = self._call(request, chat, params, text, finish, usage, None)
-        return proposal_from_answer(text, finish, usage, call)
+        previous = request.history[-1][0] if request.history else ""
+        return proposal_from_answer(text, finish, usage, call, previous)
 
     def _usage(
         self, prompt_tokens: int, completion_tokens: int, latency: float, reported: bool
@@ -237,12 +238,15 @@ class OpenAIArchitect:
         return LLMCall(request.iteration, request.attempt, usage, error, payload)
 
 
-def proposal_from_answer(text: str, finish: str | None, usage: Usage, call: LLMCall) -> Proposal:
+def proposal_from_answer(
+    text: str, finish: str | None, usage: Usage, call: LLMCall, previous: str = ""
+) -> Proposal:
     """The candidate an answer means (:func:`lemo_nade.answers.read_answer`): its code,
     tidied, with ``notes`` saying what was removed; or a rejection carrying the reason
-    for the repair. Replayed answers come through here too."""
+    for the repair. ``previous``: the answer this one repairs. Replayed answers come
+    through here too."""
     try:
-        candidate = answers.read_answer(text, finish)
+        candidate = answers.read_answer(text, finish, repairs.code_of(previous))
     except answers.ExtractionError as exc:
         return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
     return Proposal(

@@ -58,7 +58,9 @@ class ReplayArchitect:
         if recorded.error:
             return Proposal(code="", rejected=recorded.error, usage=usage, calls=(call,))
         response = recorded.response
-        return proposal_from_answer(response["text"], response.get("finish_reason"), usage, call)
+        previous = request.history[-1][0] if request.history else ""
+        finish = response.get("finish_reason")
+        return proposal_from_answer(response["text"], finish, usage, call, previous)
 
 
 def replay_checks(config: RunConfig) -> list[Check]:
