@@ -354,7 +354,9 @@ def test_the_architects_propose_the_tidied_code_with_the_note() -> None:
     call = LLMCall(
         0, 0, Usage(calls=1), None, {"response": {"text": text, "finish_reason": "stop"}}
     )
-    live = proposal_from_answer(text, "stop", Usage(calls=1), call)
+    task = resolve_dataset("digits", None)
+    first = ProposalRequest(0, task, None, None, ())
+    live = proposal_from_answer(text, "stop", Usage(calls=1), call, first)
     expected = read_answer(text)
     assert (live.code, live.notes, live.answer, live.rejected) == (
         expected.code,
@@ -362,12 +364,25 @@ def test_the_architects_propose_the_tidied_code_with_the_note() -> None:
         text,
         None,
     )
-    task = resolve_dataset("digits", None)
     replay = ReplayArchitect(Path("recorded"), [call], "start")
-    replayed = replay.propose(ProposalRequest(0, task, None, None, ()))
+    replayed = replay.propose(first)
     assert (replayed.code, replayed.notes) == (expected.code, expected.note)
-    cut = proposal_from_answer(fixture("handmade_cut_in_net.md"), "length", Usage(), call)
+    cut = proposal_from_answer(fixture("handmade_cut_in_net.md"), "length", Usage(), call, first)
     assert cut.code == "" and cut.rejected == CUT_IN_NET
+
+
+def test_an_answer_that_repeats_the_parent_is_sent_back_with_the_first_instruction() -> None:
+    """A 0.5B model answered four iterations in a row with its parent's code."""
+    task = resolve_dataset("digits", None)
+    parent = "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    pass\n"
+    request = ProposalRequest(3, task, parent, None, (("ASC", 0.9), ("ACL", 0.6)))
+    call = LLMCall(3, 0, Usage(calls=1), None, {})
+    same = "```python\n# the model\n" + parent.replace("\n\n\n", "\n\n") + "```"
+    sent_back = proposal_from_answer(same, "stop", Usage(), call, request)
+    assert sent_back.code == "" and sent_back.rejected is not None
+    assert "unchanged" in sent_back.rejected and "Add skip connection" in sent_back.rejected
+    changed = same.replace("    pass", "    WIDTH = 2")
+    assert proposal_from_answer(changed, "stop", Usage(), call, request).code != ""
 
 
 @pytest.mark.usefixtures("shared_sandbox")

@@ -25,7 +25,10 @@ import llm as bench_llm
 TASK = TaskSpec("digits", (1, 8, 8), 10)
 GOOD = render(initial(TASK), TASK)
 SHAPE_BUG = GOOD.replace(", 10)", ", 7)")
-UNTIDY = GOOD + '\n\nif __name__ == "__main__":\n    print(Net())\n'
+UNTIDY = (
+    GOOD.replace("WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 1e-4")
+    + '\n\nif __name__ == "__main__":\n    print(Net())\n'
+)
 
 
 def _answer(code: str) -> str:

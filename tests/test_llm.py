@@ -158,7 +158,7 @@ def test_an_endpoint_that_stays_down_stops_the_run_cleanly_then_resumes(
     assert len(result.records) == 1
     with RunStore.open(run_dir) as st:
         assert st.status()[0] == "stopped"
-    fake.script = [("answer", answer(GOOD))]
+    fake.script = [("answer", answer(GOOD.replace("WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 1e-4")))]
     resumed = run_search(run_dir)
     assert resumed.stop_reason == "iterations" and len(resumed.records) == 2
 

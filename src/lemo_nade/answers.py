@@ -93,6 +93,14 @@ def read_answer(answer: str, finish: str | None = None, previous: str = "") -> C
     return Candidate(tidied, "; ".join(notes + removed))
 
 
+def same_code(a: str, b: str) -> bool:
+    """Whether two sources are the same program (comments and layout aside)."""
+    try:
+        return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return a.split() == b.split()
+
+
 SPLICED = "the answer held only import lines: used with the repaired attempt's code"
 
 

@@ -137,6 +137,18 @@ def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
     return "Modify the model as follows, most important first:\n" + "\n".join(lines)
 
 
+def unchanged_text(request: ProposalRequest) -> str:
+    """Why an answer that repeats the current model is sent back: the change to make."""
+    if not request.instructions:
+        return "the code is the current model, unchanged; make one small change to it"
+    code = request.instructions[0][0]
+    how = f": {HOW_TO[code]}" if HOW_TO.get(code) else ""
+    return (
+        "the code is the current model, unchanged; change it as asked, at least this: "
+        f"{rules.DESCRIPTIONS[code]}{how}"
+    )
+
+
 def first_prompt(task: TaskSpec, initial_command: str) -> str:
     return (
         f"{initial_command.strip()}\n\n{contract(task)}\n\n"

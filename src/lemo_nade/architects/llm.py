@@ -198,8 +198,7 @@ class OpenAIArchitect:
             reported,
         )
         call = self._call(request, chat, params, text, finish, usage, None)
-        previous = request.history[-1][0] if request.history else ""
-        return proposal_from_answer(text, finish, usage, call, previous)
+        return proposal_from_answer(text, finish, usage, call, request)
 
     def _usage(
         self, prompt_tokens: int, completion_tokens: int, latency: float, reported: bool
@@ -239,16 +238,24 @@ class OpenAIArchitect:
 
 
 def proposal_from_answer(
-    text: str, finish: str | None, usage: Usage, call: LLMCall, previous: str = ""
+    text: str, finish: str | None, usage: Usage, call: LLMCall, request: ProposalRequest
 ) -> Proposal:
-    """The candidate an answer means (:func:`lemo_nade.answers.read_answer`): its code,
-    tidied, with ``notes`` saying what was removed; or a rejection carrying the reason
-    for the repair. ``previous``: the answer this one repairs. Replayed answers come
-    through here too."""
+    """The candidate an answer to ``request`` means (:func:`lemo_nade.answers.read_answer`):
+    its code, tidied, with ``notes`` saying what was removed; or a rejection carrying the
+    reason for the repair. An answer that repeats the current model unchanged is sent
+    back with the first instruction spelled out (a 0.5B model at temperature 0 answered
+    four iterations in a row with its parent's code). Replayed answers come through here
+    too, so a replay decides the same way."""
+    previous = request.history[-1][0] if request.history else ""
     try:
         candidate = answers.read_answer(text, finish, repairs.code_of(previous))
     except answers.ExtractionError as exc:
         return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
+    if request.parent_code and answers.same_code(candidate.code, request.parent_code):
+        return Proposal(
+            code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
+            calls=(call,),
+        )  # fmt: skip
     return Proposal(
         code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
     )

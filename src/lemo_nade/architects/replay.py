@@ -58,9 +58,8 @@ class ReplayArchitect:
         if recorded.error:
             return Proposal(code="", rejected=recorded.error, usage=usage, calls=(call,))
         response = recorded.response
-        previous = request.history[-1][0] if request.history else ""
         finish = response.get("finish_reason")
-        return proposal_from_answer(response["text"], finish, usage, call, previous)
+        return proposal_from_answer(response["text"], finish, usage, call, request)
 
 
 def replay_checks(config: RunConfig) -> list[Check]:
