@@ -420,3 +420,16 @@ def test_a_repair_of_only_import_lines_means_the_previous_code_with_them() -> No
         read_answer(answer)
     with pytest.raises(ExtractionError):  # prose or other code is not a splice
         read_answer("```python\nx = 1\n```", previous=previous)
+
+
+def test_an_import_the_code_uses_but_forgot_is_added() -> None:
+    """The local model used math.sqrt without importing math (a NameError at build)."""
+    code = (
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def forward(self, x):\n        return F.relu(x) * math.sqrt(2.0)\n"
+    )
+    candidate = read_answer(f"```python\n{code}```")
+    assert candidate.code.startswith("import torch.nn.functional as F\nimport math\nimport torch")
+    assert "added missing imports" in candidate.note and check(candidate.code) is None
+    local = code.replace("return F.relu", "F = torch.nn.functional\n        return F.relu")
+    assert "import torch.nn.functional as F" not in read_answer(f"```python\n{local}```").code

@@ -107,6 +107,10 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
         ),
         ("dunder: line 3: string mentions '__main__'", ["Remove that line"]),
         ("syntax: line 3: invalid syntax", ["Fix that import", "`import torch`"]),
+        (
+            'NotImplementedError: Module [Net] is missing the required "forward" function',
+            ["`Net` has no `forward` method"],
+        ),
     ],
 )
 def test_each_kind_of_error_gets_its_fix(error: str, expected: list[str]) -> None:

@@ -25,6 +25,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+from lemo_nade.imports_fix import add_missing
 from lemo_nade.tidy import parses, tidy
 
 _NET = re.compile(r"^class\s+Net\s*[(:]", re.MULTILINE)
@@ -90,7 +91,8 @@ def read_answer(answer: str, finish: str | None = None, previous: str = "") -> C
             raise
         code, notes = _with_imports(previous, imports), [SPLICED]
     tidied, removed = tidy(code)
-    return Candidate(tidied, "; ".join(notes + removed))
+    completed, added = add_missing(tidied)
+    return Candidate(completed, "; ".join(notes + removed + added))
 
 
 def same_code(a: str, b: str) -> bool:

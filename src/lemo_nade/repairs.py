@@ -169,6 +169,13 @@ def _constructor(_: object) -> str:
     return "The framework calls `Net()` with no arguments: give every parameter a default."
 
 
+def _no_forward(_: object) -> str:
+    return (
+        "`Net` has no `forward` method: the class needs `__init__` and "
+        "`def forward(self, x: torch.Tensor) -> torch.Tensor:` returning the logits."
+    )
+
+
 def _policy_line(_: object) -> str:
     return (
         "Remove that line: a model needs none of it. Only imports, constants and "
@@ -189,5 +196,6 @@ _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
         _too_small,
     ),
     (_contains("missing 1 required positional", "required positional argument"), _constructor),
+    (_contains('missing the required "forward" function'), _no_forward),
     (_contains("dunder: ", "name: ", "private: ", "attribute: ", "qualname: "), _policy_line),
 )
