@@ -130,8 +130,7 @@ def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
             "accuracy or efficiency without breaking the contract."
         )
     lines = [
-        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g})"
-        + (f": {HOW_TO[code]}" if HOW_TO.get(code) else "")
+        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g}){_how(code)}"
         for n, (code, value) in enumerate(instructions, start=1)
     ]
     return "Modify the model as follows, most important first:\n" + "\n".join(lines)
@@ -142,11 +141,15 @@ def unchanged_text(request: ProposalRequest) -> str:
     if not request.instructions:
         return "the code is the current model, unchanged; make one small change to it"
     code = request.instructions[0][0]
-    how = f": {HOW_TO[code]}" if HOW_TO.get(code) else ""
     return (
         "the code is the current model, unchanged; change it as asked, at least this: "
-        f"{rules.DESCRIPTIONS[code]}{how}"
+        f"{rules.DESCRIPTIONS[code]}{_how(code)}"
     )
+
+
+def _how(code: str) -> str:
+    """``": <how to do it>"`` for an instruction, or "" (the paper's bare name)."""
+    return f": {HOW_TO[code]}" if HOW_TO.get(code) else ""
 
 
 def first_prompt(task: TaskSpec, initial_command: str) -> str:

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from lemo_nade import answers
+from lemo_nade.imports_fix import KNOWN
 from lemo_nade.sandbox.policy import DEFAULT_POLICY
 from lemo_nade.text import fence
 
-# The imports a model needs; the policy allows a few more standard modules.
-IMPORTS = "import math\nimport torch\nfrom torch import nn\nimport torch.nn.functional as F"
+# The imports a model needs (the ones added when forgotten); the policy allows a few
+# more standard modules.
+IMPORTS = "\n".join(KNOWN.values())
 LAYERS = (
     "nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, "
     "nn.Dropout, nn.Flatten, nn.Linear, nn.Sequential"
