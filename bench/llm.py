@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for every run (repeatable), e.g. max_instructions=1",
+    )
     parser.add_argument("--runs-dir", help="keep the run directories here (default: removed)")
     parser.add_argument("--json", help="write every figure to this file")
     return parser
@@ -101,6 +108,8 @@ def run_case(
     ]  # fmt: skip
     if data_dir:
         command += ["--data-dir", data_dir]
+    for item in args.set:
+        command += ["--set", item]
     env = {**os.environ, "OPENAI_BASE_URL": args.base_url}
     env.setdefault("OPENAI_API_KEY", "local")
     print(f"running {name}, setting {setting}: {' '.join(command[2:])}", file=sys.stderr)
@@ -108,7 +117,7 @@ def run_case(
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     case: dict[str, Any] = {"dataset": name, "setting": setting, "wall_s": wall,
-                            "exit": done.returncode}  # fmt: skip
+                            "exit": done.returncode, "set": args.set}  # fmt: skip
     run_dir = _run_dir(done.stdout, runs_dir)
     if run_dir is None:
         case["error"] = (done.stderr.strip().splitlines() or ["no run directory"])[-1]

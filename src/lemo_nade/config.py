@@ -203,6 +203,12 @@ class RunConfig(_Frozen):
     # "replay:RUN_DIR"). The key is read from the environment variable named here and is
     # never logged or stored.
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (paper: 0)")
+    retry_temperature: float = Field(
+        0.7, ge=0, le=2, description="at least this after an answer that changed nothing"
+    )
+    max_instructions: int = Field(
+        0, ge=0, le=15, description="instructions per prompt, most important first; 0: all"
+    )
     base_url: str | None = Field(None, description="endpoint; default: the provider preset's")
     api_key_env: str | None = Field(None, description="env var holding the API key")
     llm_max_tokens: int = Field(4096, ge=64, le=1_000_000, description="answer length cap")

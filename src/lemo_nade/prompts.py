@@ -12,7 +12,7 @@ Pure: no torch, no network.
 
 from __future__ import annotations
 
-from lemo_nade import repairs, rules
+from lemo_nade import hints, repairs, rules
 from lemo_nade.records import Metrics, ProposalRequest, Status, TaskSpec
 from lemo_nade.text import fence
 
@@ -40,9 +40,17 @@ REPAIRABLE = frozenset(
 )
 
 
-def contract(task: TaskSpec) -> str:
-    """The task specification and the rules every candidate must follow."""
+def contract(task: TaskSpec, weight_decay: bool = True) -> str:
+    """The task specification and the rules every candidate must follow. The first prompt
+    leaves out ``WEIGHT_DECAY``: a 0.5B model given it there made it a constructor argument
+    and initialised every weight with ``normal_(0, sqrt(WEIGHT_DECAY))``, i.e. to zero."""
     c, h, w = task.input_shape
+    decay = (
+        "\n- optionally set a module-level constant `WEIGHT_DECAY = <float>` above the class "
+        "(Adam weight decay, default 0; not a constructor argument)."
+        if weight_decay
+        else ""
+    )
     return f"""\
 Task: image classification on {task.dataset}: inputs are float tensors of shape
 [batch, {c}, {h}, {w}] (normalised per channel), {task.num_classes} classes.
@@ -54,8 +62,7 @@ The code must:
   `import torch.nn.functional as F` and `import math` are all a model needs (the
   standard modules {repairs.allowed_imports()} are allowed, nothing else);
 - not read or write files, open network connections, start processes, or train anything:
-  the framework trains it (Adam, cross-entropy) and measures accuracy, energy and speed;
-- optionally set a module constant `WEIGHT_DECAY = <float>` (Adam weight decay, default 0)."""
+  the framework trains it (Adam, cross-entropy) and measures accuracy, energy and speed.{decay}"""
 
 
 def skeleton(task: TaskSpec) -> str:
@@ -123,59 +130,69 @@ HOW_TO: dict[str, str] = {
 }
 
 
-def instructions_text(instructions: tuple[tuple[str, float], ...]) -> str:
+def instructions_text(instructions: tuple[tuple[str, float], ...], parent_code: str = "") -> str:
+    """Table 2's instructions in priority order, each with how to carry it out in
+    ``parent_code`` (:func:`lemo_nade.hints.hint`) or, failing that, in general."""
     if not instructions:
         return (
             "Every target is met. Make one small change you expect to improve validation "
             "accuracy or efficiency without breaking the contract."
         )
+    if len(instructions) == 1:  # numbered "(priority 1)", a 0.5B model went on to 2, 3, ... 10
+        code = instructions[0][0]
+        return f"Make this one change: {rules.DESCRIPTIONS[code]}{_how(code, parent_code)}"
     lines = [
-        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g}){_how(code)}"
+        f"{n}. {rules.DESCRIPTIONS[code]} (priority {value:g}){_how(code, parent_code)}"
         for n, (code, value) in enumerate(instructions, start=1)
     ]
     return "Modify the model as follows, most important first:\n" + "\n".join(lines)
 
 
+UNCHANGED = "the code is the current model, unchanged"
+
+
 def unchanged_text(request: ProposalRequest) -> str:
     """Why an answer that repeats the current model is sent back: the change to make."""
     if not request.instructions:
-        return "the code is the current model, unchanged; make one small change to it"
+        return f"{UNCHANGED}; make one small change to it"
     code = request.instructions[0][0]
     return (
-        "the code is the current model, unchanged; change it as asked, at least this: "
-        f"{rules.DESCRIPTIONS[code]}{_how(code)}"
+        f"{UNCHANGED}; change it as asked, at least this: "
+        f"{rules.DESCRIPTIONS[code]}{_how(code, request.parent_code or '')}"
     )
 
 
-def _how(code: str) -> str:
-    """``": <how to do it>"`` for an instruction, or "" (the paper's bare name)."""
-    return f": {HOW_TO[code]}" if HOW_TO.get(code) else ""
+def _how(code: str, parent_code: str = "") -> str:
+    """``": <how to do it>"`` for an instruction: the edit in the parent's own lines where
+    one can be written, else the general how-to, else "" (the paper's bare name)."""
+    if not HOW_TO.get(code):
+        return ""
+    return f": {hints.hint(parent_code, code) or HOW_TO[code]}"
 
 
 def first_prompt(task: TaskSpec, initial_command: str) -> str:
     return (
-        f"{initial_command.strip()}\n\n{contract(task)}\n\n"
+        f"{initial_command.strip()}\n\n{contract(task, weight_decay=False)}\n\n"
         "A minimal valid file, to start from and improve:\n" + fence(skeleton(task))
     )
 
 
 def iteration_prompt(request: ProposalRequest) -> str:
-    """Algorithm 1, line 8's command for a request with a parent."""
+    """Algorithm 1, line 8's command for a request with a parent. The instructions come
+    last, right before the model answers: with the task's rules last, a 0.5B model
+    answered about the rules ("the forward now flattens with x.flatten(1)") and returned
+    its parent unchanged."""
     assert request.parent_code is not None
-    parts = [
-        "Here is the current model:",
-        fence(request.parent_code),
-    ]
+    parts = [contract(request.task), "Here is the current model:", fence(request.parent_code)]
     if request.parent_metrics is not None:
         parts.append("Measured after training: " + metrics_text(request.parent_metrics) + ".")
-    parts.append(instructions_text(request.instructions))
     if request.last_error:
         parts.append(
             "The previous attempt to change this model failed with this error; "
             "do not repeat the mistake:\n" + fence(request.last_error, "text")
         )
-    parts.append("Return the complete new code.")
-    parts.append(contract(request.task))
+    parts.append(instructions_text(request.instructions, request.parent_code))
+    parts.append("Return the complete new code, with the change made.")
     return "\n\n".join(parts)
 
 

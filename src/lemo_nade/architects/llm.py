@@ -153,7 +153,7 @@ class OpenAIArchitect:
         chat = prompts.messages(request, cfg.initial_command)
         params: dict[str, Any] = {
             "model": self.model,
-            "temperature": cfg.temperature,
+            "temperature": temperature(request, cfg.temperature, cfg.retry_temperature),
             "seed": request.seed,
             "max_tokens": cfg.llm_max_tokens,
         }
@@ -259,6 +259,13 @@ def proposal_from_answer(
     return Proposal(
         code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
     )
+
+
+def temperature(request: ProposalRequest, base: float, retry: float) -> float:
+    """``base``, or at least ``retry`` for a repair of an answer that changed nothing: at
+    temperature 0 a 0.5B model sent its unchanged answer back repeated it word for word."""
+    unchanged = request.history and request.history[-1][1].startswith(prompts.UNCHANGED)
+    return max(base, retry) if unchanged else base
 
 
 def price_for(

@@ -1,0 +1,70 @@
+"""What makes a small model's answers usable, wired into a real run against the scripted
+server: one instruction per prompt (``max_instructions``), asked as one change, judged on
+what was asked; a retry after an unchanged answer sampled at ``retry_temperature``; the
+prompt's edit quoting the parent's own lines (tests/test_hints.py has the edits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from candidates import SMALL_CNN
+from fake_llm import serve
+from lemo_nade.architects.llm import temperature
+from lemo_nade.config import build_config
+from lemo_nade.datasets import resolve_dataset
+from lemo_nade.records import ProposalRequest
+from lemo_nade.runs import create_run
+from lemo_nade.search import run_search
+
+pytest_plugins = ["sandbox_fixtures"]
+
+
+def fenced(code: str) -> str:
+    return f"```python\n{code}```"
+
+
+def test_a_retry_after_an_unchanged_answer_is_sampled_warmer() -> None:
+    task = resolve_dataset("digits", None)
+    first = ProposalRequest(1, task, SMALL_CNN, None, (("ACL", 1.0),))
+    assert temperature(first, 0.0, 0.7) == 0.0
+    unchanged = ProposalRequest(
+        1, task, SMALL_CNN, None, (("ACL", 1.0),), attempt=1,
+        history=((fenced(SMALL_CNN), "the code is the current model, unchanged; change it"),),
+    )  # fmt: skip
+    assert temperature(unchanged, 0.0, 0.7) == 0.7
+    assert temperature(unchanged, 1.2, 0.7) == 1.2  # never cooler than asked
+    broken = ProposalRequest(
+        1, task, SMALL_CNN, None, (("ACL", 1.0),), attempt=1,
+        history=(("```python\nx(\n```", "SyntaxError: '(' was never closed"),),
+    )  # fmt: skip
+    assert temperature(broken, 0.0, 0.7) == 0.0  # a repair of an error stays deterministic
+
+
+@pytest.mark.usefixtures("shared_sandbox")
+def test_one_instruction_per_prompt_is_asked_stored_and_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``max_instructions = 1`` the second iteration asks for Algorithm 3's first
+    instruction only, as one change with its concrete edit; the first answer repeats the
+    parent and is retried at ``retry_temperature``; the verdicts cover what was asked."""
+    monkeypatch.setenv("OLLAMA_API_KEY", "unused")
+    wider = SMALL_CNN.replace("nn.Conv2d(1, 8,", "nn.Conv2d(1, 16,").replace(
+        "nn.Linear(8 *", "nn.Linear(16 *"
+    )
+    with serve() as fake:
+        fake.script = [("answer", fenced(SMALL_CNN)), ("answer", fenced(SMALL_CNN)),
+                       ("answer", fenced(wider))]  # fmt: skip
+        flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 2,
+                 "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
+        run_dir = create_run(build_config({}, flags), tmp_path / "runs")
+        first, second = run_search(run_dir).records
+        bodies = [r["body"] for r in fake.chat_requests()]
+    assert len(first.resolved_instructions) > 1, "setting 1 on 1 epoch asks for several"
+    assert second.prompt_instructions == first.resolved_instructions[:1]
+    asked = bodies[1]["messages"][-1]["content"]
+    assert "Make this one change:" in asked and "(priority" not in asked
+    assert [b["temperature"] for b in bodies] == [0.0, 0.0, 0.7]
+    assert len(second.evaluation.compliance) == 1
+    assert second.evaluation.compliance[0].code == first.resolved_instructions[0][0]
