@@ -49,8 +49,9 @@ class Layer:
         value = next((k.value for k in self.node.keywords if k.arg == names[which]), None)
         if value is None and len(self.node.args) > which:
             value = self.node.args[which]
-        ok = isinstance(value, ast.Constant) and type(value.value) is int
-        return value.value if ok else None  # type: ignore[union-attr]
+        if isinstance(value, ast.Constant) and type(value.value) is int:
+            return value.value
+        return None
 
     def with_widths(self, new_in: int, new_out: int) -> str:
         """This call with its in and out widths replaced, as source."""
@@ -107,11 +108,12 @@ def read(code: str) -> Model | None:
         return None
     layers: list[Layer] = []
     for stmt in methods["__init__"].body:
-        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and stmt.targets else None
-        if not (_is_self_attr(target) and isinstance(stmt.value, ast.Call)):  # type: ignore[union-attr]
+        if not isinstance(stmt, ast.Assign) or not isinstance(stmt.value, ast.Call):
             continue
-        owner = target.attr  # type: ignore[union-attr]
-        call = stmt.value  # type: ignore[union-attr]
+        target = stmt.targets[0]
+        if not (isinstance(target, ast.Attribute) and _is_self_attr(target)):
+            continue
+        owner, call = target.attr, stmt.value
         inner = call.args if _kind(call) == "Sequential" else [call]
         for node in inner:
             if isinstance(node, ast.Call) and _kind(node):
@@ -146,10 +148,15 @@ def _weight_decay(tree: ast.Module) -> float | None:
         if isinstance(stmt, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "WEIGHT_DECAY" for t in stmt.targets
         ):
-            value = stmt.value
-            ok = isinstance(value, ast.Constant) and isinstance(value.value, (int, float))
-            return float(value.value) if ok else None  # type: ignore[union-attr, arg-type]
+            return _literal(stmt.value)
     return 0.0
+
+
+def _literal(node: ast.expr | None) -> float | None:
+    """A number written out (not a bool); None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return None if isinstance(node.value, bool) else float(node.value)
+    return None
 
 
 def _inits(tree: ast.Module) -> frozenset[str]:
@@ -235,10 +242,7 @@ def _with_rate(layer: Layer, p: float) -> str:
 def _rate(layer: Layer) -> float | None:
     given = layer.node.args[0] if layer.node.args else None
     given = next((k.value for k in layer.node.keywords if k.arg == "p"), given)
-    if given is None:
-        return 0.5
-    ok = isinstance(given, ast.Constant) and isinstance(given.value, (int, float))
-    return float(given.value) if ok else None  # type: ignore[union-attr, arg-type]
+    return 0.5 if given is None else _literal(given)
 
 
 def _change_rate(layer: Layer, up: bool) -> str:
