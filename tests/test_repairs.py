@@ -92,6 +92,10 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
             ["returned [2, 5]; it must return [2, 10]"],
         ),
         ("NameError: name 'F' is not defined", ["import torch.nn.functional as F"]),
+        (  # the local model applied a BatchNorm2d after flatten(1)
+            "ValueError: expected 4D input (got 2D input)",
+            ["needs a 4-D input", "gets a 2-D one", "runs after `flatten(1)`"],
+        ),
         (
             "AttributeError: module 'torch.nn' has no attribute 'Conv2D'",
             ["`torch.nn.Conv2D` does not exist", "nn.Conv2d"],

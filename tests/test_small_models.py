@@ -5,18 +5,20 @@ prompt's edit quoting the parent's own lines (tests/test_hints.py has the edits)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from candidates import SMALL_CNN
 from fake_llm import serve
-from lemo_nade.architects.llm import temperature
+from lemo_nade.architects.llm import proposal_from_answer, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
 from lemo_nade.records import ProposalRequest
 from lemo_nade.runs import create_run
 from lemo_nade.search import run_search
+from lemo_nade.usage import LLMCall, Usage
 
 pytest_plugins = ["sandbox_fixtures"]
 
@@ -68,3 +70,26 @@ def test_one_instruction_per_prompt_is_asked_stored_and_judged(
     assert [b["temperature"] for b in bodies] == [0.0, 0.0, 0.7]
     assert len(second.evaluation.compliance) == 1
     assert second.evaluation.compliance[0].code == first.resolved_instructions[0][0]
+
+
+def test_an_answer_that_repeats_a_failed_attempt_is_not_built_again() -> None:
+    """The local model answered a repair with the failing code, word for word, twice."""
+    task = resolve_dataset("digits", None)
+    broken = SMALL_CNN.replace("return self.head", "x = self.conv(x)\n        return self.head")
+    error = 'File "candidate.py", line 16, in forward\nValueError: expected 4D input (got 2D input)'
+    request = ProposalRequest(
+        1, task, SMALL_CNN, None, (("ACL", 1.0),), attempt=1,
+        history=((fenced(broken), error),),
+    )  # fmt: skip
+    call = LLMCall(1, 1, Usage(calls=1), None, {})
+    again = proposal_from_answer(fenced("# fixed\n" + broken), "stop", Usage(), call, request)
+    assert again.code == "" and again.rejected is not None
+    assert again.rejected.startswith("the code is the same as an earlier attempt (attempt 0)")
+    assert error in again.rejected
+    retry = replace(
+        request, attempt=2, history=(*request.history, (fenced(broken), again.rejected))
+    )
+    assert temperature(retry, 0.0, 0.7) == 0.7
+    fixed = proposal_from_answer(fenced(SMALL_CNN.replace("8 * 4", "8*4 + 0")), "stop", Usage(),
+                                 call, retry)  # fmt: skip
+    assert fixed.code and fixed.rejected is None

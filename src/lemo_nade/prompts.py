@@ -149,6 +149,12 @@ def instructions_text(instructions: tuple[tuple[str, float], ...], parent_code: 
 
 
 UNCHANGED = "the code is the current model, unchanged"
+REPEATED = "the code is the same as an earlier attempt"
+
+
+def repeated_text(attempt: int, error: str) -> str:
+    """Why an answer that repeats an attempt of this iteration is sent back unbuilt."""
+    return f"{REPEATED} (attempt {attempt}), which failed with:\n{error}"
 
 
 def unchanged_text(request: ProposalRequest) -> str:

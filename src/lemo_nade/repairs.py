@@ -40,6 +40,7 @@ _OUTPUT = re.compile(
 )
 _NAME = re.compile(r"NameError: name '(\w+)' is not defined")
 _CANNOT_IMPORT = re.compile(r"cannot import name '(\w+)' from '([\w.]+)'")
+_FLAT_INPUT = re.compile(r"expected (\d)D input \(got (\d)D input\)")
 _NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
 MAX_QUOTED_CHARS = 300
 
@@ -149,6 +150,15 @@ def _output(m: re.Match[str]) -> str:
     )
 
 
+def _flat_input(m: re.Match[str]) -> str:
+    return (
+        f"A layer that needs a {m.group(1)}-D input [batch, channels, height, width] "
+        f"(a Conv2d, BatchNorm2d or pooling) gets a {m.group(2)}-D one: it runs after "
+        "`flatten(1)` or the global pooling. Delete that line from `forward` (and the "
+        "layer from `__init__`), or apply it before the pooling, where x is still 4-D."
+    )
+
+
 def _name(m: re.Match[str]) -> str:
     name = m.group(1)
     hint = " (usually from `import torch.nn.functional as F`)" if name == "F" else ""
@@ -191,6 +201,7 @@ _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
     (_search(_MATMUL), _matmul),
     (_search(_CHANNELS), _channels),
     (_search(_OUTPUT), _output),
+    (_search(_FLAT_INPUT), _flat_input),
     (_search(_NAME), _name),
     (_search(_NN_ATTR), _nn_attr),
     (

@@ -256,16 +256,26 @@ def proposal_from_answer(
             code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
             calls=(call,),
         )  # fmt: skip
+    for attempt, (earlier, error) in enumerate(request.history):
+        if not error.startswith(prompts.REPEATED) and answers.same_code(
+            candidate.code, repairs.code_of(earlier)
+        ):  # it would fail the same way: not built again
+            return Proposal(
+                code="", answer=text, rejected=prompts.repeated_text(attempt, error),
+                usage=usage, calls=(call,),
+            )  # fmt: skip
     return Proposal(
         code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
     )
 
 
 def temperature(request: ProposalRequest, base: float, retry: float) -> float:
-    """``base``, or at least ``retry`` for a repair of an answer that changed nothing: at
-    temperature 0 a 0.5B model sent its unchanged answer back repeated it word for word."""
-    unchanged = request.history and request.history[-1][1].startswith(prompts.UNCHANGED)
-    return max(base, retry) if unchanged else base
+    """``base``, or at least ``retry`` after an answer that changed nothing (the parent
+    unchanged, or an earlier attempt repeated): at temperature 0 a 0.5B model sent such an
+    answer back repeated it word for word until the iteration failed."""
+    last_error = request.history[-1][1] if request.history else ""
+    stuck = last_error.startswith((prompts.UNCHANGED, prompts.REPEATED))
+    return max(base, retry) if stuck else base
 
 
 def price_for(
