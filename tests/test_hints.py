@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lemo_nade import hints, prompts
+from lemo_nade.answers import same_code
 from lemo_nade.compliance import FOLLOWED, judge
 from lemo_nade.records import ProposalRequest, TaskSpec
 from test_compliance import facts, module
@@ -77,72 +78,60 @@ ADD = ("ACL", "ASC", "ADL", "AMK", "AMN", "AD", "AWI", "AR")
 REMOVE = ("RCL", "RDL", "RK", "RN", "RD", "RR")
 
 
-def carry_out(code: str, hint: str) -> str:
-    """``code`` edited exactly as ``hint`` says, by text alone (what a model has to do)."""
+def carry_out(code: str, edit: hints.Edit) -> str:
+    """``code`` edited as the edit's TODO comments say, by text alone (what a model that
+    copies the code it is shown has to do)."""
     lines = code.splitlines()
-    indent = lambda n: re.match(r"\s*", lines[n - 1]).group(0)  # noqa: E731
-    inserts: list[tuple[int, str]] = []  # (after line, text)
-    pair = r"add `(self\.\w+ = .*?)`, and in forward, right (after|before) line (\d+) `.*?`, add"
-    if m := re.search(pair + r" `(.*?)`", hint):
-        init_at = next(i for i, s in enumerate(lines, 1) if "super().__init__()" in s)
-        inserts.append((init_at, indent(init_at) + m.group(1)))
-        n = int(m.group(3))
-        inserts.append((n if m.group(2) == "after" else n - 1, indent(n) + m.group(4)))
-    elif m := re.search(r"right (after|before) `.*?` \(line (\d+)\).*?, add `(.*?)`", hint):
-        n = int(m.group(2))
-        inserts.append((n if m.group(1) == "after" else n - 1, indent(n) + m.group(3)))
-    elif m := re.search(r"set (?:the module constant )?`(WEIGHT_DECAY = .*?)`", hint):
-        lines = [s for s in lines if not s.startswith("WEIGHT_DECAY")]
-        inserts.append((3, m.group(1)))
-    elif hint.startswith("at the end of __init__ add:\n"):
-        forward = next(i for i, s in enumerate(lines, 1) if "def forward" in s)
-        inserts.append((forward - 2, "\n".join(hint.splitlines()[1:])))
-    elif m := re.search(r"^delete `(.*?)` \(line (\d+)\)( and the BatchNorm2d and ReLU)?", hint):
-        n, extra = int(m.group(2)), 2 if m.group(3) else 0
-        if "and the activation after it" in hint:
-            extra = 1
-        for old, k, new in re.findall(r"`([^`]*)` \(line (\d+)\) to `([^`]*)`", hint):
-            lines[int(k) - 1] = lines[int(k) - 1].replace(old, new)
-        gone = [n + i for i in range(extra + 1)]
-        if f := re.search(r"in forward, line (\d+) `", hint):
-            gone.append(int(f.group(1)))
-        lines = [s for i, s in enumerate(lines, 1) if i not in gone]
-    elif m := re.search(r"in forward, line (\d+) `(.*?)`: drop the `\+`", hint):
-        lines[int(m.group(1)) - 1] = lines[int(m.group(1)) - 1].replace("x + ", "")
-    elif re.search(r"^change ", hint):
-        for old, n, new in re.findall(r"`([^`]*)` \(line (\d+)\) to `([^`]*)`", hint):
-            lines[int(n) - 1] = lines[int(n) - 1].replace(old, new)
-    else:
-        raise AssertionError(f"no way to carry out: {hint}")
-    for after, text in sorted(inserts, reverse=True):
-        lines.insert(after, text)
-    return "\n".join(lines) + "\n"
+    inserts: list[tuple[int, list[str]]] = []  # (index, lines)
+    gone: set[int] = set()
+    for mark in edit.marks:
+        n, text = mark.line, mark.text
+        indent = re.match(r"\s*", lines[n - 1]).group(0)  # type: ignore[union-attr]
+        if text.startswith("add here:"):
+            new = text.removeprefix("add here:").strip().splitlines()
+            inserts.append((n - 1 if mark.before else n, [indent + x for x in new]))
+        elif text.startswith("change the next layer to: "):
+            new = text.removeprefix("change the next layer to: ")
+            lines[n - 1] = re.sub(r"nn\.\w+\(.*\)", new, lines[n - 1])
+        elif text.startswith("change the next line to: "):
+            lines[n - 1] = indent + text.removeprefix("change the next line to: ")
+        elif text.startswith("delete the next"):
+            extra = 2 if "BatchNorm2d and ReLU" in text else 1 if "activation" in text else 0
+            gone |= set(range(n, n + extra + 1))
+        elif text.startswith("drop the `+`"):
+            lines[n - 1] = lines[n - 1].replace("x + ", "")
+        else:
+            raise AssertionError(f"no way to carry out: {mark}")
+    for index, new in sorted(inserts, key=lambda item: item[0], reverse=True):
+        lines[index:index] = new
+        gone = {g + len(new) if g > index else g for g in gone}
+    return "\n".join(s for i, s in enumerate(lines, 1) if i not in gone) + "\n"
 
 
 @pytest.mark.parametrize("source", [SEQUENTIAL, ATTRIBUTES], ids=["sequential", "attributes"])
 @pytest.mark.parametrize("code", ADD + REMOVE)
 def test_each_edit_builds_and_is_followed(source: str, code: str) -> None:
-    hint = hints.hint(source, code)
-    if not hint:
+    edit = hints.edit(source, code)
+    if edit is None:
         # every instruction gets an edit on these parents except removing what is not there
         assert (code, source) in {("RDL", ATTRIBUTES), ("RN", ATTRIBUTES), ("RD", ATTRIBUTES)}
         return
-    child = carry_out(source, hint)
-    assert child != source, hint
+    child = carry_out(source, edit)
+    assert child != source, edit
     with torch.no_grad():
         assert module(child)(torch.zeros(2, 1, 8, 8)).shape == (2, 3), child
     (verdict,) = judge([(code, 1.0)], facts(source), facts(child))
-    assert verdict.verdict == FOLLOWED, (hint, verdict.reason, child)
+    assert verdict.verdict == FOLLOWED, (edit, verdict.reason, child)
 
 
 def test_edits_quote_the_parents_own_lines() -> None:
     assert hints.hint(SEQUENTIAL, "ACL") == (
-        "right after `nn.ReLU()` (line 14), the last layer of `self.features`, add "
+        "right after `nn.ReLU()`, the last layer of `self.features`, add "
         "`nn.Conv2d(16, 16, kernel_size=3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),` "
         "(same 16 channels in and out, so nothing else changes)"
     )
     assert "`nn.Conv2d(1, 16, 3, padding=1)`" in hints.hint(ATTRIBUTES, "AMK")
-    assert "line 21 `x = x + F.relu(self.conv3(x))`" in hints.hint(ATTRIBUTES, "RSC")
+    assert "`x = x + F.relu(self.conv3(x))`: drop the `+`" in hints.hint(ATTRIBUTES, "RSC")
     assert "`WEIGHT_DECAY = 0.01` (now 0.001)" in hints.hint(ATTRIBUTES, "AR")
     assert "`WEIGHT_DECAY = 0.0001` (now 0.001)" in hints.hint(ATTRIBUTES, "RR")
     # a parent with kaiming already is asked for another initialiser, which the checker sees
@@ -189,3 +178,29 @@ def test_the_prompt_and_the_unchanged_repair_carry_the_edit() -> None:
     edit = hints.hint(SEQUENTIAL, "AD")
     assert edit and edit in prompts.iteration_prompt(request)
     assert edit in prompts.unchanged_text(request)
+
+
+@pytest.mark.parametrize("source", [SEQUENTIAL, ATTRIBUTES], ids=["sequential", "attributes"])
+def test_the_parent_shown_is_marked_where_each_edit_goes(source: str) -> None:
+    """The TODO comments leave the program as it was, sit next to the line they name,
+    and carry the new code: what a model copying the code it is shown will come upon."""
+    for code in ADD + REMOVE:
+        edit = hints.edit(source, code)
+        shown = hints.marked(source, [code])
+        assert same_code(shown, source)
+        if edit is None:
+            assert shown == source
+            continue
+        lines = shown.splitlines()
+        for mark in edit.marks:
+            anchor = source.splitlines()[mark.line - 1]
+            indent = anchor[: len(anchor) - len(anchor.lstrip())]
+            todo = f"{indent}# TODO: {mark.text.splitlines()[0]}"
+            at = [i for i, s in enumerate(lines) if s == todo]
+            near = [lines[i + 1] if mark.before else lines[i - 1] for i in at]
+            assert anchor in near, (code, mark, shown)
+    both = hints.marked(SEQUENTIAL, ["ACL", "AD"])
+    assert (
+        "# TODO: add here: nn.Conv2d(16, 16" in both and "# TODO: add here: nn.Dropout" not in both
+    )
+    assert "# TODO: change the next layer to: nn.Dropout(0.5)" in both

@@ -187,9 +187,11 @@ def iteration_prompt(request: ProposalRequest) -> str:
     """Algorithm 1, line 8's command for a request with a parent. The instructions come
     last, right before the model answers: with the task's rules last, a 0.5B model
     answered about the rules ("the forward now flattens with x.flatten(1)") and returned
-    its parent unchanged."""
+    its parent unchanged. The parent is shown with a ``# TODO:`` comment where each edit
+    goes (:func:`lemo_nade.hints.marked`): a small model copies what it is shown."""
     assert request.parent_code is not None
-    parts = [contract(request.task), "Here is the current model:", fence(request.parent_code)]
+    shown = hints.marked(request.parent_code, [code for code, _ in request.instructions])
+    parts = [contract(request.task), "Here is the current model:", fence(shown)]
     if request.parent_metrics is not None:
         parts.append("Measured after training: " + metrics_text(request.parent_metrics) + ".")
     if request.last_error:

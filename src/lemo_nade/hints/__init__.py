@@ -1,0 +1,62 @@
+"""Concrete edits for an instruction, pointed at the parent's own lines.
+
+A 0.5B model given "Add convolutional layer: add one more conv block" answered with its
+parent's code, unchanged, iteration after iteration; the same instruction as an edit of
+its own lines (``right after `nn.ReLU()` (line 18), the last layer of `self.features`,
+add `nn.Conv2d(32, 32, kernel_size=3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),```) is
+something it can copy. :func:`hint` writes that edit for each instruction of Table 2
+(:mod:`.edits`) from the parent's source, parsed with :mod:`ast` and never run
+(:mod:`.source`); :func:`marked` puts the edits into the parent's code shown in the
+prompt, as ``# TODO:`` comments where they go. Where the code is not in a shape it
+understands, there is no edit and the prompt keeps the general how-to
+(``prompts.HOW_TO``).
+
+Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from lemo_nade.hints.edits import EDITS
+from lemo_nade.hints.source import Edit, Mark, read
+
+__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked"]
+
+
+def edit(code: str, instruction: str) -> Edit | None:
+    """The edit for ``instruction`` in ``code``; None when none can be written."""
+    model = read(code)
+    write = EDITS.get(instruction)
+    if model is None or write is None:
+        return None
+    try:
+        return write(model)
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def hint(code: str, instruction: str) -> str:
+    """The edit for ``instruction`` in ``code``, in words; "" when none can be written."""
+    found = edit(code, instruction)
+    return found.text if found else ""
+
+
+def marked(code: str, instructions: Iterable[str]) -> str:
+    """``code`` with a ``# TODO:`` comment where each instruction's edit goes, indented
+    as the line it is next to."""
+    lines = code.splitlines()
+    inserts: list[tuple[int, str]] = []  # (index to insert at, text)
+    for instruction in instructions:
+        found = edit(code, instruction)
+        for mark in found.marks if found else ():
+            if not 1 <= mark.line <= len(lines):
+                continue
+            anchor = lines[mark.line - 1]
+            indent = anchor[: len(anchor) - len(anchor.lstrip())]
+            comment = "\n".join(f"{indent}# {'TODO: ' if n == 0 else '    '}{text}"
+                                for n, text in enumerate(mark.text.splitlines()))  # fmt: skip
+            inserts.append((mark.line - 1 if mark.before else mark.line, comment))
+    for index, comment in sorted(inserts, key=lambda item: item[0], reverse=True):
+        lines.insert(index, comment)
+    return "\n".join(lines) + ("\n" if code.endswith("\n") else "")

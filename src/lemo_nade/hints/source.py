@@ -1,0 +1,181 @@
+"""What the edits need to know of a parent's source: its layers and where things are.
+
+Parsed with :mod:`ast`, never run. Only the shape small models write is understood:
+``class Net`` whose ``__init__`` assigns ``nn.X(...)`` layers to attributes, alone or
+inside an ``nn.Sequential(...)``; anything else (layers built in loops, ``ModuleList``)
+is simply not listed, and the edits that need it give none.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass
+
+CONV, LINEAR = "Conv2d", "Linear"
+DROPOUTS = frozenset({"Dropout", "Dropout2d", "Dropout1d"})
+# (in, out) argument names of the layers whose widths an edit changes
+WIDTH_ARGS = {CONV: ("in_channels", "out_channels"), LINEAR: ("in_features", "out_features")}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A comment put into the parent's code shown in the prompt, where an edit goes: a
+    small model copies the code it is shown, so the place and the change travel with it."""
+
+    line: int
+    before: bool  # before ``line`` (else after its statement's last line)
+    text: str
+
+
+@dataclass(frozen=True)
+class Edit:
+    text: str  # how to do it, in words, quoting the parent's lines
+    marks: tuple[Mark, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One ``nn.X(...)`` constructor call in ``__init__``."""
+
+    kind: str  # "Conv2d", "Linear", "Dropout", "BatchNorm2d", ...
+    line: int
+    end: int  # its last line
+    text: str  # the call as written
+    node: ast.Call
+    owner: str  # the ``self.<owner>`` it is assigned to, itself or inside an nn.Sequential
+    in_sequential: bool
+
+    def width(self, which: int) -> int | None:
+        """The literal in (0) or out (1) width of a Conv2d or Linear; None otherwise."""
+        names = WIDTH_ARGS.get(self.kind)
+        if names is None:
+            return None
+        value = next((k.value for k in self.node.keywords if k.arg == names[which]), None)
+        if value is None and len(self.node.args) > which:
+            value = self.node.args[which]
+        if isinstance(value, ast.Constant) and type(value.value) is int:
+            return value.value
+        return None
+
+    def with_widths(self, new_in: int, new_out: int) -> str:
+        """This call with its in and out widths replaced, as source."""
+        call = copy.deepcopy(self.node)
+        names = WIDTH_ARGS[self.kind]
+        for which, value in ((0, new_in), (1, new_out)):
+            kw = next((k for k in call.keywords if k.arg == names[which]), None)
+            if kw is not None:
+                kw.value = ast.Constant(value)
+            else:
+                call.args[which] = ast.Constant(value)
+        return ast.unparse(call)
+
+
+@dataclass(frozen=True)
+class Statement:
+    line: int
+    end: int
+    text: str  # its first line
+
+
+@dataclass(frozen=True)
+class Model:
+    layers: list[Layer]
+    assigned: dict[str, int]  # attribute -> the last line of its assignment in __init__
+    init_end: int  # __init__'s last line
+    forward: list[Statement]  # forward's top-level statements
+    class_line: int
+    weight_decay: float | None  # the module constant, 0 when absent, None when not a number
+    weight_decay_line: int | None
+    inits: frozenset[str]  # nn.init functions called anywhere
+
+    def of(self, *kinds: str) -> list[Layer]:
+        return [layer for layer in self.layers if layer.kind in kinds]
+
+    def applied(self, owner: str) -> Statement | None:
+        """forward's last statement that uses ``self.<owner>``."""
+        uses = [s for s in self.forward if f"self.{owner}" in s.text]
+        return uses[-1] if uses else None
+
+
+def read(code: str) -> Model | None:
+    """The layers ``class Net``'s ``__init__`` assigns to attributes, and forward's lines."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    net = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
+    if net is None:
+        return None
+    methods = {f.name: f for f in net.body if isinstance(f, ast.FunctionDef)}
+    if "__init__" not in methods or "forward" not in methods:
+        return None
+    init = methods["__init__"]
+    layers: list[Layer] = []
+    assigned: dict[str, int] = {}
+    for stmt in init.body:
+        if not isinstance(stmt, ast.Assign) or not isinstance(stmt.value, ast.Call):
+            continue
+        target = stmt.targets[0]
+        if not (isinstance(target, ast.Attribute) and _is_self_attr(target)):
+            continue
+        owner, call = target.attr, stmt.value
+        assigned[owner] = stmt.end_lineno or stmt.lineno
+        inner = call.args if _kind(call) == "Sequential" else [call]
+        for node in inner:
+            if isinstance(node, ast.Call) and _kind(node):
+                text = ast.get_source_segment(code, node) or ast.unparse(node)
+                end = node.end_lineno or node.lineno
+                layers.append(
+                    Layer(_kind(node), node.lineno, end, text, node, owner, node is not call)
+                )
+    forward = [
+        Statement(
+            s.lineno, s.end_lineno or s.lineno,
+            (ast.get_source_segment(code, s) or ast.unparse(s)).splitlines()[0],
+        )
+        for s in methods["forward"].body
+    ]  # fmt: skip
+    wd_line, wd = _weight_decay(tree)
+    init_end = init.body[-1].end_lineno or init.body[-1].lineno
+    return Model(layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree))
+
+
+def _is_self_attr(node: ast.Attribute) -> bool:
+    return isinstance(node.value, ast.Name) and node.value.id == "self"
+
+
+def _kind(call: ast.Call) -> str:
+    """``X`` for ``nn.X(...)`` / ``torch.nn.X(...)``; "" for anything else."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, (ast.Name, ast.Attribute)):
+        base = func.value.id if isinstance(func.value, ast.Name) else func.value.attr
+        return func.attr if base == "nn" else ""
+    return ""
+
+
+def _weight_decay(tree: ast.Module) -> tuple[int | None, float | None]:
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "WEIGHT_DECAY" for t in stmt.targets
+        ):
+            return stmt.lineno, literal(stmt.value)
+    return None, 0.0
+
+
+def literal(node: ast.expr | None) -> float | None:
+    """A number written out (not a bool); None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return None if isinstance(node.value, bool) else float(node.value)
+    return None
+
+
+def _inits(tree: ast.Module) -> frozenset[str]:
+    return frozenset(
+        n.func.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Attribute)
+        and n.func.value.attr == "init"
+    )
