@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lemo_nade import hints, prompts
-from lemo_nade.answers import same_code
+from lemo_nade.answers import read_answer, same_code
 from lemo_nade.compliance import FOLLOWED, judge
 from lemo_nade.records import ProposalRequest, TaskSpec
 from test_compliance import facts, module
@@ -204,3 +204,21 @@ def test_the_parent_shown_is_marked_where_each_edit_goes(source: str) -> None:
         "# TODO: add here: nn.Conv2d(16, 16" in both and "# TODO: add here: nn.Dropout" not in both
     )
     assert "# TODO: change the next layer to: nn.Dropout(0.5)" in both
+
+
+def test_the_marks_a_model_copies_into_its_answer_are_removed() -> None:
+    """The 0.5B model copied the TODO comment above the block it added; shown again in the
+    next prompt, it went on adding comment and block until max_tokens."""
+    for source in (SEQUENTIAL, ATTRIBUTES):
+        shown = hints.marked(source, list(ADD + REMOVE))
+        assert shown != source and hints.unmarked(shown) == (source, shown.count("# TODO: "))
+    assert hints.unmarked(SEQUENTIAL) == (SEQUENTIAL, 0)
+    own = SEQUENTIAL.replace("nn.ReLU(),\n        )", "nn.ReLU(),  # TODO: try GELU\n        )")
+    assert hints.unmarked(own) == (own, 0)  # the model's own TODOs stay
+    copied = hints.marked(SEQUENTIAL, ["ACL"]).replace(
+        "        )\n        self.pool",
+        "            nn.Conv2d(16, 16, 3, padding=1),\n        )\n        self.pool",
+    )
+    candidate = read_answer(f"```python\n{copied}```")
+    assert "TODO" not in candidate.code and "nn.Conv2d(16, 16, 3, padding=1)" in candidate.code
+    assert "removed the prompt's 1 TODO comment" in candidate.note

@@ -25,6 +25,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+from lemo_nade.hints import unmarked
 from lemo_nade.imports_fix import add_missing
 from lemo_nade.tidy import parses, tidy
 
@@ -90,6 +91,9 @@ def read_answer(answer: str, finish: str | None = None, previous: str = "") -> C
         if imports is None:
             raise
         code, notes = _with_imports(previous, imports), [SPLICED]
+    code, marks = unmarked(code)
+    if marks:
+        notes.append(f"removed the prompt's {marks} TODO comment{'s' if marks > 1 else ''}")
     tidied, removed = tidy(code)
     completed, added = add_missing(tidied)
     return Candidate(completed, "; ".join(notes + removed + added))

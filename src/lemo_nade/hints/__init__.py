@@ -21,7 +21,10 @@ from collections.abc import Iterable
 from lemo_nade.hints.edits import EDITS
 from lemo_nade.hints.source import Edit, Mark, read
 
-__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked"]
+__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked", "unmarked"]
+
+TODO = "# TODO: "
+CONTINUED = "#     "  # the lines of a mark after its first
 
 
 def edit(code: str, instruction: str) -> Edit | None:
@@ -54,9 +57,32 @@ def marked(code: str, instructions: Iterable[str]) -> str:
                 continue
             anchor = lines[mark.line - 1]
             indent = anchor[: len(anchor) - len(anchor.lstrip())]
-            comment = "\n".join(f"{indent}# {'TODO: ' if n == 0 else '    '}{text}"
+            comment = "\n".join(f"{indent}{CONTINUED if n else TODO}{text}"
                                 for n, text in enumerate(mark.text.splitlines()))  # fmt: skip
             inserts.append((mark.line - 1 if mark.before else mark.line, comment))
     for index, comment in sorted(inserts, key=lambda item: item[0], reverse=True):
         lines.insert(index, comment)
     return "\n".join(lines) + ("\n" if code.endswith("\n") else "")
+
+
+def unmarked(code: str) -> tuple[str, int]:
+    """``code`` without the ``# TODO:`` comments :func:`marked` writes (a model copies
+    them into its answer; left in, the next prompt showed them twice and the 0.5B model
+    went on adding the block and the comment until ``max_tokens``), and how many."""
+    kept: list[str] = []
+    removed, inside = 0, False
+    for line in code.splitlines():
+        text = line.lstrip()
+        if text.startswith(TODO) and text.removeprefix(TODO).startswith(_VERBS):
+            removed, inside = removed + 1, True
+            continue
+        if inside and text.startswith(CONTINUED):
+            continue
+        inside = False
+        kept.append(line)
+    if not removed:
+        return code, 0
+    return "\n".join(kept) + ("\n" if code.endswith("\n") else ""), removed
+
+
+_VERBS = ("add here:", "change the next", "delete the next", "drop the `+`")
