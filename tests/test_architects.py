@@ -112,8 +112,12 @@ def fake(server: FakeLLM, recording: Path) -> FakeLLM:
 
 def working_config(name: str, fake: FakeLLM, recording: Path) -> RunConfig:
     """A configuration under which the architect ``name`` can answer."""
-    if name == "offline":
-        return build_config({}, {"llm": "offline", "seed": 3})
+    if name in ("offline", "random"):
+        return build_config({}, {"llm": name, "seed": 3})
+    if name == "reference":
+        model = recording.parent / "reference_model.py"
+        model.write_text(GOOD)
+        return build_config({}, {"llm": f"reference:{model}", "seed": 3})
     if name == "replay":
         return build_config({}, {"llm": f"replay:{recording}", "seed": 3})
     return endpoint_config(name, fake.base_url)
@@ -145,8 +149,8 @@ def test_proposes_policy_clean_code_or_says_why(
 @pytest.mark.parametrize("name", NAMES)
 def test_a_rejection_is_one_clear_line(name: str, fake: FakeLLM, recording: Path) -> None:
     """An answer without code is rejected with the reason, not passed on as code."""
-    if name in ("offline", "replay"):
-        pytest.skip(f"{name} only gives what it built or what was recorded")
+    if name in ("offline", "replay", "random", "reference"):
+        pytest.skip(f"{name} only gives what it built, was given or was recorded")
     fake.script = [("answer", "Add two conv layers and dropout.")]
     proposal = build(name, fake, recording).propose(FIRST)
     assert proposal.code == "" and _one_line(proposal.rejected)
@@ -173,8 +177,8 @@ def test_the_replay_gives_the_recorded_repair(recording: Path, fake: FakeLLM) ->
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unavailable_is_one_line(name: str, fake: FakeLLM, recording: Path) -> None:
-    if name == "offline":
-        pytest.skip("offline needs nothing that can be unavailable")
+    if name in ("offline", "random", "reference"):
+        pytest.skip(f"{name} needs nothing that can be unavailable")
     if name == "replay":
         architect = build(name, fake, recording)
         past_the_end = ProposalRequest(5, TASK, GOOD, None, ())
@@ -211,10 +215,10 @@ def test_checks_are_well_formed(name: str, fake: FakeLLM, recording: Path) -> No
 
 @pytest.mark.parametrize("name", NAMES)
 def test_checks_report_a_broken_setup(name: str, tmp_path: Path) -> None:
-    if name == "offline":
-        pytest.skip("offline has no setup to break")
-    if name == "replay":
-        cfg = build_config({}, {"llm": f"replay:{tmp_path}"})
+    if name in ("offline", "random"):
+        pytest.skip(f"{name} has no setup to break")
+    if name in ("replay", "reference"):  # a run directory without a run; a missing file
+        cfg = build_config({}, {"llm": f"{name}:{tmp_path / ('' if name == 'replay' else 'x.py')}"})
     else:
         cfg = endpoint_config(name, CLOSED)
     rows = architect_checks(cfg)
@@ -228,6 +232,6 @@ def test_an_unknown_architect_is_one_failed_check() -> None:
 
 
 def test_the_registry_is_what_the_suite_covers() -> None:
-    assert {"offline", "replay", "openai"} <= set(NAMES)
+    assert {"offline", "replay", "openai", "random", "reference"} <= set(NAMES)
     assert registration("offline").deterministic and registration("replay").deterministic
     assert not registration("openai").deterministic

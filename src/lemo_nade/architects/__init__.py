@@ -142,4 +142,4 @@ def reachable(config: RunConfig) -> Check:
 
 def _load_builtins() -> None:
     # Each module registers itself; llm imports the openai SDK only when used.
-    from lemo_nade.architects import llm, offline, replay  # noqa: F401
+    from lemo_nade.architects import baselines, llm, offline, replay  # noqa: F401
