@@ -21,6 +21,9 @@ from lemo_nade.search import run_search
 from lemo_nade.usage import LLMCall, Usage
 
 pytest_plugins = ["sandbox_fixtures"]
+WIDER = SMALL_CNN.replace("nn.Conv2d(1, 8,", "nn.Conv2d(1, 16,").replace(
+    "nn.Linear(8 *", "nn.Linear(16 *"
+)
 
 
 def fenced(code: str) -> str:
@@ -52,12 +55,9 @@ def test_one_instruction_per_prompt_is_asked_stored_and_judged(
     instruction only, as one change with its concrete edit; the first answer repeats the
     parent and is retried at ``retry_temperature``; the verdicts cover what was asked."""
     monkeypatch.setenv("OLLAMA_API_KEY", "unused")
-    wider = SMALL_CNN.replace("nn.Conv2d(1, 8,", "nn.Conv2d(1, 16,").replace(
-        "nn.Linear(8 *", "nn.Linear(16 *"
-    )
     with serve() as fake:
         fake.script = [("answer", fenced(SMALL_CNN)), ("answer", fenced(SMALL_CNN)),
-                       ("answer", fenced(wider))]  # fmt: skip
+                       ("answer", fenced(WIDER))]  # fmt: skip
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 2,
                  "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
         run_dir = create_run(build_config({}, flags), tmp_path / "runs")
@@ -93,3 +93,21 @@ def test_an_answer_that_repeats_a_failed_attempt_is_not_built_again() -> None:
     fixed = proposal_from_answer(fenced(SMALL_CNN.replace("8 * 4", "8*4 + 0")), "stop", Usage(),
                                  call, retry)  # fmt: skip
     assert fixed.code and fixed.rejected is None
+
+
+@pytest.mark.usefixtures("shared_sandbox")
+def test_after_a_failed_iteration_the_next_instruction_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Iteration 1 answers its parent unchanged three times and fails; iteration 2, from
+    the same parent, asks for the second instruction instead of the first again."""
+    monkeypatch.setenv("OLLAMA_API_KEY", "unused")
+    with serve() as fake:
+        fake.script = [("answer", fenced(SMALL_CNN))] * 4 + [("answer", fenced(WIDER))]
+        flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 3,
+                 "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
+        run_dir = create_run(build_config({}, flags), tmp_path / "runs")
+        first, failed, second = run_search(run_dir).records
+    resolved = first.resolved_instructions
+    assert failed.status.value == "failed_extract" and failed.prompt_instructions == resolved[:1]
+    assert second.prompt_instructions == resolved[1:2] and second.parent_idx == 0

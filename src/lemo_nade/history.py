@@ -91,3 +91,23 @@ def totals(records: Sequence[IterationRecord]) -> dict[str, float]:
 def elapsed_s(records: Sequence[IterationRecord]) -> float:
     """Time spent in recorded iterations (resumes do not count downtime)."""
     return sum(max(0.0, r.finished_at - r.started_at) for r in records)
+
+
+def asked(
+    records: Sequence[IterationRecord], parent: IterationRecord, n: int
+) -> tuple[tuple[str, float], ...]:
+    """The instructions the next request carries: all of ``parent``'s resolved ones (Algorithm
+    3, most important first) when ``n`` is 0 (the paper), else ``n`` of them (``max_instructions``).
+    After iterations in a row that failed from this parent, the window moves on by as many:
+    asked the same thing, a 0.5B model failed the same way every iteration; asked the next
+    one, it may do that."""
+    resolved = list(parent.resolved_instructions)
+    if not n or not resolved:
+        return tuple(resolved)
+    failed = 0
+    for record in reversed(records):
+        if record.status is Status.OK or record.parent_idx != parent.idx:
+            break
+        failed += 1
+    start = failed * n % len(resolved)
+    return tuple((resolved * 2)[start : start + min(n, len(resolved))])

@@ -228,6 +228,23 @@ def messages(request: ProposalRequest, initial_command: str) -> list[dict[str, s
         user = iteration_prompt(request)
     chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     for answer, error in request.history:
+        if stuck(error):  # left out: shown its own copy, the model copied it again
+            continue
         chat.append({"role": "assistant", "content": answer})
         chat.append({"role": "user", "content": repair_prompt(error, repairs.code_of(answer))})
+    if request.history and stuck(request.history[-1][1]):
+        chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + STUCK_NOTE}
     return chat
+
+
+STUCK_NOTE = (
+    "Your last answer returned the code without the change. This time, make the change: "
+    "the new code must differ from the code above."
+)
+
+
+def stuck(error: str) -> bool:
+    """Whether an attempt was sent back for changing nothing (its parent or an earlier
+    attempt, repeated). Such an exchange is not replayed to the model: a 0.5B model shown
+    its own unchanged answer answered with it again, word for word, even at 0.7."""
+    return error.startswith((UNCHANGED, REPEATED))

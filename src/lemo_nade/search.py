@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ from lemo_nade import compliance, prompts, rules, runs, sandbox
 from lemo_nade.architects import Architect, ArchitectUnavailable
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.datasets import resolve_dataset
-from lemo_nade.history import Attempt, IterationRecord, best_of, elapsed_s, totals
+from lemo_nade.history import Attempt, IterationRecord, asked, best_of, elapsed_s, totals
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
 from lemo_nade.store import RunStore
@@ -260,19 +260,13 @@ class Search:
             task=self.task,
             parent_code=parent.code if parent else None,
             parent_metrics=parent.evaluation.metrics if parent else None,
-            instructions=self.asked(parent.resolved_instructions) if parent else (),
+            instructions=asked(records, parent, self.config.max_instructions) if parent else (),
             last_error=failed.evaluation.error if failed else None,
             parent_state=parent.state if parent else None,
             seed=self.config.seed,
             failed_code=failed.code if failed else None,
         )
         return request, parent.idx if parent else None
-
-    def asked(self, resolved: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-        """The instructions a request carries: Algorithm 3's, most important first, the
-        first ``max_instructions`` of them where that is set (0: all, the paper)."""
-        n = self.config.max_instructions
-        return tuple(resolved[:n] if n else resolved)
 
     def propose(self, request: ProposalRequest, records: list[IterationRecord]) -> Tried:
         """Propose and evaluate; while the code never got to train (no code, syntax,

@@ -274,8 +274,7 @@ def temperature(request: ProposalRequest, base: float, retry: float) -> float:
     unchanged, or an earlier attempt repeated): at temperature 0 a 0.5B model sent such an
     answer back repeated it word for word until the iteration failed."""
     last_error = request.history[-1][1] if request.history else ""
-    stuck = last_error.startswith((prompts.UNCHANGED, prompts.REPEATED))
-    return max(base, retry) if stuck else base
+    return max(base, retry) if prompts.stuck(last_error) else base
 
 
 def price_for(
