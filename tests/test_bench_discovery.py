@@ -1,0 +1,56 @@
+"""The discovery bench's statistics (bench/discovery_stats.py) against values worked out
+by hand, and its report on a real two-arm sweep of one seed."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from discovery_stats import hypervolume, paired, sign_p, summary, wilcoxon_p
+
+
+def test_exact_paired_tests() -> None:
+    assert wilcoxon_p([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)  # all better
+    assert sign_p([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    assert wilcoxon_p([0.1, -0.2, 0.3, -0.4, 0.5]) == pytest.approx(1.0, abs=0.5)
+    # W+ = 1 + 3 + 5 = 9 of 15: |9 - 7.5| = 1.5; 26 of the 32 sign patterns are as far
+    assert wilcoxon_p([0.1, -0.2, 0.3, -0.4, 0.5]) == pytest.approx(26 / 32)
+    assert wilcoxon_p([0.0, 0.0]) is None and sign_p([]) is None
+    # ties get mean ranks: |d| = 1, 1, 2 -> ranks 1.5, 1.5, 3
+    assert wilcoxon_p([1.0, -1.0, 2.0]) == pytest.approx(6 / 8)
+    result = paired([0.5, 0.6, None], [0.4, 0.6, 0.1])
+    assert (result["n"], result["wins"], result["ties"]) == (2, 1, 1)
+    assert result["mean_diff"] == pytest.approx(0.05)
+
+
+def test_summary_and_hypervolume() -> None:
+    s = summary([1.0, 2.0, 3.0, None])
+    assert s["n"] == 3 and s["mean"] == 2.0 and s["std"] == 1.0
+    assert s["ci95"] == pytest.approx([2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)])
+    assert summary([None])["mean"] is None and summary([0.5])["ci95"] is None
+    # one model: accuracy 0.5 at 10^3 parameters, reference 10^7: 0.5 x 4 decades
+    assert hypervolume([(0.5, 1000)]) == pytest.approx(2.0)
+    # a dominated point adds nothing; a smaller, worse one adds its own strip
+    assert hypervolume([(0.5, 1000), (0.4, 10_000)]) == pytest.approx(2.0)
+    assert hypervolume([(0.5, 1000), (0.2, 100)]) == pytest.approx(2.0 + 0.2)
+
+
+@pytest.mark.slow
+def test_the_bench_reports_a_two_arm_sweep(tmp_path: Path) -> None:
+    import discovery
+
+    out = tmp_path / "out"
+    code = discovery.main(["--arm", "offline", "--arm", "random", "--seeds", "1",
+                           "--iterations", "2", "--epochs", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    text = (out / "discovery.md").read_text()
+    assert "| offline |" in text and "| random |" in text and "offline vs random" in text
+    assert (out / "anytime.png").stat().st_size > 1000
+    again = discovery.main(["--arm", "offline", "--arm", "random", "--seeds", "1",
+                            "--iterations", "2", "--epochs", "1", "--out", str(out)])  # fmt: skip
+    assert again == 0  # resumed: both runs already finished
