@@ -1,16 +1,18 @@
 """Does the search discover? Architects x seeds at an equal budget, against baselines.
 
     python bench/discovery.py --arm offline --arm random [--arm reference:FILE] \\
-        [--arm openai:MODEL] --seeds 5 [--setting 1] [--dataset cifar10 \\
+        [--arm "paper llm=offline search=paper"] --seeds 5 [--setting 1] [--dataset cifar10 \\
         --data-dir ../shared/data/cifar-10-subset] [--iterations 8] [--epochs 3] \\
         [--max-hours H] [--set KEY=VALUE ...] [--out bench-results/discovery] [--jobs 1]
 
-Every arm runs every seed with the same config but its architect (``llm``), so each seed
-gives every arm the same data split and the same first model (the offline and random
-architects start from the paper's first model). The budget is equal by construction: the
-same number of candidates (``--iterations``), and with ``--max-hours`` the same wall time
-too. The runs are a sweep (``axes: llm x seed``) in OUT/sweep, so the same command again
-resumes: finished runs are skipped, interrupted ones continue.
+An arm is an architect (``--arm random``: the run's ``llm``) or a label and config keys
+(``--arm "paper llm=offline search=paper"``). Every arm runs every seed with the same
+config but its own keys, so each seed gives every arm the same data split and the same
+first model (the offline and random architects start from the paper's first model). The
+budget is equal by construction: the same number of candidates (``--iterations``), and
+with ``--max-hours`` the same wall time too. Each arm is a sweep over the seeds in
+OUT/arms/LABEL, so the same command again resumes: finished runs are skipped,
+interrupted ones continue.
 
 Per arm it reports the best validation accuracy and best CM (mean, std, 95% t-interval
 over seeds), the gain over the arm's own first model, the last candidate's accuracy (a
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     before = conditions()
-    sweep_file = out / "discovery.toml"
-    sweep_file.write_text(sweep_toml(args))
-    command = [sys.executable, "-m", "lemo_nade", "sweep", str(sweep_file),
-               "--sweep-dir", str(out / "sweep"), "--jobs", str(args.jobs)]  # fmt: skip
-    done = subprocess.run(command)
-    if done.returncode not in (0, 1):  # 1: some run failed; still report the others
-        return done.returncode
-    report = analyse(out / "sweep", args.arm)
+    arms = [parse_arm(text) for text in args.arm]
+    for label, keys in arms:
+        sweep_file = out / "arms" / f"{label}.toml"
+        sweep_file.parent.mkdir(parents=True, exist_ok=True)
+        sweep_file.write_text(sweep_toml(args, keys))
+        command = [sys.executable, "-m", "lemo_nade", "sweep", str(sweep_file),
+                   "--sweep-dir", str(out / "arms" / label), "--jobs", str(args.jobs)]  # fmt: skip
+        print(f"arm {label}: {keys}", file=sys.stderr)
+        done = subprocess.run(command)
+        if done.returncode not in (0, 1):  # 1: some run failed; still report the others
+            return done.returncode
+    report = analyse(out / "arms", [label for label, _ in arms])
     report["conditions"] = {"before": before, "after": conditions()}
     (out / "discovery.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "discovery.md").write_text(markdown(report))
@@ -67,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arm", action="append", required=True,
-                        help="an architect (the run's llm), repeatable; the first is compared "
-                        "with each other one")  # fmt: skip
+                        help="an architect (the run's llm), or 'LABEL KEY=VALUE ...'; repeatable; "
+                        "the first is compared with each other one")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--setting", type=int, default=1)
     parser.add_argument("--dataset", default="digits")
@@ -82,8 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sweep_toml(args: argparse.Namespace) -> str:
-    """The sweep: the shared config as ``[base]``, ``llm`` x ``seed`` as axes."""
+def parse_arm(text: str) -> tuple[str, dict[str, str]]:
+    """``random`` -> ("random", {"llm": "random"}); ``"paper llm=offline search=paper"`` ->
+    ("paper", {"llm": "offline", "search": "paper"})."""
+    label, *pairs = text.split()
+    if not pairs:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", label), {"llm": label}
+    keys = dict(pair.partition("=")[::2] for pair in pairs)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label), keys
+
+
+def sweep_toml(args: argparse.Namespace, keys: dict[str, str]) -> str:
+    """One arm's sweep: the shared config and the arm's keys as ``[base]``, seeds as the axis."""
     base: dict[str, Any] = {"dataset": args.dataset, "setting": args.setting,
                             "iterations": args.iterations, "epochs": args.epochs}  # fmt: skip
     if args.data_dir:
@@ -91,10 +108,9 @@ def sweep_toml(args: argparse.Namespace) -> str:
     if args.max_hours:
         base["max_hours"] = args.max_hours
     lines = ["[base]"] + [f"{k} = {json.dumps(v)}" for k, v in base.items()]
-    lines += [f"{k.strip()} = {_toml_value(v.strip())}" for k, _, v in
-              (s.partition("=") for s in args.set)]  # fmt: skip
-    lines += ["", "[axes]", f"llm = {json.dumps(args.arm)}",
-              f"seed = {json.dumps(list(range(args.seeds)))}"]  # fmt: skip
+    sets = [s.partition("=")[::2] for s in args.set] + list(keys.items())
+    lines += [f"{k.strip()} = {_toml_value(v.strip())}" for k, v in sets]
+    lines += ["", "[axes]", f"seed = {json.dumps(list(range(args.seeds)))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -107,19 +123,19 @@ def _toml_value(text: str) -> str:
         return json.dumps(text)
 
 
-def analyse(sweep_dir: Path, arms: list[str]) -> dict[str, Any]:
+def analyse(arms_dir: Path, arms: list[str]) -> dict[str, Any]:
     """Every run's figures, per-arm summaries, and the first arm against each other one."""
     runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in arms}
-    for planned in read_plan(sweep_dir)["runs"]:
-        arm, seed = planned["axes"]["llm"], int(planned["axes"]["seed"])
-        path = sweep_dir / RUNS_DIR / planned["name"]
-        if arm not in runs or not (path / "run.sqlite").exists():
-            continue
-        store = RunStore.open(path)
-        try:
-            runs[arm][seed] = run_figures(store.iterations())
-        finally:
-            store.close()
+    for arm in arms:
+        for planned in read_plan(arms_dir / arm)["runs"]:
+            path = arms_dir / arm / RUNS_DIR / planned["name"]
+            if not (path / "run.sqlite").exists():
+                continue
+            store = RunStore.open(path)
+            try:
+                runs[arm][int(planned["axes"]["seed"])] = run_figures(store.iterations())
+            finally:
+                store.close()
     seeds = sorted({s for per_arm in runs.values() for s in per_arm})
     arms_out = {
         arm: {f: summary([per.get(s, {}).get(f) for s in seeds]) for f in FIGURES}

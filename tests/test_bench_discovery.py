@@ -40,6 +40,17 @@ def test_summary_and_hypervolume() -> None:
     assert hypervolume([(0.5, 1000), (0.2, 100)]) == pytest.approx(2.0 + 0.2)
 
 
+def test_arms_are_architects_or_labelled_configs() -> None:
+    from discovery import parse_arm
+
+    assert parse_arm("random") == ("random", {"llm": "random"})
+    assert parse_arm("reference:m/v.py") == ("reference_m_v.py", {"llm": "reference:m/v.py"})
+    assert parse_arm("paper llm=offline search=paper") == (
+        "paper",
+        {"llm": "offline", "search": "paper"},
+    )
+
+
 @pytest.mark.slow
 def test_the_bench_reports_a_two_arm_sweep(tmp_path: Path) -> None:
     import discovery
