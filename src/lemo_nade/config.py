@@ -121,6 +121,12 @@ class FinalProtocol(_Frozen):
     )
 
 
+SEARCHES: dict[str, dict[str, Any]] = {
+    "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True},
+    "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False},
+}
+
+
 class RunConfig(_Frozen):
     """Everything that determines a run. Stored with the run; ``resume`` reuses it."""
 
@@ -138,7 +144,11 @@ class RunConfig(_Frozen):
     priorities: Priorities
     thresholds: Thresholds = Thresholds()
     weights: Weights = Weights()
+    # `search` is a preset for the three keys after it (explicit keys override it):
+    # "paper" = Algorithm 1 as written; "discover" = the departures of the README.
+    search: Literal["paper", "discover"] = "paper"
     parent: Literal["last", "best"] = "last"
+    retrain_duplicates: bool = Field(True, description="train a model the run already trained")
     max_params: int = Field(25_000_000, ge=1000, description="offline architect's size cap")
     max_hours: float | None = Field(None, gt=0)
     candidate_timeout_s: float = Field(600.0, gt=0)
@@ -225,6 +235,15 @@ class RunConfig(_Frozen):
     max_energy_kwh: float | None = Field(
         None, gt=0, description="device kWh of all candidates, whole run"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_search(cls, data: Any) -> Any:
+        """``search`` supplies ``parent``, ``max_instructions`` and ``retrain_duplicates``;
+        explicitly given keys override it."""
+        if not isinstance(data, dict) or data.get("search") not in SEARCHES:
+            return data
+        return {**SEARCHES[data["search"]], **data}
 
     @model_validator(mode="before")
     @classmethod

@@ -36,6 +36,7 @@ REPAIRABLE = frozenset(
         Status.FAILED_BUILD,
         Status.FAILED_SHAPE,
         Status.FAILED_EXPORT,
+        Status.DUPLICATE,
     }
 )
 
@@ -150,6 +151,13 @@ def instructions_text(instructions: tuple[tuple[str, float], ...], parent_code: 
 
 UNCHANGED = "the code is the current model, unchanged"
 REPEATED = "the code is the same as an earlier attempt"
+DUPLICATE = "the code is a model this run already trained"
+
+
+def duplicate_text(idx: int, a2: float | None) -> str:
+    """Why a proposal that repeats a trained candidate is not trained again."""
+    score = f", validation accuracy {a2:.4f}" if a2 is not None else ""
+    return f"{DUPLICATE} (iteration {idx}{score}); propose a different change"
 
 
 def repeated_text(attempt: int, error: str) -> str:
@@ -247,4 +255,4 @@ def stuck(error: str) -> bool:
     """Whether an attempt was sent back for changing nothing (its parent or an earlier
     attempt, repeated). Such an exchange is not replayed to the model: a 0.5B model shown
     its own unchanged answer answered with it again, word for word, even at 0.7."""
-    return error.startswith((UNCHANGED, REPEATED))
+    return error.startswith((UNCHANGED, REPEATED, DUPLICATE))

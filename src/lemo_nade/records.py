@@ -30,6 +30,7 @@ class Status(str, enum.Enum):
     CRASHED = "crashed"  # the child died without a result (signal, hard exit)
     FAILED_EXPORT = "failed_export"  # the trained model could not be exported as a graph
     FAILED_RESULT = "failed_result"  # a child's result file was not a well-formed result
+    DUPLICATE = "duplicate"  # a model this run already trained: not trained again
 
     @property
     def ok(self) -> bool:

@@ -295,6 +295,8 @@ class Search:
             if evaluation.status not in prompts.REPAIRABLE:
                 break
             history.append((proposal.answer or prompts.fence(proposal.code), evaluation.error))
+            if evaluation.status is Status.DUPLICATE:  # the offline architects then explore
+                request = replace(request, failed_code=proposal.code)
         return Tried(tuple(attempts), tuple(calls), last)
 
     def not_the_candidates_fault(
@@ -361,6 +363,12 @@ class Search:
     def evaluate_proposal(self, proposal: Proposal, records: list[IterationRecord]) -> Evaluation:
         if proposal.rejected is not None:
             return Evaluation(Status.FAILED_EXTRACT, error=proposal.rejected)
+        twin = (
+            _trained_before(proposal.code, records) if not self.config.retrain_duplicates else None
+        )
+        if twin is not None:
+            a2 = twin.evaluation.metrics.A2 if twin.evaluation.metrics else None
+            return Evaluation(Status.DUPLICATE, error=prompts.duplicate_text(twin.idx, a2))
         job = runs.search_job(self.config, proposal.code)
         return self.evaluate(job, self.timeout_s(records), self.config.memory_limit_mb)
 
@@ -382,3 +390,9 @@ def _data_error(error: str) -> str:
     lines = error.strip().splitlines()
     last = lines[-1] if lines else "the dataset could not be loaded"
     return last.split("DatasetError: ", 1)[-1]
+
+
+def _trained_before(code: str, records: list[IterationRecord]) -> IterationRecord | None:
+    """The earlier candidate of this run that trained with exactly this code, if any: the
+    same model, split, seed and protocol give the same result, so it is not trained again."""
+    return next((r for r in records if r.status is Status.OK and r.code == code), None)
