@@ -145,3 +145,15 @@ def test_set_keys_follow_toml_so_a_quoted_name_may_hold_dots() -> None:
     assert sets == {"prices": {"gpt-4.1": [2, 8], "my-model": [0.5, 1.5]}, "seed": 3}
     cfg = build_config(sets)
     assert cfg.prices["gpt-4.1"] == (2.0, 8.0) and cfg.prices["my-model"] == (0.5, 1.5)
+
+
+def test_the_final_retrain_augments_as_the_paper_does() -> None:
+    """Sec. 4.1 augments in both phases; the search default stays off, the final is on."""
+    from lemo_nade.records import final_job
+
+    cfg = build_config({}, {})
+    assert cfg.augment is False and cfg.final.augment is True
+    job = EvalJob(code="", dataset="digits", data_dir=None, epochs=1)
+    assert final_job(job, **cfg.final.model_dump()).augment is True
+    plain = build_config({"final": {"augment": False}}, {})
+    assert final_job(job, **plain.final.model_dump()).augment is False

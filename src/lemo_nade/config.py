@@ -119,6 +119,7 @@ class FinalProtocol(_Frozen):
     early_stopping_patience: int = Field(
         40, ge=0, le=100_000, description="epochs without a lower val loss before stopping; 0 off"
     )
+    augment: bool = Field(True, description="random crop + flip (paper Sec. 4.1: both phases)")
 
 
 SEARCHES: dict[str, dict[str, Any]] = {

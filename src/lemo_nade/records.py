@@ -295,12 +295,14 @@ def final_job(
     lr: float = 0.01,
     plateau_patience: int = 20,
     early_stopping_patience: int = 40,
+    augment: bool = True,
 ) -> EvalJob:
     """The paper's final-retrain protocol for ``job``'s model, always on the full data.
 
     Paper Sec. 4.2: at most 500 epochs, batch 1024, Adam from lr 0.01, LR reduced after
     20 epochs without a lower validation loss. The early-stopping patience is not in the
-    paper; 40 (two plateaus) is our default.
+    paper; 40 (two plateaus) is our default. Augmented (random crop and flip), as the
+    paper trains in both phases (Sec. 4.1), unless ``augment`` is off.
     """
     return replace(
         job,
@@ -309,6 +311,7 @@ def final_job(
         lr=lr,
         plateau_patience=plateau_patience,
         early_stopping_patience=early_stopping_patience,
+        augment=augment,
         subset_per_class=0,
         subset_fraction=1.0,
     )

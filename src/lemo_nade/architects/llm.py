@@ -78,7 +78,8 @@ PRESETS: dict[str, Preset] = {
 # List prices in USD per 1M tokens (input, output), as published when this table was
 # written; override or extend with `prices` in the config. Unknown models cost "unknown".
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4-turbo": (10.0, 30.0),  # the paper's model
+    "gpt-4-1106-preview": (10.0, 30.0),  # the paper's model (footnote 1: GPT-4 Turbo)
+    "gpt-4-turbo": (10.0, 30.0),
     "gpt-4-turbo-preview": (10.0, 30.0),
     "gpt-4o": (2.5, 10.0),
     "gpt-4o-mini": (0.15, 0.6),
@@ -345,7 +346,7 @@ def _factory(provider: str) -> Factory:
 
 def _example(provider: str) -> str:
     return {
-        "openai": "gpt-4-turbo",
+        "openai": "gpt-4-1106-preview",
         "gemini": "gemini-1.5-pro",
         "ollama": "llama3.1",
         "vllm": "Qwen/Qwen2.5-Coder-7B-Instruct",
