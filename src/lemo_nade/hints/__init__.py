@@ -16,6 +16,7 @@ Pure: no torch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from lemo_nade.hints.edits import EDITS
@@ -79,6 +80,9 @@ def unmarked(code: str) -> tuple[str, int]:
         if inside and text.startswith(CONTINUED):
             continue
         inside = False
+        cut = _INLINE.search(line)  # moved to the end of a code line
+        if cut is not None:
+            line, removed = line[: cut.start()].rstrip(), removed + 1
         kept.append(line)
     if not removed:
         return code, 0
@@ -86,3 +90,4 @@ def unmarked(code: str) -> tuple[str, int]:
 
 
 _VERBS = ("add here:", "change the next", "delete the next", "drop the `+`")
+_INLINE = re.compile(r"\s+# TODO: (?:add here:|change the next|delete the next|drop the `\+`).*$")
