@@ -219,9 +219,8 @@ def test_the_marks_a_model_copies_into_its_answer_are_removed() -> None:
         "        )\n        self.pool",
         "            nn.Conv2d(16, 16, 3, padding=1),\n        )\n        self.pool",
     )
-    copied = copied.replace(
-        "nn.ReLU(),\n        )", "nn.ReLU(),  # TODO: add here: nn.Conv2d(16, 16),\n        )"
-    )
+    inline = "nn.BatchNorm2d(8),  # TODO: add here: nn.Conv2d(8, 8),"
+    copied = copied.replace("nn.BatchNorm2d(8),", inline, 1)
     candidate = read_answer(f"```python\n{copied}```")
     assert "TODO" not in candidate.code and "nn.Conv2d(16, 16, 3, padding=1)" in candidate.code
     assert "removed the prompt's 2 TODO comments" in candidate.note  # one moved inline
