@@ -97,14 +97,22 @@ def _delete(model: Model, layer: Layer, also: str) -> Edit | None:
     )
 
 
-def _add_conv(model: Model) -> Edit | None:
+def _same_width_block(model: Model) -> tuple[Layer, str] | None:
+    """The last conv, and a conv block that keeps its output channels (as source)."""
     last = model.of(CONV)[-1]
     c = last.width(1)
     if c is None:
         return None
-    block = f"nn.Conv2d({c}, {c}, kernel_size=3, padding=1), nn.BatchNorm2d({c}), nn.ReLU()"
+    return last, f"nn.Conv2d({c}, {c}, kernel_size=3, padding=1), nn.BatchNorm2d({c}), nn.ReLU()"
+
+
+def _add_conv(model: Model) -> Edit | None:
+    found = _same_width_block(model)
+    if found is None:
+        return None
+    last, block = found
     edit = _insert_after(model, last, block, "conv_extra", "x = self.conv_extra(x)")
-    note = f" (same {c} channels in and out, so nothing else changes)"
+    note = f" (same {last.width(1)} channels in and out, so nothing else changes)"
     return edit and Edit(edit.text + note, edit.marks)
 
 
@@ -130,13 +138,12 @@ def _remove_conv(model: Model) -> Edit | None:
 
 
 def _add_skip(model: Model) -> Edit | None:
-    last = model.of(CONV)[-1]
-    c = last.width(1)
-    if c is None:
+    found = _same_width_block(model)
+    if found is None:
         return None
-    conv = f"nn.Conv2d({c}, {c}, kernel_size=3, padding=1)"
-    block = f"nn.Sequential({conv}, nn.BatchNorm2d({c}), nn.ReLU())"
-    edit = _new_attribute(model, last.owner, "res", block, "x = x + self.res(x)", False)
+    last, block = found
+    seq = f"nn.Sequential({block})"
+    edit = _new_attribute(model, last.owner, "res", seq, "x = x + self.res(x)", False)
     note = " (a residual connection: the block's input added to its output)"
     return edit and Edit(edit.text + note, edit.marks)
 
