@@ -224,3 +224,14 @@ def test_the_marks_a_model_copies_into_its_answer_are_removed() -> None:
     candidate = read_answer(f"```python\n{copied}```")
     assert "TODO" not in candidate.code and "nn.Conv2d(16, 16, 3, padding=1)" in candidate.code
     assert "removed the prompt's 2 TODO comments" in candidate.note  # one moved inline
+
+
+def test_layers_forward_never_applies_are_not_edited() -> None:
+    """The local model defined `self.hidden` after the classifier and never used it; the
+    next edit still goes before the classifier that forward applies."""
+    unused = SEQUENTIAL.replace(
+        "        self.pool = nn.AdaptiveAvgPool2d(1)\n",
+        "        self.pool = nn.AdaptiveAvgPool2d(1)\n        self.spare = nn.Linear(99, 99)\n",
+    )
+    assert "nn.Linear(99" not in hints.hint(unused, "ADL")
+    assert hints.hint(unused, "ADL") == hints.hint(SEQUENTIAL, "ADL")

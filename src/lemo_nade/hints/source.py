@@ -90,7 +90,14 @@ class Model:
     inits: frozenset[str]  # nn.init functions called anywhere
 
     def of(self, *kinds: str) -> list[Layer]:
-        return [layer for layer in self.layers if layer.kind in kinds]
+        """The layers of these kinds that forward uses, in the order it applies them (a
+        layer defined but never applied, as small models leave behind, is not one)."""
+        used = []
+        for layer in self.layers:
+            applied = self.applied(layer.owner) if layer.kind in kinds else None
+            if applied is not None:
+                used.append((applied.line, layer.line, layer))
+        return [layer for _, _, layer in sorted(used, key=lambda u: (u[0], u[1]))]
 
     def applied(self, owner: str) -> Statement | None:
         """forward's last statement that uses ``self.<owner>``."""
