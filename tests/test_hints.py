@@ -230,8 +230,9 @@ def test_layers_forward_never_applies_are_not_edited() -> None:
     """The local model defined `self.hidden` after the classifier and never used it; the
     next edit still goes before the classifier that forward applies."""
     unused = SEQUENTIAL.replace(
-        "        self.pool = nn.AdaptiveAvgPool2d(1)\n",
-        "        self.pool = nn.AdaptiveAvgPool2d(1)\n        self.spare = nn.Linear(99, 99)\n",
+        "        )\n\n    def forward",
+        "        )\n        self.spare = nn.Linear(99, 99)\n\n    def forward",
     )
+    assert "self.spare" in unused
     assert "nn.Linear(99" not in hints.hint(unused, "ADL")
     assert hints.hint(unused, "ADL") == hints.hint(SEQUENTIAL, "ADL")
