@@ -15,7 +15,9 @@ from fake_llm import serve
 from lemo_nade.architects.llm import proposal_from_answer, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
+from lemo_nade.history import next_window
 from lemo_nade.records import ProposalRequest
+from lemo_nade.rules import DESCRIPTIONS
 from lemo_nade.runs import create_run
 from lemo_nade.search import run_search
 from lemo_nade.usage import LLMCall, Usage
@@ -53,7 +55,8 @@ def test_one_instruction_per_prompt_is_asked_stored_and_judged(
 ) -> None:
     """With ``max_instructions = 1`` the second iteration asks for Algorithm 3's first
     instruction only, as one change with its concrete edit; the first answer repeats the
-    parent and is retried at ``retry_temperature``; the verdicts cover what was asked."""
+    parent and the retry asks for the next instruction at ``retry_temperature``; the
+    verdicts cover what the trained attempt was asked."""
     monkeypatch.setenv("OLLAMA_API_KEY", "unused")
     with serve() as fake:
         fake.script = [("answer", fenced(SMALL_CNN)), ("answer", fenced(SMALL_CNN)),
@@ -64,12 +67,13 @@ def test_one_instruction_per_prompt_is_asked_stored_and_judged(
         first, second = run_search(run_dir).records
         bodies = [r["body"] for r in fake.chat_requests()]
     assert len(first.resolved_instructions) > 1, "setting 1 on 1 epoch asks for several"
-    assert second.prompt_instructions == first.resolved_instructions[:1]
+    # asked the first; the unchanged answer moved the retry on to the second
+    assert second.prompt_instructions == first.resolved_instructions[1:2]
     asked = bodies[1]["messages"][-1]["content"]
     assert "Make this one change:" in asked and "(priority" not in asked
     assert [b["temperature"] for b in bodies] == [0.0, 0.0, 0.7]
     assert len(second.evaluation.compliance) == 1
-    assert second.evaluation.compliance[0].code == first.resolved_instructions[0][0]
+    assert second.evaluation.compliance[0].code == first.resolved_instructions[1][0]
 
 
 def test_an_answer_that_repeats_a_failed_attempt_is_not_built_again() -> None:
@@ -96,11 +100,12 @@ def test_an_answer_that_repeats_a_failed_attempt_is_not_built_again() -> None:
 
 
 @pytest.mark.usefixtures("shared_sandbox")
-def test_after_a_failed_iteration_the_next_instruction_is_asked(
+def test_after_an_unchanged_answer_the_next_instruction_is_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Iteration 1 answers its parent unchanged three times and fails; iteration 2, from
-    the same parent, asks for the second instruction instead of the first again."""
+    """Iteration 1 answers its parent unchanged three times: each retry asks for the next
+    instruction, and the iteration fails; iteration 2, from the same parent, goes on from
+    the last one asked instead of asking the first again."""
     monkeypatch.setenv("OLLAMA_API_KEY", "unused")
     with serve() as fake:
         fake.script = [("answer", fenced(SMALL_CNN))] * 4 + [("answer", fenced(WIDER))]
@@ -108,6 +113,11 @@ def test_after_a_failed_iteration_the_next_instruction_is_asked(
                  "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
         run_dir = create_run(build_config({}, flags), tmp_path / "runs")
         first, failed, second = run_search(run_dir).records
+        asked = [r["body"]["messages"][1]["content"] for r in fake.chat_requests()[1:4]]
     resolved = first.resolved_instructions
-    assert failed.status.value == "failed_extract" and failed.prompt_instructions == resolved[:1]
-    assert second.prompt_instructions == resolved[1:2] and second.parent_idx == 0
+    assert len(resolved) >= 3, resolved
+    for prompt, (code, _value) in zip(asked, resolved, strict=False):
+        assert f"Make this one change: {DESCRIPTIONS[code]}" in prompt
+    assert failed.status.value == "failed_extract" and failed.prompt_instructions == resolved[2:3]
+    assert second.prompt_instructions == next_window(resolved[2:3], resolved, 1)
+    assert second.parent_idx == 0

@@ -8,10 +8,10 @@ loop (:mod:`lemo_nade.search`) makes them; nothing here depends on either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lemo_nade.records import Evaluation, Proposal, Status
+from lemo_nade.records import Evaluation, Proposal, ProposalRequest, Status
 from lemo_nade.usage import LLMCall, Usage, sum_usage
 
 
@@ -97,17 +97,37 @@ def asked(
     records: Sequence[IterationRecord], parent: IterationRecord, n: int
 ) -> tuple[tuple[str, float], ...]:
     """The instructions the next request carries: all of ``parent``'s resolved ones (Algorithm
-    3, most important first) when ``n`` is 0 (the paper), else ``n`` of them (``max_instructions``).
-    After iterations in a row that failed from this parent, the window moves on by as many:
-    asked the same thing, a 0.5B model failed the same way every iteration; asked the next
-    one, it may do that."""
-    resolved = list(parent.resolved_instructions)
-    if not n or not resolved:
-        return tuple(resolved)
-    failed = 0
-    for record in reversed(records):
-        if record.status is Status.OK or record.parent_idx != parent.idx:
-            break
-        failed += 1
-    start = failed * n % len(resolved)
-    return tuple((resolved * 2)[start : start + min(n, len(resolved))])
+    3, most important first) when ``n`` is 0 (the paper), else the first ``n`` of them
+    (``max_instructions``); after an iteration that failed from this parent, the ``n``
+    after the ones its last attempt asked: asked the same thing, a 0.5B model failed the
+    same way every iteration; asked the next one, it may do that."""
+    resolved = tuple(parent.resolved_instructions)
+    if not n:
+        return resolved
+    last = records[-1] if records else None
+    if last is not None and last.status is not Status.OK and last.parent_idx == parent.idx:
+        return next_window(last.prompt_instructions, resolved, n)
+    return resolved[:n]
+
+
+def moved_on(
+    request: ProposalRequest, resolved: Sequence[tuple[str, float]], n: int
+) -> ProposalRequest:
+    """``request`` for the next attempt after an answer that changed nothing: asking the
+    next ``n`` of ``resolved`` (:func:`next_window`); unchanged when ``n`` is 0."""
+    if not n:
+        return request
+    return replace(request, instructions=next_window(request.instructions, resolved, n))
+
+
+def next_window(
+    current: Sequence[tuple[str, float]], resolved: Sequence[tuple[str, float]], n: int
+) -> tuple[tuple[str, float], ...]:
+    """The ``n`` of ``resolved`` after ``current`` (wrapping round); the first ``n`` when
+    ``current`` is not among them; all of them when there are no more than ``n``."""
+    items = list(resolved)
+    if len(items) <= n:
+        return tuple(items)
+    start = items.index(current[0]) if current and current[0] in items else -n
+    nxt = (start + n) % len(items)
+    return tuple((items * 2)[nxt : nxt + n])

@@ -16,7 +16,6 @@ Pure main-process side: no torch import (the sandbox child does the training).
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,54 +27,22 @@ from lemo_nade import compliance, prompts, rules, runs, sandbox
 from lemo_nade.architects import Architect, ArchitectUnavailable
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.datasets import resolve_dataset
-from lemo_nade.history import Attempt, IterationRecord, asked, best_of, elapsed_s, totals
+from lemo_nade.history import (
+    Attempt,
+    IterationRecord,
+    asked,
+    best_of,
+    elapsed_s,
+    moved_on,
+    totals,
+)
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
+from lemo_nade.stops import Stop, StopReason
 from lemo_nade.store import RunStore
 from lemo_nade.usage import LLMCall, sum_usage
 
 Evaluator = Callable[[EvalJob, float, "int | None"], Evaluation]
-
-
-class StopReason(str, enum.Enum):
-    """Why a search stopped: its length or a budget ran out (Algorithm 1, line 21), or it
-    cannot go on until something outside it is fixed (the LLM, the data)."""
-
-    ITERATIONS = "iterations"
-    MAX_HOURS = "max_hours"
-    MAX_ENERGY_KWH = "max_energy_kwh"
-    MAX_TOKENS = "max_tokens"
-    MAX_COST_USD = "max_cost_usd"
-    LLM_UNAVAILABLE = "llm_unavailable"
-    DATA_ERROR = "data_error"
-
-
-_WITH_DETAIL = (StopReason.LLM_UNAVAILABLE, StopReason.DATA_ERROR)
-
-
-@dataclass(frozen=True)
-class Stop:
-    """A stop reason and, for the LLM and the data, their one-line message."""
-
-    reason: StopReason
-    detail: str = ""
-
-    def __str__(self) -> str:
-        """The run's stored reason and what the CLI prints: ``iterations``, ``max_hours``,
-        ``llm_unavailable: MESSAGE``, ``data_error: MESSAGE``."""
-        if self.reason in _WITH_DETAIL:
-            return f"{self.reason.value}: {self.detail}"
-        return self.reason.value
-
-    @property
-    def budget(self) -> bool:
-        """Whether a budget (one of ``runs.BUDGETS``) ended the run: resume can raise it."""
-        return self.reason.value in runs.BUDGETS
-
-    @property
-    def external(self) -> bool:
-        """Whether the run stopped for something outside its candidates (LLM, data)."""
-        return self.reason in _WITH_DETAIL
 
 
 @dataclass(frozen=True)
@@ -167,6 +134,7 @@ class Tried:
     calls: tuple[LLMCall, ...] = ()
     last: tuple[Proposal, Evaluation] | None = None
     stop: Stop | None = None
+    request: ProposalRequest | None = None  # the last attempt's (its instructions may differ)
 
 
 @dataclass(frozen=True)
@@ -237,11 +205,12 @@ class Search:
         started = time.time()
         request, parent_idx = self.request(idx, records)
         self.progress.on_start(idx, request)
-        tried = self.propose(request, records)
+        parent = next((r for r in records if r.idx == parent_idx), None)
+        tried = self.propose(request, records, parent.resolved_instructions if parent else ())
         if tried.last is None:
             return None, tried.stop
         judged = self.judge(tried.last[1])
-        record = self.record(request, parent_idx, started, tried, judged)
+        record = self.record(tried.request or request, parent_idx, started, tried, judged)
         self.progress.on_end(record, best_of([*records, record]))
         return record, tried.stop
 
@@ -268,10 +237,17 @@ class Search:
         )
         return request, parent.idx if parent else None
 
-    def propose(self, request: ProposalRequest, records: list[IterationRecord]) -> Tried:
+    def propose(
+        self,
+        request: ProposalRequest,
+        records: list[IterationRecord],
+        resolved: tuple[tuple[str, float], ...] = (),
+    ) -> Tried:
         """Propose and evaluate; while the code never got to train (no code, syntax,
         policy, build or shape failure: ``prompts.REPAIRABLE``) send the error back for a
-        repair, up to ``max_repairs`` times. Every attempt is kept."""
+        repair, up to ``max_repairs`` times. Every attempt is kept. With
+        ``max_instructions`` set, an answer that changed nothing moves the request on to
+        the next of the parent's ``resolved`` instructions (:func:`history.moved_on`)."""
         attempts: list[Attempt] = []
         calls: list[LLMCall] = []
         history: list[tuple[str, str]] = []
@@ -297,7 +273,9 @@ class Search:
             history.append((proposal.answer or prompts.fence(proposal.code), evaluation.error))
             if evaluation.status is Status.DUPLICATE:  # the offline architects then explore
                 request = replace(request, failed_code=proposal.code)
-        return Tried(tuple(attempts), tuple(calls), last)
+            elif prompts.stuck(evaluation.error) and number < self.config.max_repairs:
+                request = moved_on(request, resolved, self.config.max_instructions)
+        return Tried(tuple(attempts), tuple(calls), last, request=request)
 
     def not_the_candidates_fault(
         self, idx: int, evaluation: Evaluation, records: list[IterationRecord]
