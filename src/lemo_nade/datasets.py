@@ -2,10 +2,10 @@
 the official checksums, and the checks that can be done before any child process starts.
 Loading pixels lives in ``engine.loaders``. No torch here.
 
-Every dataset except the built-in ``digits`` is read from a local directory in its
-original distribution format; nothing is downloaded. ``--data-dir DIR`` may name the
-directory that holds the extracted folder (``DIR/cifar-10-batches-py/...``) or that
-folder itself (``DIR/data_batch_1``).
+Every dataset except the built-in ``digits`` and ``shifted-digits`` is read from a local
+directory in its original distribution format; nothing is downloaded. ``--data-dir DIR``
+may name the directory that holds the extracted folder (``DIR/cifar-10-batches-py/...``)
+or that folder itself (``DIR/data_batch_1``).
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ class DatasetInfo:
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _IMAGENET16_URL = "https://image-net.org/download-images (Downsampled ImageNet, 16x16)"
 
+SHIFTED = "shifted-digits"  # built: the shipped digits on a 16x16 canvas (engine.shifted)
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10, needs_data_dir=False),
+    SHIFTED: DatasetInfo(SHIFTED, (1, 16, 16), 10, needs_data_dir=False),
     "cifar10": DatasetInfo(
         "cifar10",
         (3, 32, 32),

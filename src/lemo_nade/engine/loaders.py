@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 
 from lemo_nade.datasets import (
     DATASETS,
+    SHIFTED,
     DatasetError,
     DatasetInfo,
     builtin_path,
@@ -39,6 +40,7 @@ from lemo_nade.datasets import (
     dataset_folder,
     read_npz,
 )
+from lemo_nade.engine.shifted import shift
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ def load(dataset: str, data_dir: str | None) -> RawData:
     name = canonical(dataset)
     if name == "digits":
         return _load_npz(builtin_path("digits"), DATASETS["digits"].num_classes)
+    if name == SHIFTED:
+        digits = _load_npz(builtin_path("digits"), DATASETS["digits"].num_classes)
+        x_train, x_test = (
+            shift(x.numpy(), split)
+            for x, split in ((digits.x_train, "train"), (digits.x_test, "test"))
+        )
+        return replace(digits, x_train=torch.from_numpy(x_train), x_test=torch.from_numpy(x_test))
     info = DATASETS.get(name)
     if info is None or name not in _LOADERS:
         raise DatasetError(f"dataset: the engine cannot load {dataset!r}")
