@@ -75,7 +75,9 @@ def test_an_untidy_answer_trains_in_a_real_run(tmp_path: Path) -> None:
     with serve() as fake:
         fake.script = [("answer", fixture("handmade_main_block.md"))]
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 1}
-        run_dir = create_run(build_config({}, {**flags, "epochs": 1}), tmp_path / "runs")
+        run_dir = create_run(
+            build_config({}, {**flags, "epochs": 1, "dataset": "digits"}), tmp_path / "runs"
+        )
         (rec,) = run_search(run_dir).records
     assert [a.status for a in rec.attempts] == [Status.OK], rec.attempts
     assert rec.code == read_answer(fixture("handmade_main_block.md")).code

@@ -96,6 +96,7 @@ def test_registry_shapes_and_classes() -> None:
     shapes = {name: (i.input_shape, i.num_classes) for name, i in DATASETS.items()}
     assert shapes == {
         "digits": ((1, 8, 8), 10),
+        "shifted-digits": ((1, 16, 16), 10),
         "cifar10": ((3, 32, 32), 10),
         "cifar100": ((3, 32, 32), 100),
         "imagenet16-120": ((3, 16, 16), 120),
@@ -152,7 +153,8 @@ def test_no_data_dir_or_not_a_directory(tmp_path: Path) -> None:
         resolve_dataset("cifar100", None)
     with pytest.raises(DatasetError, match="is not a directory"):
         resolve_dataset("cifar10", str(tmp_path / "nope"))
-    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; allowed: digits, cifar10"):
+    allowed = "allowed: digits, shifted-digits, cifar10"
+    with pytest.raises(DatasetError, match=f"unknown dataset 'mnist'; {allowed}"):
         resolve_dataset("mnist", None)
 
 

@@ -58,6 +58,8 @@ def config(fake: FakeLLM, **extra: Any) -> RunConfig:
         "seed": 2,
         "llm_retries": 1,
         "llm_timeout_s": 5.0,
+        "dataset": "digits",  # the scripted answers are 8x8 models
+        "search": "paper",
         **extra,
     }
     return build_config({}, flags)

@@ -39,7 +39,8 @@ def test_retrain_writes_test_accuracy_and_records_it(run_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc == json.loads((run_dir / "retrain.json").read_text())
-    assert 0.0 < doc["test_accuracy"] <= 1.0 and doc["test_images"] == 359  # digits' test set
+    # the default dataset, shifted-digits: the digits test set, moved and noised
+    assert 0.0 < doc["test_accuracy"] <= 1.0 and doc["test_images"] == 359
     assert doc["epochs"] == 3 and doc["resumed_from_epoch"] == 0
     assert doc["protocol"]["batch_size"] == 1024 and doc["protocol"]["lr"] == 0.01
     assert doc["fps"] > 0 and doc["inference_kwh_pue_per_image"] > 0
@@ -190,7 +191,8 @@ def test_export_formats_load_in_a_fresh_process(run_dir: Path) -> None:
         card = json.loads(result.stdout)
         folder = run_dir / "export" / fmt
         assert card["export_check"]["max_abs_diff"] < 1e-4
-        assert json.loads((folder / "preprocess.json").read_text())["input_shape"] == [1, 8, 8]
+        shape = json.loads((folder / "preprocess.json").read_text())["input_shape"]
+        assert shape == [1, 16, 16]  # the default dataset, shifted-digits
         assert card["metrics"]["test_accuracy"] is not None
         done = subprocess.run(
             [sys.executable, "-c", LOADERS[fmt] + CHECK, str(folder)],

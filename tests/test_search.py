@@ -82,7 +82,12 @@ def architect(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedArchitect]:
 
 
 def new_run(tmp_path: Path, **settings: Any) -> Path:
-    return runs.create_run(build_config({"iterations": 3, "epochs": 1, **settings}), tmp_path)
+    return runs.create_run(
+        build_config(
+            {"iterations": 3, "epochs": 1, "dataset": "digits", "search": "paper", **settings}
+        ),
+        tmp_path,
+    )
 
 
 def stored(run_dir: Path) -> tuple[tuple[str, str], list[str]]:

@@ -16,7 +16,7 @@ pytest_plugins = ["sandbox_fixtures"]
 
 
 def test_the_presets_and_explicit_keys() -> None:
-    paper = build_config({}, {})
+    paper = build_config({}, {"search": "paper"})
     assert (paper.search, paper.parent, paper.max_instructions, paper.retrain_duplicates) == (
         "paper",
         "last",
@@ -24,6 +24,7 @@ def test_the_presets_and_explicit_keys() -> None:
         True,
     )
     found = build_config({}, {"search": "discover"})
+    assert build_config({}, {}) == found  # the default
     assert (found.parent, found.max_instructions, found.retrain_duplicates) == ("best", 2, False)
     mixed = build_config({"search": "discover"}, {"parent": "last"})
     assert (mixed.parent, mixed.max_instructions) == ("last", 2)
@@ -55,14 +56,17 @@ def test_a_model_already_trained_is_not_trained_again(
     wider = SMALL_CNN.replace("nn.Conv2d(1, 8,", "nn.Conv2d(1, 16,").replace("(8 *", "(16 *")
     architect = Repeats(SMALL_CNN, wider)
     monkeypatch.setattr(runs, "architect_for", lambda *a, **k: architect)
-    cfg = build_config({}, {"search": "discover", "iterations": 2, "epochs": 1})
+    cfg = build_config({}, {"iterations": 2, "epochs": 1, "dataset": "digits"})
     run_dir = create_run(cfg, tmp_path / "runs")
     first, second = run_search(run_dir).records
     assert [a.status for a in second.attempts] == [Status.DUPLICATE, Status.OK]
     assert "already trained (iteration 0" in second.attempts[0].error
     assert second.code == wider and first.code == SMALL_CNN
     architect.requests.clear()
-    paper = create_run(build_config({}, {"iterations": 2, "epochs": 1}), tmp_path / "paper")
+    paper = create_run(
+        build_config({}, {"iterations": 2, "epochs": 1, "dataset": "digits", "search": "paper"}),
+        tmp_path / "paper",
+    )
     again = run_search(paper).records
     assert again[0].code == again[1].code == SMALL_CNN  # the paper retrains it
     assert [a.status for a in again[1].attempts] == [Status.OK]

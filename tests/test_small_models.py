@@ -62,7 +62,8 @@ def test_one_instruction_per_prompt_is_asked_stored_and_judged(
         fake.script = [("answer", fenced(SMALL_CNN)), ("answer", fenced(SMALL_CNN)),
                        ("answer", fenced(WIDER))]  # fmt: skip
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 2,
-                 "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
+                 "epochs": 1, "max_instructions": 1, "setting": 1, "dataset": "digits",
+                 "search": "paper"}  # fmt: skip
         run_dir = create_run(build_config({}, flags), tmp_path / "runs")
         first, second = run_search(run_dir).records
         bodies = [r["body"] for r in fake.chat_requests()]
@@ -110,7 +111,8 @@ def test_after_an_unchanged_answer_the_next_instruction_is_asked(
     with serve() as fake:
         fake.script = [("answer", fenced(SMALL_CNN))] * 4 + [("answer", fenced(WIDER))]
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 3,
-                 "epochs": 1, "max_instructions": 1, "setting": 1}  # fmt: skip
+                 "epochs": 1, "max_instructions": 1, "setting": 1, "dataset": "digits",
+                 "search": "paper"}  # fmt: skip
         run_dir = create_run(build_config({}, flags), tmp_path / "runs")
         first, failed, second = run_search(run_dir).records
         asked = [r["body"]["messages"][1]["content"] for r in fake.chat_requests()[1:4]]
