@@ -6,10 +6,10 @@ One module per group of commands; importing them registers the commands on
 
 from __future__ import annotations
 
-from lemo_nade.cli import discover, results, sweeps
+from lemo_nade.cli import discover, results, sweeps, ui
 from lemo_nade.cli.app import app
 
-__all__ = ["app", "discover", "main", "results", "sweeps"]
+__all__ = ["app", "discover", "main", "results", "sweeps", "ui"]
 
 
 def main() -> None:

@@ -1,0 +1,200 @@
+// lemo-nade ui: the runs list, a run page and a sweep page, each kept current by polling
+// its JSON endpoint (a run page sends the version it has; an unchanged run answers in a
+// few bytes). Text goes into the DOM with text nodes only.
+"use strict";
+
+(function () {
+  const el = window.LemoDetail.el;
+  const Plots = window.LemoPlots;
+  const app = document.getElementById("app");
+  const live = document.getElementById("live");
+  const RUN_POLL_MS = 1000, LIST_POLL_MS = 2000;
+
+  function num(v, digits) {
+    if (v === null || v === undefined) return "—";
+    if (typeof v !== "number") return String(v);
+    if (Number.isInteger(v) && Math.abs(v) >= 1000) return v.toLocaleString("en-US");
+    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) return v.toExponential(2);
+    return Number.isInteger(v) ? String(v) : v.toFixed(digits === undefined ? 3 : digits);
+  }
+  const pct = (v) => (v === null || v === undefined ? "—" : (100 * v).toFixed(2) + "%");
+  const list = (v) => (v && v.length ? v.join(" ") : "—");
+
+  function setLive(ok, text) {
+    live.textContent = text;
+    live.className = ok ? "live" : "live stale";
+  }
+
+  async function getJSON(url) {
+    const res = await fetch(url, { cache: "no-store" });
+    const doc = await res.json();
+    if (!res.ok) throw new Error(doc.error || res.statusText);
+    return doc;
+  }
+
+  // Call `tick` now and every `ms`, showing whether the last poll worked.
+  function poll(tick, ms) {
+    async function once() {
+      try {
+        await tick();
+        setLive(true, "live · " + new Date().toLocaleTimeString());
+      } catch (err) {
+        setLive(false, "not updating: " + err.message);
+      }
+      setTimeout(once, ms);
+    }
+    once();
+  }
+
+  function table(columns, rows, opts) {
+    const head = el("tr", {}, ...columns.map((c) => el("th", {}, c[0])));
+    const body = rows.map((r) => {
+      const attrs = opts && opts.rowAttrs ? opts.rowAttrs(r) : {};
+      return el("tr", attrs, ...columns.map((c) => {
+        const v = c[1](r);
+        return el("td", c[2] ? { class: c[2] } : {}, v instanceof Node ? v : String(v));
+      }));
+    });
+    return el("table", opts && opts.id ? { id: opts.id } : {}, el("thead", {}, head), el("tbody", {}, ...body));
+  }
+
+  const status = (r) => el("span", { class: "status-" + r.status }, r.status);
+  const link = (href, text) => el("a", { href }, text);
+
+  // -- the runs list ---------------------------------------------------------------------
+
+  const RUN_COLUMNS = [
+    ["run", (r) => link("/run?run=" + encodeURIComponent(r.key), r.run_id || r.dir), "text"],
+    ["status", status, "text"],
+    ["dataset", (r) => r.dataset || "—", "text"],
+    ["architect", (r) => r.architect || "—", "text"],
+    ["setting", (r) => num(r.setting)],
+    ["iterations", (r) => (r.iterations_planned ? `${r.iterations_done} / ${r.iterations_planned}` : "—")],
+    ["best CM", (r) => num(r.best_cm)],
+    ["best val acc", (r) => pct(r.best_accuracy)],
+    ["energy kWh-PUE", (r) => num(r.energy_kwh_pue) + (r.energy_source ? ` (${r.energy_source})` : "")],
+    ["note", (r) => r.error || r.reason || "", "text"],
+  ];
+
+  function runsPage() {
+    document.title = "lemo-nade: runs";
+    poll(async () => {
+      const doc = await getJSON("/api/runs");
+      const parts = [el("h1", {}, "Runs"), el("p", { class: "meta" }, "from " + doc.dirs.join(", "))];
+      parts.push(doc.runs.length ? table(RUN_COLUMNS, doc.runs, { id: "runs" }) : el("p", { class: "empty" }, "no runs yet"));
+      if (doc.sweeps.length) {
+        parts.push(el("h2", {}, "Sweeps"));
+        parts.push(el("ul", {}, ...doc.sweeps.map((s) => el("li", {}, link("/sweep?sweep=" + encodeURIComponent(s.key), s.dir)))));
+      }
+      app.replaceChildren(...parts);
+    }, LIST_POLL_MS);
+  }
+
+  // -- a run ---------------------------------------------------------------------------
+
+  const ITER_COLUMNS = [
+    ["#", (r) => (r.best ? "★ " : "") + r.iteration],
+    ["parent", (r) => (r.parent === null ? "—" : "#" + r.parent)],
+    ["status", status, "text"],
+    ["A1", (r) => pct(r.A1)],
+    ["A2", (r) => pct(r.A2)],
+    ["params", (r) => num(r.P)],
+    ["FLOPs/img", (r) => num(r.flops_per_image)],
+    ["FPS", (r) => num(r.F, 0)],
+    ["E1 kWh", (r) => num(r.E1_kwh)],
+    ["E2 kWh", (r) => num(r.E2_kwh)],
+    ["energy", (r) => r.energy_source || "—", "text"],
+    ["CM", (r) => num(r.CM)],
+    ["instructions", (r) => list(r.instructions_in), "text"],
+    ["followed", (r) => r.instructions_followed || "—", "text"],
+    ["error", (r) => r.error || "", "text error"],
+  ];
+
+  function runMeta(run, doc) {
+    const items = [
+      `status: ${run.status}${run.reason ? " (" + run.reason + ")" : ""}`,
+      `dataset: ${run.dataset || "—"}`, `architect: ${run.architect || "—"}`,
+      `setting: ${num(run.setting)}`,
+      `iterations: ${run.iterations_done ?? 0} / ${run.iterations_planned ?? "?"}`,
+      `best CM: ${num(run.best_cm)}`, `best val acc: ${pct(run.best_accuracy)}`,
+      `energy: ${num(run.energy_kwh_pue)} kWh-PUE`,
+    ];
+    if (doc.llm && doc.llm.llm_calls) items.push(`LLM: ${doc.llm.llm_calls} calls, ${doc.llm.llm_tokens} tokens`);
+    if (doc.follow_rate !== null && doc.follow_rate !== undefined) items.push(`instructions followed: ${pct(doc.follow_rate)}`);
+    return el("p", { class: "meta", id: "meta" }, ...items.map((t) => el("span", {}, t)));
+  }
+
+  function runPlots(doc, select) {
+    const ok = doc.rows.filter((r) => r.CM !== null);
+    const acc = doc.rows.filter((r) => r.A2 !== null);
+    const front = new Set(doc.pareto);
+    const best = new Set(doc.rows.filter((r) => r.best).map((r) => r.iteration));
+    return el("div", { class: "plots", id: "plots" },
+      Plots.line("CM per iteration", [{ name: "CM", points: ok.map((r) => [r.iteration, r.CM, r.iteration]) }], ["iteration", "CM"], select),
+      Plots.line("accuracy per iteration", [
+        { name: "A1 train", points: doc.rows.filter((r) => r.A1 !== null).map((r) => [r.iteration, r.A1, r.iteration]) },
+        { name: "A2 val", points: acc.map((r) => [r.iteration, r.A2, r.iteration]) },
+      ], ["iteration", "accuracy"], select),
+      Plots.scatter("validation accuracy vs parameters",
+        acc.filter((r) => r.P).map((r) => ({ x: r.P, y: r.A2, id: r.iteration, front: front.has(r.iteration) })),
+        ["parameters", "A2"], select),
+      Plots.lineage("lineage", doc.lineage.map((n) => ({
+        id: n.child, parent: n.parent, ok: n.status === "ok",
+        best: best.has(n.child),
+        label: `#${n.child} ${n.status}` + (n.parent === null ? "" : ` ← #${n.parent} via ${list(n.instructions)}`),
+      })), select));
+  }
+
+  function runPage(key) {
+    let version = "", selected = null, last = null;
+    const detail = el("div", { id: "detail" }, el("p", { class: "empty" }, "click an iteration for its code, diff and error"));
+    const select = (i) => {
+      selected = i;
+      if (last) render(last);
+      window.LemoDetail.show(detail, key, i);
+    };
+    function render(doc) {
+      const run = doc.run;
+      document.title = "lemo-nade: " + (run.run_id || run.dir);
+      const rows = table(ITER_COLUMNS, doc.rows, {
+        id: "iterations",
+        rowAttrs: (r) => ({
+          class: "clickable" + (r.best ? " best" : "") + (r.iteration === selected ? " selected" : ""),
+          "data-iteration": r.iteration, onclick: () => select(r.iteration),
+        }),
+      });
+      const parts = [el("h1", {}, "Run " + (run.run_id || run.dir)), runMeta(run, doc)];
+      if (run.error) parts.push(el("p", { class: "status-unreadable" }, run.error));
+      parts.push(runPlots(doc, select), el("h2", {}, "Iterations"), rows, detail);
+      app.replaceChildren(...parts);
+    }
+    poll(async () => {
+      const doc = await getJSON(`/api/run?run=${encodeURIComponent(key)}&v=${encodeURIComponent(version)}`);
+      if (doc.unchanged) return;
+      version = doc.version;
+      last = doc;
+      render(doc);
+      if (selected !== null && doc.run.status === "running") window.LemoDetail.show(detail, key, selected);
+    }, RUN_POLL_MS);
+  }
+
+  // -- a sweep ---------------------------------------------------------------------------
+
+  function sweepPage(key) {
+    poll(async () => {
+      const doc = await getJSON("/api/sweep?sweep=" + encodeURIComponent(key));
+      document.title = "lemo-nade: sweep " + doc.dir;
+      const columns = [
+        ["run", (r) => link("/run?run=" + encodeURIComponent(r.key), r.run), "text"],
+        ...doc.axes.map((a) => [a, (r) => num(r[a]), "text"]),
+        ...RUN_COLUMNS.slice(1),
+      ];
+      app.replaceChildren(el("h1", {}, "Sweep " + doc.dir), table(columns, doc.rows, { id: "sweep" }));
+    }, LIST_POLL_MS);
+  }
+
+  const params = new URLSearchParams(location.search);
+  if (location.pathname === "/run") runPage(params.get("run") || "");
+  else if (location.pathname === "/sweep") sweepPage(params.get("sweep") || "");
+  else runsPage();
+})();

@@ -1,0 +1,156 @@
+// lemo-nade ui: small inline-SVG plots, drawn with DOM calls only (labels are text
+// nodes, never markup), so no plotting library and no request leaves this server.
+"use strict";
+
+window.LemoPlots = (function () {
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 420, H = 260, M = { l: 52, r: 12, t: 22, b: 36 };
+
+  function svgEl(name, attrs, text) {
+    const e = document.createElementNS(NS, name);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = String(text);
+    return e;
+  }
+
+  function tip(node, text) {
+    node.appendChild(svgEl("title", {}, text));
+    return node;
+  }
+
+  function frame(title) {
+    const svg = svgEl("svg", { class: "plot", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+    svg.appendChild(svgEl("text", { x: W / 2, y: 14, "text-anchor": "middle" }, title));
+    return svg;
+  }
+
+  function extent(values, pad) {
+    let lo = Math.min(...values), hi = Math.max(...values);
+    if (!isFinite(lo) || !isFinite(hi)) { lo = 0; hi = 1; }
+    if (lo === hi) { lo -= pad || 0.5; hi += pad || 0.5; }
+    return [lo, hi];
+  }
+
+  function scale(lo, hi, a, b, log) {
+    const f = log ? Math.log10 : (v) => v;
+    const l = f(lo), h = f(hi);
+    return (v) => a + ((f(v) - l) / (h - l)) * (b - a);
+  }
+
+  function ticks(lo, hi, log) {
+    if (log) {
+      const out = [];
+      for (let p = Math.floor(Math.log10(lo)); p <= Math.ceil(Math.log10(hi)); p++) {
+        const v = Math.pow(10, p);
+        if (v >= lo && v <= hi) out.push(v);
+      }
+      return out.length ? out : [lo, hi];
+    }
+    const step = (hi - lo) / 4;
+    return [0, 1, 2, 3, 4].map((i) => lo + i * step);
+  }
+
+  function short(v) {
+    const a = Math.abs(v);
+    if (a >= 1e6) return (v / 1e6).toPrecision(3) + "M";
+    if (a >= 1e3) return (v / 1e3).toPrecision(3) + "k";
+    return a >= 10 || v === 0 ? v.toFixed(0) : v.toPrecision(2);
+  }
+
+  // Axes with grid lines; returns the x and y scales.
+  function axes(svg, xr, yr, labels, xlog) {
+    const x = scale(xr[0], xr[1], M.l, W - M.r, xlog);
+    const y = scale(yr[0], yr[1], H - M.b, M.t);
+    for (const v of ticks(xr[0], xr[1], xlog)) {
+      svg.appendChild(svgEl("line", { class: "grid", x1: x(v), x2: x(v), y1: M.t, y2: H - M.b }));
+      svg.appendChild(svgEl("text", { x: x(v), y: H - M.b + 13, "text-anchor": "middle" }, short(v)));
+    }
+    for (const v of ticks(yr[0], yr[1], false)) {
+      svg.appendChild(svgEl("line", { class: "grid", x1: M.l, x2: W - M.r, y1: y(v), y2: y(v) }));
+      svg.appendChild(svgEl("text", { x: M.l - 4, y: y(v) + 4, "text-anchor": "end" }, short(v)));
+    }
+    svg.appendChild(svgEl("line", { class: "axis", x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b }));
+    svg.appendChild(svgEl("line", { class: "axis", x1: M.l, x2: M.l, y1: M.t, y2: H - M.b }));
+    svg.appendChild(svgEl("text", { x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle" }, labels[0]));
+    svg.appendChild(svgEl("text", { x: 10, y: M.t - 8 }, labels[1]));
+    return { x, y };
+  }
+
+  // series: [{name, points: [[x, y, id], ...]}]; onClick(id) for a point.
+  function line(title, series, labels, onClick) {
+    const svg = frame(title);
+    const all = series.flatMap((s) => s.points);
+    if (!all.length) {
+      svg.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+      return svg;
+    }
+    const { x, y } = axes(svg, extent(all.map((p) => p[0])), extent(all.map((p) => p[1]), 0.05), labels);
+    series.forEach((s, n) => {
+      const d = s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+      svg.appendChild(svgEl("polyline", { class: `line s${n}`, points: d }));
+      for (const p of s.points) {
+        const dot = svgEl("circle", { class: `dot s${n}`, cx: x(p[0]), cy: y(p[1]), r: 3.5 });
+        tip(dot, `#${p[2]} ${s.name} ${p[1].toPrecision(4)}`);
+        if (onClick) dot.addEventListener("click", () => onClick(p[2]));
+        svg.appendChild(dot);
+      }
+      svg.appendChild(svgEl("text", { x: W - M.r - 4, y: M.t + 12 + 13 * n, "text-anchor": "end", class: `s${n}` }, s.name));
+    });
+    return svg;
+  }
+
+  // points: [{x, y, id, front}]; the front is drawn as a dashed step line.
+  function scatter(title, points, labels, onClick) {
+    const svg = frame(title);
+    const good = points.filter((p) => p.x > 0 && isFinite(p.y));
+    if (!good.length) {
+      svg.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+      return svg;
+    }
+    const xr = extent(good.map((p) => p.x));
+    if (xr[0] <= 0) xr[0] = 1;
+    const xlog = xr[1] / xr[0] > 20;
+    const xs = xlog ? [xr[0] / 1.3, xr[1] * 1.3] : xr;
+    const { x, y } = axes(svg, xs, extent(good.map((p) => p.y), 0.05), labels, xlog);
+    const front = good.filter((p) => p.front).sort((a, b) => a.x - b.x);
+    if (front.length > 1) {
+      const d = front.map((p) => `${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`).join(" ");
+      svg.appendChild(svgEl("polyline", { class: "front", points: d }));
+    }
+    for (const p of good) {
+      const dot = svgEl("circle", { class: "dot s0" + (p.front ? " on-front" : ""), cx: x(p.x), cy: y(p.y), r: 4 });
+      tip(dot, `#${p.id}: ${p.y.toPrecision(4)} at ${p.x} params${p.front ? " (Pareto front)" : ""}`);
+      if (onClick) dot.addEventListener("click", () => onClick(p.id));
+      svg.appendChild(dot);
+    }
+    return svg;
+  }
+
+  // nodes: [{id, parent, ok, best, label}]; x by iteration, y by generation.
+  function lineage(title, nodes, onClick) {
+    const svg = frame(title);
+    if (!nodes.length) return svg;
+    const depth = {};
+    for (const n of nodes) depth[n.id] = n.parent !== null && n.parent in depth ? depth[n.parent] + 1 : 0;
+    const maxId = Math.max(...nodes.map((n) => n.id), 1);
+    const maxDepth = Math.max(...Object.values(depth), 1);
+    const x = (i) => M.l + (i / maxId) * (W - M.l - M.r);
+    const y = (d) => M.t + 8 + (d / maxDepth) * (H - M.t - M.b - 8);
+    for (const n of nodes) {
+      if (n.parent === null || !(n.parent in depth)) continue;
+      const d = `M${x(n.parent)},${y(depth[n.parent])} L${x(n.id)},${y(depth[n.id])}`;
+      svg.appendChild(svgEl("path", { class: "edge", d }));
+    }
+    for (const n of nodes) {
+      const cls = n.best ? "node-best" : n.ok ? "node-ok" : "node-bad";
+      const dot = svgEl("circle", { class: `dot ${cls}`, cx: x(n.id), cy: y(depth[n.id]), r: 5 });
+      tip(dot, n.label);
+      if (onClick) dot.addEventListener("click", () => onClick(n.id));
+      svg.appendChild(dot);
+    }
+    svg.appendChild(svgEl("text", { x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle" }, "iteration →   generation ↓"));
+    return svg;
+  }
+
+  return { line, scatter, lineage };
+})();

@@ -1,0 +1,117 @@
+"""`lemo-nade ui` in a real browser (headless Chromium through Selenium): the run page
+renders its table and SVG plots under the strict CSP, an iteration committed while the
+page is open appears without a reload, and hostile text shows as literal text.
+
+Skips, saying what is missing, without selenium, chromium or chromedriver (Debian:
+``apt-get install chromium chromium-driver``; ``pip install selenium``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lemo_nade.store import RunStore
+from lemo_nade.ui import make_server
+from test_report import CHAIN, make_run, record
+from test_ui import HOSTILE, hostile_record
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+SHOWN = "<script>alert('x')</script> red &amp; done\\x07"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip(
+            "chromium or chromedriver not installed (apt-get install chromium chromium-driver)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    with tempfile.TemporaryDirectory(prefix="lemo-ui-chromium-") as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    run_dir = make_run(tmp_path / "runs" / "run-a", [*CHAIN, hostile_record(5, 4)])
+    server = make_server([run_dir.parent], "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", run_dir
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def rows(driver: Any) -> list[Any]:
+    return list(driver.find_elements(By.CSS_SELECTOR, "#iterations tbody tr"))
+
+
+def test_run_page_renders_updates_live_and_shows_hostile_text_as_text(
+    browser: Any, served: tuple[str, Path]
+) -> None:
+    base, run_dir = served
+    browser.get(f"{base}/run?run=0/run-a")
+    wait = WebDriverWait(browser, 10)
+    wait.until(lambda d: len(rows(d)) == 6)
+    cells = [td.text for td in rows(browser)[3].find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == "★ 3" and cells[2] == "ok" and cells[4] == "90.00%"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#plots svg")) == 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#plots svg circle")) >= 10
+
+    # hostile text: literal in the table, never run (no alert, no extra script element)
+    assert rows(browser)[5].find_elements(By.CSS_SELECTOR, "td.error")[0].text == SHOWN
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    assert len(browser.find_elements(By.TAG_NAME, "script")) == 3
+    rows(browser)[5].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail pre.error-text"))
+    assert browser.find_element(By.CSS_SELECTOR, "#detail pre.error-text").text == SHOWN
+    assert "\x1b" not in browser.page_source and "[31m" not in browser.page_source
+    assert HOSTILE not in browser.page_source
+
+    # a committed iteration appears within 5 s, without a reload
+    browser.execute_script("window.notReloaded = true;")
+    with RunStore.open(run_dir, writer=True) as store:
+        store.record_iteration(record(6, 3, 0.95, params=15000))
+        start = time.monotonic()
+        WebDriverWait(browser, 5, poll_frequency=0.1).until(lambda d: len(rows(d)) == 7)
+    assert time.monotonic() - start < 5
+    assert browser.execute_script("return window.notReloaded === true;")
+    assert rows(browser)[6].find_elements(By.TAG_NAME, "td")[0].text == "★ 6"
+
+    # the strict CSP held: nothing was blocked, nothing went wrong
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
+def test_runs_list_links_to_the_run(browser: Any, served: tuple[str, Path]) -> None:
+    base, _ = served
+    browser.get(base + "/")
+    wait = WebDriverWait(browser, 10)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"))
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr td")]
+    assert cells[:2] == ["run-a", "finished"] and "6 / 6" in cells
+    browser.find_element(By.LINK_TEXT, "run-a").click()
+    wait.until(lambda d: len(rows(d)) == 6)
