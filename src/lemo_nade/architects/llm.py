@@ -24,7 +24,6 @@ SDK's own (``max_retries``); a request that still fails stops the run cleanly
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from lemo_nade.architects import (
     reachable,
     register,
 )
+from lemo_nade.net import is_loopback
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.usage import LLMCall, Usage
 
@@ -294,15 +294,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def is_local_url(url: str | None) -> bool:
-    host = urlparse(url).hostname if url else None
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlparse(url).hostname if url else None)
 
 
 def endpoint(provider: str, config: RunConfig) -> tuple[str | None, str]:

@@ -51,6 +51,7 @@ __all__ = [
     "StoreError",
     "candidate_path",
     "new_run_id",
+    "writer_lock_held",
 ]
 
 DB_NAME = "run.sqlite"
@@ -173,7 +174,7 @@ class RunStore:
         """``(status, reason)``; a run stored as running whose lock no process holds is
         ``interrupted``: its process was killed before it could say so."""
         status, reason = self._one("SELECT status, reason FROM runs WHERE run_id = ?")
-        if status == "running" and self._lock_fd is None and not _held(self.run_dir):
+        if status == "running" and self._lock_fd is None and not writer_lock_held(self.run_dir):
             return "interrupted", "its process was killed; resume continues it"
         return str(status), str(reason)
 
@@ -288,7 +289,7 @@ def _connect(path: Path, new: bool = True) -> sqlite3.Connection:
     return conn
 
 
-def _held(run_dir: Path) -> bool:
+def writer_lock_held(run_dir: Path) -> bool:
     """Whether some process holds the run's writer lock (a shared probe, released at once)."""
     try:
         fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)

@@ -17,7 +17,6 @@ Pure: no torch import.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import sqlite3
@@ -28,7 +27,7 @@ from urllib.parse import quote
 
 from lemo_nade.config import ConfigError, config_from_json
 from lemo_nade.reporting.data import RunData, load_retrain
-from lemo_nade.store import DB_NAME, LOCK_NAME, RunStore, StoreError
+from lemo_nade.store import DB_NAME, RunStore, StoreError, writer_lock_held
 from lemo_nade.store.migrations import SCHEMA_VERSION, user_version
 
 
@@ -84,22 +83,6 @@ def _retrain(run_dir: Path) -> dict[str, object] | None:
         return None
 
 
-def lock_held(run_dir: Path) -> bool:
-    """Whether a process holds the run's writer lock: a shared, non-blocking probe that is
-    dropped at once (the same test ``RunStore.status`` makes to call a run interrupted)."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def fingerprint(run_dir: Path) -> str:
     """A short token that changes whenever a commit lands or the writer starts or stops."""
     parts: list[object] = []
@@ -111,7 +94,7 @@ def fingerprint(run_dir: Path) -> str:
             continue
         # An empty WAL is no WAL: a reader (this one too) may create it without a write.
         parts.append((st.st_size, st.st_mtime_ns, st.st_ino) if st.st_size else None)
-    parts.append(lock_held(run_dir))
+    parts.append(writer_lock_held(run_dir))
     retrain = Path(run_dir) / "retrain.json"
     parts.append(retrain.stat().st_mtime_ns if retrain.is_file() else None)
     return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]

@@ -20,7 +20,6 @@ Pure: no torch import.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import socket
 from http import HTTPStatus
@@ -29,6 +28,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from lemo_nade.net import is_loopback
 from lemo_nade.ui import views
 from lemo_nade.ui.catalog import Catalog
 
@@ -45,15 +45,6 @@ STATIC = {
 }
 PAGES = ("/", "/run", "/sweep")
 _JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def to_json(doc: Any) -> bytes:

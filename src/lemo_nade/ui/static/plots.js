@@ -46,8 +46,15 @@ window.LemoPlots = (function () {
       }
       return out.length ? out : [lo, hi];
     }
-    const step = (hi - lo) / 4;
-    return [0, 1, 2, 3, 4].map((i) => lo + i * step);
+    // about four ticks at round values (1, 2 or 5 times a power of ten): iterations get
+    // whole numbers, accuracies tenths
+    const raw = (hi - lo) / 4, power = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+    const out = [];
+    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+      out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    }
+    return out.length >= 2 ? out : [lo, hi];
   }
 
   function short(v) {
