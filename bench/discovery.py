@@ -17,10 +17,10 @@ interrupted ones continue.
 Per arm it reports the best validation accuracy and best CM (mean, std, 95% t-interval
 over seeds), the gain over the arm's own first model, the last candidate's accuracy (a
 search that collapses ends far below its best), duplicate trainings, seconds and kWh, and
-the Pareto hypervolume of accuracy against log10 parameters; between the first arm and
-each other one, the paired differences per seed with exact Wilcoxon and sign-test
-p-values. Writes OUT/discovery.md, OUT/discovery.json and OUT/anytime.png (best-so-far
-accuracy against seconds, one line per run, coloured by arm).
+the Pareto hypervolumes of accuracy against log10 parameters and log10 training kWh
+(E1); between the first arm and each other one, the paired differences per seed with
+exact Wilcoxon and sign-test p-values. Writes OUT/discovery.md, OUT/discovery.json and
+OUT/anytime.png (best-so-far accuracy against seconds, one line per run, coloured by arm).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lemo_nade.sweeps.plan import RUNS_DIR, read_plan
 from machine import conditions, describe
 
 FIGURES = ("best_A2", "gain", "last_A2", "drop_from_best", "best_CM", "duplicates", "seconds",
-           "kwh", "hypervolume")  # fmt: skip
+           "kwh", "hypervolume", "hypervolume_energy")  # fmt: skip
 COMPARED = ("best_A2", "best_CM", "last_A2")
 
 
@@ -167,12 +167,12 @@ def _cell(s: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The per-arm table (mean ± std over seeds; accuracy in points) and the paired tests."""
     head = ("| arm | best A2 (%) | gain over first (pts) | last A2 (%) | best CM | duplicates "
-            "| s per run | hypervolume |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+            "| s per run | HV params | HV energy |\n" + "|---" * 9 + "|")  # fmt: skip
     rows = [
         f"| {arm} | {_cell(a['best_A2'], 100)} | {_cell(a['gain'], 100)} | "
         f"{_cell(a['last_A2'], 100)} | {_cell(a['best_CM'], 1, 3)} | "
         f"{_cell(a['duplicates'], 1, 1)} | {_cell(a['seconds'], 1, 0)} | "
-        f"{_cell(a['hypervolume'], 1, 2)} |"
+        f"{_cell(a['hypervolume'], 1, 2)} | {_cell(a['hypervolume_energy'], 1, 2)} |"
         for arm, a in report["arms"].items()
     ]
     first = next(iter(report["arms"]), "")

@@ -2,8 +2,9 @@
 
 Per run (:func:`run_figures`): the first model's and the best validation accuracy, the
 gain, the last candidate's accuracy, the best CM, duplicate trainings (the same code
-trained twice), seconds and kWh spent, the Pareto hypervolume of accuracy against
-parameters, and the anytime curve (best-so-far A2 against seconds). Per arm
+trained twice), seconds and kWh spent, the Pareto hypervolumes of accuracy against
+log10 parameters and against log10 training kWh (E1), and the anytime curve (best-so-far
+A2 against seconds). Per arm
 (:func:`summary`): mean, standard deviation and a 95% t-interval over seeds. Between
 arms (:func:`paired`): differences per seed, the exact two-sided Wilcoxon signed-rank and
 sign-test p-values (enumerated: no SciPy needed for a handful of seeds).
@@ -59,6 +60,10 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
         "hypervolume": hypervolume(
             [(r.evaluation.metrics.A2, r.evaluation.metrics.P) for r in ok]  # type: ignore[union-attr]
         ),
+        "hypervolume_energy": hypervolume(
+            [(r.evaluation.metrics.A2, r.evaluation.metrics.E1) for r in ok],  # type: ignore[union-attr]
+            MAX_KWH,
+        ),
         "anytime": curve,
     }
 
@@ -68,11 +73,15 @@ def _params_of_best(ok: Sequence[IterationRecord]) -> int | None:
     return best.evaluation.metrics.P if best is not None else None  # type: ignore[union-attr]
 
 
-def hypervolume(points: Sequence[tuple[float, int]], max_params: float = 1e7) -> float:
-    """The area dominated by (accuracy up, log10 parameters down) points, up to the
-    reference (accuracy 0, ``max_params`` parameters), in accuracy x decades."""
-    top = math.log10(max_params)
-    front = sorted(((a, math.log10(max(p, 1))) for a, p in points if p < max_params),
+MAX_PARAMS = 1e7  # the hypervolumes' reference points: accuracy 0 at this many parameters
+MAX_KWH = 1e-2  # or at this much training energy (E1, kWh) per candidate
+
+
+def hypervolume(points: Sequence[tuple[float, float]], worst: float = MAX_PARAMS) -> float:
+    """The area dominated by (accuracy up, log10 cost down) points, up to the reference
+    (accuracy 0, cost ``worst``), in accuracy x decades. The cost is parameters or kWh."""
+    top = math.log10(worst)
+    front = sorted(((a, math.log10(max(c, worst * 1e-12))) for a, c in points if c < worst),
                    key=lambda x: x[1])  # fmt: skip
     area, best = 0.0, 0.0
     for i, (acc, size) in enumerate(front):

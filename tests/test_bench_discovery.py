@@ -38,6 +38,9 @@ def test_summary_and_hypervolume() -> None:
     # a dominated point adds nothing; a smaller, worse one adds its own strip
     assert hypervolume([(0.5, 1000), (0.4, 10_000)]) == pytest.approx(2.0)
     assert hypervolume([(0.5, 1000), (0.2, 100)]) == pytest.approx(2.0 + 0.2)
+    # against energy: 0.8 at 1e-5 kWh with the reference at 1e-2 kWh: 0.8 x 3 decades
+    assert hypervolume([(0.8, 1e-5)], 1e-2) == pytest.approx(2.4)
+    assert hypervolume([(0.8, 0.5)], 1e-2) == 0.0  # costlier than the reference
 
 
 def test_arms_are_architects_or_labelled_configs() -> None:
