@@ -97,17 +97,25 @@ def asked(
     records: Sequence[IterationRecord], parent: IterationRecord, n: int
 ) -> tuple[tuple[str, float], ...]:
     """The instructions the next request carries: all of ``parent``'s resolved ones (Algorithm
-    3, most important first) when ``n`` is 0 (the paper), else the first ``n`` of them
-    (``max_instructions``); after an iteration that failed from this parent, the ``n``
-    after the ones its last attempt asked: asked the same thing, a 0.5B model failed the
-    same way every iteration; asked the next one, it may do that."""
+    3, most important first) when ``n`` is 0 (the paper), else a window of ``n`` of them
+    (``max_instructions``): the first ``n``, or, when ``parent`` already had a child that
+    failed or did not beat it, the ``n`` after the ones that child was asked (wrapping
+    round). Asked the same thing again, a 0.5B model failed the same way every iteration
+    and the offline architect stacked the same two edits on the best model until it broke;
+    asked the next ones, either tries something else."""
     resolved = tuple(parent.resolved_instructions)
     if not n:
         return resolved
-    last = records[-1] if records else None
-    if last is not None and last.status is not Status.OK and last.parent_idx == parent.idx:
-        return next_window(last.prompt_instructions, resolved, n)
+    child = next((r for r in reversed(records) if r.parent_idx == parent.idx), None)
+    if child is not None and not _beat(child, parent):
+        return next_window(child.prompt_instructions, resolved, n)
     return resolved[:n]
+
+
+def _beat(child: IterationRecord, parent: IterationRecord) -> bool:
+    """Whether ``child`` trained and ranks above ``parent`` by CM (Eq. 1)."""
+    ok = child.status is Status.OK and child.cm is not None and parent.cm is not None
+    return ok and child.cm > parent.cm  # type: ignore[operator]
 
 
 def moved_on(
