@@ -107,9 +107,10 @@ def sweep_toml(args: argparse.Namespace, keys: dict[str, str]) -> str:
         base["data_dir"] = str(Path(args.data_dir).resolve())
     if args.max_hours:
         base["max_hours"] = args.max_hours
-    lines = ["[base]"] + [f"{k} = {json.dumps(v)}" for k, v in base.items()]
+    values = {k: json.dumps(v) for k, v in base.items()}
     sets = [s.partition("=")[::2] for s in args.set] + list(keys.items())
-    lines += [f"{k.strip()} = {_toml_value(v.strip())}" for k, v in sets]
+    values.update((k.strip(), _toml_value(v.strip())) for k, v in sets)  # an arm's key wins
+    lines = ["[base]"] + [f"{k} = {v}" for k, v in values.items()]
     lines += ["", "[axes]", f"seed = {json.dumps(list(range(args.seeds)))}"]
     return "\n".join(lines) + "\n"
 

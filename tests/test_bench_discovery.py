@@ -54,6 +54,24 @@ def test_arms_are_architects_or_labelled_configs() -> None:
     )
 
 
+def test_an_arms_key_overrides_the_shared_one() -> None:
+    """``--arm "reference llm=reference:F iterations=1"``: a fixed model needs one
+    candidate per seed; the arm's ``iterations`` replaces the shared one (TOML allows a
+    key once)."""
+    import argparse
+
+    import tomllib
+
+    from discovery import parse_arm, sweep_toml
+
+    args = argparse.Namespace(dataset="shifted-digits", setting=1, iterations=10, epochs=20,
+                              data_dir=None, max_hours=None, set=["epochs=3"], seeds=2)  # fmt: skip
+    _, keys = parse_arm("reference llm=reference:m.py iterations=1")
+    doc = tomllib.loads(sweep_toml(args, keys))
+    assert doc["base"]["iterations"] == 1 and doc["base"]["epochs"] == 3
+    assert doc["base"]["llm"] == "reference:m.py" and doc["axes"]["seed"] == [0, 1]
+
+
 @pytest.mark.slow
 def test_the_bench_reports_a_two_arm_sweep(tmp_path: Path) -> None:
     import discovery
