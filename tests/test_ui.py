@@ -257,6 +257,78 @@ def test_sweep_page_has_one_row_per_planned_run(tmp_path: Path, serve: Any) -> N
     assert client.json("/api/run?run=0//setting=2")["rows"] == []
 
 
+def test_sweep_page_has_the_paper_table(tmp_path: Path, serve: Any) -> None:
+    client = serve(make_sweep(tmp_path / "sweeps" / "s1"))
+    done, pending = client.json("/api/sweep?sweep=0/")["rows"]
+    paper = done["paper"]
+    # reporting.data.paper_row: the best candidate (#3), search time and energy (no retrain)
+    assert paper["validation_accuracy"] == 0.9 and paper["params"] == 20000
+    assert paper["test_accuracy"] is None and paper["includes_retrain"] is False
+    assert paper["hours"] == pytest.approx(45 / 3600) and paper["fps"] == 4000.0
+    assert paper["kwh_pue"] == pytest.approx(done["energy_kwh_pue"]) and paper["kwh_pue"] > 0
+    assert paper["co2_lbs"] > 0 and paper["inference_kwh_pue_per_image"] > 0
+    assert pending["paper"] is None
+
+
+# -- cost, ETA, budgets, retrain -----------------------------------------------------------
+
+
+def test_llm_cost_and_eta_of_a_running_run(tmp_path: Path, serve: Any) -> None:
+    run = make_run(tmp_path / "runs" / "run-b", CHAIN, iterations=10)  # 5 of 10 done
+    client = serve(run.parent)
+    row = client.json("/api/runs")["runs"][0]
+    assert row["llm_cost_usd"] == pytest.approx(0.05)  # 5 calls at $0.01
+    assert row["eta_s"] is None  # finished: no ETA
+    with RunStore.open(run, writer=True) as store:
+        store.set_status("running")
+        row = client.json("/api/runs")["runs"][0]
+        assert row["eta_s"] == pytest.approx(9.0 * 5)  # 9 s per iteration x 5 left
+        assert client.json("/api/run?run=0/run-b")["run"]["eta_s"] == pytest.approx(45.0)
+
+
+def test_no_llm_calls_means_no_cost(tmp_path: Path, serve: Any) -> None:
+    recs = [dataclasses.replace(r, usage=None) for r in CHAIN]
+    client = serve(make_run(tmp_path / "runs" / "run-c", recs))
+    assert client.json("/api/runs")["runs"][0]["llm_cost_usd"] is None
+
+
+def test_run_page_budgets_used_over_limit(tmp_path: Path, serve: Any) -> None:
+    budgets = {"max_hours": 2.0, "max_tokens": 1000, "max_cost_usd": 0.5}
+    client = serve(make_run(tmp_path / "runs" / "run-d", CHAIN, **budgets))
+    doc = client.json("/api/run?run=0/")
+    by_name = {b["budget"]: b for b in doc["budgets"]}
+    assert list(by_name) == ["max_hours", "max_tokens", "max_cost_usd"]  # only those set
+    assert by_name["max_hours"]["used"] == pytest.approx(45 / 3600)
+    assert by_name["max_tokens"]["used"] == 250 and by_name["max_tokens"]["limit"] == 1000
+    assert by_name["max_tokens"]["fraction"] == pytest.approx(0.25)
+    assert by_name["max_cost_usd"]["used"] == pytest.approx(0.05)
+    assert by_name["max_cost_usd"]["unit"] == "USD"
+    assert client.json("/api/run?run=0/")["retrain"] is None
+    assert serve(make_run(tmp_path / "other", CHAIN)).json("/api/run?run=0/")["budgets"] == []
+
+
+def test_run_page_shows_retrain_and_exports(run_dir: Path, serve: Any) -> None:
+    client = serve(run_dir)
+    before = client.json("/api/run?run=0/")
+    assert before["retrain"] is None
+    retrain = {"test_accuracy": 0.91, "iteration": 3, "epochs": 12, "best_epoch": 9, "hours": 0.5}
+    (run_dir / "retrain.json").write_text(json.dumps(retrain))
+    doc = client.json(f"/api/run?run=0/&v={before['version']}")
+    assert doc["retrain"]["test_accuracy"] == 0.91 and doc["retrain"]["iteration"] == 3
+    assert (doc["retrain"]["epochs"], doc["retrain"]["best_epoch"]) == (12, 9)
+    assert doc["retrain"]["exports"] == []
+    (run_dir / "export" / "onnx").mkdir(parents=True)
+    (run_dir / "export" / "onnx" / "export.json").write_text("{}")
+    (run_dir / "export" / "pt2").mkdir()  # unfinished: no export.json
+    after = client.json(f"/api/run?run=0/&v={doc['version']}")  # an export changes the version
+    assert after["retrain"]["exports"] == ["onnx"]
+    # a retrain file with a bad value is not half-read (as in a report); the run still shows
+    (run_dir / "retrain.json").write_text(json.dumps({**retrain, "best_epoch": "x"}))
+    fresh = serve(run_dir)  # a new cache: the rewrite may share the old file's mtime
+    page = fresh.json("/api/run?run=0/")
+    assert page["retrain"] is None and len(page["rows"]) > 0
+
+
 # -- the command ---------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """`lemo-nade ui` in a real browser (headless Chromium through Selenium): the run page
 renders its table and SVG plots under the strict CSP, an iteration committed while the
-page is open appears without a reload, and hostile text shows as literal text.
+page is open appears without a reload, hostile text shows as literal text, and a sweep
+page shows its paper table and accuracy-vs-energy plot.
 
 Skips, saying what is missing, without selenium, chromium or chromedriver (Debian:
 ``apt-get install chromium chromium-driver``; ``pip install selenium``)."""
@@ -20,7 +21,7 @@ import pytest
 from lemo_nade.store import RunStore
 from lemo_nade.ui import make_server
 from test_report import CHAIN, make_run, record
-from test_ui import HOSTILE, hostile_record
+from test_ui import HOSTILE, hostile_record, make_sweep
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -115,3 +116,29 @@ def test_runs_list_links_to_the_run(browser: Any, served: tuple[str, Path]) -> N
     assert cells[:2] == ["run-a", "finished"] and "6 / 6" in cells
     browser.find_element(By.LINK_TEXT, "run-a").click()
     wait.until(lambda d: len(rows(d)) == 6)
+
+
+def test_sweep_page_shows_the_paper_table_and_a_plot(browser: Any, tmp_path: Path) -> None:
+    server = make_server([make_sweep(tmp_path / "sweeps" / "s1")], "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/sweep?sweep=0/")
+        wait = WebDriverWait(browser, 10)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#paper tbody tr"))
+        done, pending = browser.find_elements(By.CSS_SELECTOR, "#paper tbody tr")
+        heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#paper thead th")]
+        texts = [td.text for td in done.find_elements(By.TAG_NAME, "td")]
+        cells = dict(zip(heads, texts, strict=True))
+        assert cells["run"] == "setting=1" and cells["val acc"] == "90.00%"
+        assert cells["params"] == "20,000" and cells["test acc"] == "—"
+        assert pending.find_elements(By.TAG_NAME, "td")[-1].text == "—"
+        plot = browser.find_element(By.CSS_SELECTOR, "#sweep-plots svg")
+        assert "accuracy vs search energy" in plot.text
+        (dot,) = plot.find_elements(By.TAG_NAME, "circle")  # one run has a result
+        width = float(plot.get_attribute("width"))
+        assert 0 < float(dot.get_attribute("cx")) < width  # inside the plot, not off it
+        errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        server.shutdown()
+        server.server_close()

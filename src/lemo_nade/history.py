@@ -88,6 +88,18 @@ def totals(records: Sequence[IterationRecord]) -> dict[str, float]:
     }
 
 
+def budget_usage(records: Sequence[IterationRecord]) -> dict[str, float]:
+    """What each budget key (``max_hours`` ...) measures, spent so far: the figures the
+    search stops on and the dashboard shows against their limits."""
+    spent = totals(records)
+    return {
+        "max_hours": elapsed_s(records) / 3600,
+        "max_tokens": spent["total_tokens"],
+        "max_cost_usd": spent["cost_usd"],
+        "max_energy_kwh": spent["energy_kwh"],  # device kWh, before PUE
+    }
+
+
 def elapsed_s(records: Sequence[IterationRecord]) -> float:
     """Time spent in recorded iterations (resumes do not count downtime)."""
     return sum(max(0.0, r.finished_at - r.started_at) for r in records)

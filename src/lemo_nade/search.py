@@ -32,9 +32,9 @@ from lemo_nade.history import (
     IterationRecord,
     asked,
     best_of,
+    budget_usage,
     elapsed_s,
     moved_on,
-    totals,
 )
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
@@ -184,15 +184,10 @@ class Search:
         cfg = self.config
         if len(records) >= cfg.iterations:
             return Stop(StopReason.ITERATIONS)
-        if cfg.max_hours is not None and elapsed_s(records) >= cfg.max_hours * 3600:
-            return Stop(StopReason.MAX_HOURS)
-        spent = totals(records)
-        if cfg.max_tokens is not None and spent["total_tokens"] >= cfg.max_tokens:
-            return Stop(StopReason.MAX_TOKENS)
-        if cfg.max_cost_usd is not None and spent["cost_usd"] >= cfg.max_cost_usd:
-            return Stop(StopReason.MAX_COST_USD)
-        if cfg.max_energy_kwh is not None and spent["energy_kwh"] >= cfg.max_energy_kwh:
-            return Stop(StopReason.MAX_ENERGY_KWH)
+        for key, used in budget_usage(records).items():  # max_hours first, as before
+            limit = getattr(cfg, key)
+            if limit is not None and used >= limit:
+                return Stop(StopReason(key))
         return None
 
     def iterate(

@@ -39,6 +39,7 @@ RETRAIN_INTS: dict[str, str] = {
     "iteration": "the candidate that was retrained (default: the best by CM)",
     "params": "parameter count of the retrained model",
     "epochs": "epochs the retraining ran",
+    "best_epoch": "the epoch whose weights were kept and tested",
 }
 RETRAIN_STRINGS: dict[str, str] = {"energy_source": "estimate, rapl, nvml, ..."}
 

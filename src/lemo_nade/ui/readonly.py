@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lemo_nade.config import ConfigError, config_from_json
-from lemo_nade.reporting.data import RunData, load_retrain
+from lemo_nade.reporting.data import RETRAIN_NAME, RunData, load_retrain
 from lemo_nade.store import DB_NAME, RunStore, StoreError, writer_lock_held
 from lemo_nade.store.migrations import SCHEMA_VERSION, user_version
 
@@ -84,7 +84,8 @@ def _retrain(run_dir: Path) -> dict[str, object] | None:
 
 
 def fingerprint(run_dir: Path) -> str:
-    """A short token that changes whenever a commit lands or the writer starts or stops."""
+    """A short token that changes whenever a commit lands, the writer starts or stops, or a
+    retrain or an export is written."""
     parts: list[object] = []
     for name in (DB_NAME, DB_NAME + "-wal"):
         try:
@@ -95,8 +96,11 @@ def fingerprint(run_dir: Path) -> str:
         # An empty WAL is no WAL: a reader (this one too) may create it without a write.
         parts.append((st.st_size, st.st_mtime_ns, st.st_ino) if st.st_size else None)
     parts.append(writer_lock_held(run_dir))
-    retrain = Path(run_dir) / "retrain.json"
-    parts.append(retrain.stat().st_mtime_ns if retrain.is_file() else None)
+    for name in (RETRAIN_NAME, "export"):  # a retrain, and an export finished (renamed in)
+        try:
+            parts.append(os.stat(Path(run_dir) / name).st_mtime_ns)
+        except OSError:
+            parts.append(None)
     return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from lemo_nade.reporting.data import RunData, lineage_rows, pareto_iterations
 from lemo_nade.store import DB_NAME
 from lemo_nade.sweeps.plan import read_plan, read_status
 from lemo_nade.text import plain
+from lemo_nade.ui import progress
 from lemo_nade.ui.catalog import Catalog, Entry
 from lemo_nade.ui.readonly import Loaded
 
@@ -79,6 +80,8 @@ def run_header(entry: Entry, loaded: Loaded) -> dict[str, Any]:
         energy_kwh_pue=s["search_kwh_pue"],
         energy_source=s["energy_source"],
         energy_estimated=s["energy_estimated"],
+        llm_cost_usd=progress.llm_cost_usd(s),
+        eta_s=progress.eta_s(data),  # an estimate: mean iteration time x iterations left
         version=loaded.version,
     )
     return clean(head)
@@ -103,7 +106,7 @@ def run_page(entry: Entry, loaded: Loaded) -> dict[str, Any]:
     page: dict[str, Any] = {"version": loaded.version, "run": run_header(entry, loaded)}
     data = loaded.data
     if data is None:
-        return clean({**page, "rows": [], "pareto": [], "lineage": []})
+        return clean({**page, "rows": [], "pareto": [], "lineage": [], "budgets": []})
     rows = [{k: row.get(k) for k in ROW_KEYS} for row in data.rows]
     lineage = [
         {k: r[k] for k in ("child", "parent", "instructions", "followed", "status", "cm")}
@@ -116,6 +119,8 @@ def run_page(entry: Entry, loaded: Loaded) -> dict[str, Any]:
         lineage=lineage,
         llm={k: llm[k] for k in ("llm_calls", "llm_tokens", "llm_cost_usd")},
         follow_rate=llm["instruction_follow_rate"],
+        budgets=progress.budgets(data),
+        retrain=progress.retrain_result(data),
     )
     return clean(page)
 
@@ -175,7 +180,9 @@ def _call(attempt: int, request: Any, response: Any, error: str | None) -> dict[
 
 
 def sweep_page(catalog: Catalog, entry: Entry) -> dict[str, Any]:
-    """A sweep's table: one row per planned run with the sweep report's metrics."""
+    """A sweep's table: one row per planned run with the runs list's columns and the
+    paper-style row (:func:`lemo_nade.reporting.data.paper_row`; None before a run
+    has started)."""
     plan = read_plan(entry.path)
     status = read_status(entry.path)
     axes = [str(a) for a in plan.get("axes", {})]
@@ -183,11 +190,13 @@ def sweep_page(catalog: Catalog, entry: Entry) -> dict[str, Any]:
     for run in plan.get("runs", []):
         key = f"{entry.key}/{run['name']}"
         source = catalog.source(key)
+        loaded = source.load() if source else None
         head: dict[str, Any] = (
-            run_header(catalog.runs[key], source.load()) if source else {"status": "pending"}
+            run_header(catalog.runs[key], loaded) if loaded else {"status": "pending"}
         )
         last = status.get(run["name"]) or {}
         if last.get("state") == "failed" and head.get("status") != "finished":
             head.update(status="failed", error=last.get("reason"))
-        rows.append({"run": run["name"], "key": key, **run.get("axes", {}), **head})
+        paper = progress.paper(loaded.data) if loaded and loaded.data else None
+        rows.append({"run": run["name"], "key": key, **run.get("axes", {}), **head, "paper": paper})
     return clean({"key": entry.key, "dir": str(entry.path), "axes": axes, "rows": rows})

@@ -19,6 +19,15 @@
   }
   const pct = (v) => (v === null || v === undefined ? "—" : (100 * v).toFixed(2) + "%");
   const list = (v) => (v && v.length ? v.join(" ") : "—");
+  const usd = (v) => (v === null || v === undefined ? "—" : "$" + (v !== 0 && v < 0.01 ? v.toPrecision(2) : v.toFixed(2)));
+
+  // seconds as "2h 05m", "3m 20s" or "45s"; "—" when there is none
+  function duration(s) {
+    if (s === null || s === undefined) return "—";
+    const t = Math.round(s), h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60);
+    if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+    return m ? `${m}m ${String(t % 60).padStart(2, "0")}s` : `${t}s`;
+  }
 
   function setLive(ok, text) {
     live.textContent = text;
@@ -73,6 +82,8 @@
     ["best CM", (r) => num(r.best_cm)],
     ["best val acc", (r) => pct(r.best_accuracy)],
     ["energy kWh-PUE", (r) => num(r.energy_kwh_pue) + (r.energy_source ? ` (${r.energy_source})` : "")],
+    ["LLM cost", (r) => usd(r.llm_cost_usd)],
+    ["ETA (estimate)", (r) => duration(r.eta_s)],
     ["note", (r) => r.error || r.reason || "", "text"],
   ];
 
@@ -121,7 +132,36 @@
     ];
     if (doc.llm && doc.llm.llm_calls) items.push(`LLM: ${doc.llm.llm_calls} calls, ${doc.llm.llm_tokens} tokens`);
     if (doc.follow_rate !== null && doc.follow_rate !== undefined) items.push(`instructions followed: ${pct(doc.follow_rate)}`);
+    if (run.llm_cost_usd !== null && run.llm_cost_usd !== undefined) items.push(`LLM cost: ${usd(run.llm_cost_usd)}`);
+    if (run.status === "running") items.push(`ETA (estimate): ${duration(run.eta_s)}`);
     return el("p", { class: "meta", id: "meta" }, ...items.map((t) => el("span", {}, t)));
+  }
+
+  // the budgets the config sets, as used / limit, and the retrain and export result
+  function runBudgets(doc) {
+    const parts = [];
+    const amount = (b, v) => (b.unit === "h" ? duration(v * 3600) : b.unit === "USD" ? usd(v) : num(v) + " " + b.unit);
+    if (doc.budgets && doc.budgets.length) {
+      parts.push(el("h2", {}, "Budgets"), table([
+        ["budget", (b) => b.budget, "text"],
+        ["used", (b) => amount(b, b.used)],
+        ["limit", (b) => amount(b, b.limit)],
+        ["used %", (b) => pct(b.fraction)],
+      ], doc.budgets, { id: "budgets" }));
+    }
+    const rt = doc.retrain;
+    if (rt) {
+      parts.push(el("h2", {}, "Retrain"), table([
+        ["model", (r) => (r.iteration === null ? "—" : "#" + r.iteration)],
+        ["test acc", (r) => pct(r.test_accuracy)],
+        ["epochs", (r) => num(r.epochs)],
+        ["best epoch", (r) => num(r.best_epoch)],
+        ["hours", (r) => num(r.hours)],
+        ["kWh-PUE", (r) => num(r.kwh_pue)],
+        ["exported", (r) => list(r.exports), "text"],
+      ], [rt], { id: "retrain" }));
+    }
+    return parts;
   }
 
   function runPlots(doc, select) {
@@ -165,7 +205,7 @@
       });
       const parts = [el("h1", {}, "Run " + (run.run_id || run.dir)), runMeta(run, doc)];
       if (run.error) parts.push(el("p", { class: "status-unreadable" }, run.error));
-      parts.push(runPlots(doc, select), el("h2", {}, "Iterations"), rows, detail);
+      parts.push(...runBudgets(doc), runPlots(doc, select), el("h2", {}, "Iterations"), rows, detail);
       app.replaceChildren(...parts);
     }
     poll(async () => {
@@ -180,6 +220,37 @@
 
   // -- a sweep ---------------------------------------------------------------------------
 
+  // the paper's table (reporting.data.paper_row): with a retrain, hours and energy include it
+  const PAPER_COLUMNS = [
+    ["test acc", (p) => pct(p.test_accuracy)],
+    ["val acc", (p) => pct(p.validation_accuracy)],
+    ["params", (p) => num(p.params)],
+    ["hours", (p) => num(p.hours)],
+    ["kWh-PUE", (p) => num(p.kwh_pue)],
+    ["CO2 lbs", (p) => num(p.co2_lbs)],
+    ["FPS", (p) => num(p.fps, 0)],
+    ["infer kWh-PUE/img", (p) => num(p.inference_kwh_pue_per_image)],
+    ["infer CO2 lbs/img", (p) => num(p.inference_co2_lbs_per_image)],
+    ["with retrain", (p) => (p.includes_retrain ? "yes" : "no"), "text"],
+  ];
+
+  function sweepPaper(doc) {
+    const axes = doc.axes.map((a) => [a, (r) => num(r[a]), "text"]);
+    const cols = PAPER_COLUMNS.map((c) => [c[0], (r) => (r.paper ? c[1](r.paper) : "—"), c[2]]);
+    const runs = doc.rows.filter((r) => r.paper && r.paper.validation_accuracy !== null && r.energy_kwh_pue > 0);
+    const points = runs.map((r) => ({
+      x: r.energy_kwh_pue, y: r.paper.validation_accuracy, id: r.run,
+      tip: `${r.run}: val acc ${pct(r.paper.validation_accuracy)} at ${num(r.energy_kwh_pue)} kWh-PUE`,
+    }));
+    const open = (name) => { location.href = "/run?run=" + encodeURIComponent(doc.key + "/" + name); };
+    return [
+      el("h2", {}, "Paper table"),
+      table([["run", (r) => r.run, "text"], ...axes, ...cols], doc.rows, { id: "paper" }),
+      el("div", { class: "plots", id: "sweep-plots" },
+        Plots.scatter("accuracy vs search energy", points, ["search kWh-PUE", "val acc"], open)),
+    ];
+  }
+
   function sweepPage(key) {
     poll(async () => {
       const doc = await getJSON("/api/sweep?sweep=" + encodeURIComponent(key));
@@ -189,7 +260,7 @@
         ...doc.axes.map((a) => [a, (r) => num(r[a]), "text"]),
         ...RUN_COLUMNS.slice(1),
       ];
-      app.replaceChildren(el("h1", {}, "Sweep " + doc.dir), table(columns, doc.rows, { id: "sweep" }));
+      app.replaceChildren(el("h1", {}, "Sweep " + doc.dir), table(columns, doc.rows, { id: "sweep" }), ...sweepPaper(doc));
     }, LIST_POLL_MS);
   }
 

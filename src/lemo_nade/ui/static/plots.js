@@ -106,7 +106,8 @@ window.LemoPlots = (function () {
     return svg;
   }
 
-  // points: [{x, y, id, front}]; the front is drawn as a dashed step line.
+  // points: [{x, y, id, front, tip}]; the front is drawn as a dashed step line; the x axis
+  // turns logarithmic when its values span more than a factor of 20.
   function scatter(title, points, labels, onClick) {
     const svg = frame(title);
     const good = points.filter((p) => p.x > 0 && isFinite(p.y));
@@ -114,8 +115,8 @@ window.LemoPlots = (function () {
       svg.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
       return svg;
     }
-    const xr = extent(good.map((p) => p.x));
-    if (xr[0] <= 0) xr[0] = 1;
+    let xr = extent(good.map((p) => p.x));
+    if (xr[0] <= 0) xr = [good[0].x / 2, good[0].x * 2]; // one x value below 0.5: a factor of 2
     const xlog = xr[1] / xr[0] > 20;
     const xs = xlog ? [xr[0] / 1.3, xr[1] * 1.3] : xr;
     const { x, y } = axes(svg, xs, extent(good.map((p) => p.y), 0.05), labels, xlog);
@@ -126,7 +127,7 @@ window.LemoPlots = (function () {
     }
     for (const p of good) {
       const dot = svgEl("circle", { class: "dot s0" + (p.front ? " on-front" : ""), cx: x(p.x), cy: y(p.y), r: 4 });
-      tip(dot, `#${p.id}: ${p.y.toPrecision(4)} at ${p.x} params${p.front ? " (Pareto front)" : ""}`);
+      tip(dot, p.tip || `#${p.id}: ${p.y.toPrecision(4)} at ${p.x} params${p.front ? " (Pareto front)" : ""}`);
       if (onClick) dot.addEventListener("click", () => onClick(p.id));
       svg.appendChild(dot);
     }
