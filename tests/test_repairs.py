@@ -92,6 +92,10 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
             ["returned [2, 5]; it must return [2, 10]"],
         ),
         ("NameError: name 'F' is not defined", ["import torch.nn.functional as F"]),
+        (  # the local model added a conv of 16 channels before BatchNorm2d(32), twice
+            "RuntimeError: running_mean should contain 32 elements not 16",
+            ["`BatchNorm2d(32)` receives 16 channels", "`nn.BatchNorm2d(16)`"],
+        ),
         (  # the local model applied a BatchNorm2d after flatten(1)
             "ValueError: expected 4D input (got 2D input)",
             ["needs a 4-D input", "gets a 2-D one", "runs after `flatten(1)`"],

@@ -40,6 +40,7 @@ _OUTPUT = re.compile(
 )
 _NAME = re.compile(r"NameError: name '(\w+)' is not defined")
 _CANNOT_IMPORT = re.compile(r"cannot import name '(\w+)' from '([\w.]+)'")
+_BATCHNORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
 _FLAT_INPUT = re.compile(r"expected (\d)D input \(got (\d)D input\)")
 _NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
 MAX_QUOTED_CHARS = 300
@@ -141,6 +142,15 @@ def _channels(m: re.Match[str]) -> str:
     )
 
 
+def _batchnorm(m: re.Match[str]) -> str:
+    declared, got = m.group(1), m.group(2)
+    return (
+        f"A `BatchNorm2d({declared})` receives {got} channels: a BatchNorm2d's number must "
+        f"equal the out_channels of the conv right before it. Make it `nn.BatchNorm2d({got})`"
+        f", or make that conv's out_channels {declared} (and the next conv's in_channels)."
+    )
+
+
 def _output(m: re.Match[str]) -> str:
     return (
         f"For an input {m.group(1)} the model returned {m.group(2)}; it must return "
@@ -200,6 +210,7 @@ _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
     (_contains("ImportError", "ModuleNotFoundError", "import of "), _imports),
     (_search(_MATMUL), _matmul),
     (_search(_CHANNELS), _channels),
+    (_search(_BATCHNORM), _batchnorm),
     (_search(_OUTPUT), _output),
     (_search(_FLAT_INPUT), _flat_input),
     (_search(_NAME), _name),
