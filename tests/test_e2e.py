@@ -217,7 +217,9 @@ def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     runs = tmp_path / "runs"
-    args = ["run", "--iterations", "6", "--epochs", "3", "--runs-dir", str(runs)]
+    # far more iterations than can run before the signal: a loaded machine once finished
+    # all six of an earlier version before the poll below saw the first one
+    args = ["run", "--iterations", "60", "--epochs", "3", "--runs-dir", str(runs)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lemo_nade", *args],
         stdout=subprocess.DEVNULL,
