@@ -39,7 +39,10 @@ MaxEnergy = Annotated[
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config.")]
 Dataset = Annotated[
     str | None,
-    typer.Option(help="digits (built-in, default), cifar10, cifar100, imagenet16-120, npz:PATH."),
+    typer.Option(
+        help="shifted-digits (built-in, default), digits (built-in), cifar10, cifar100, "
+        "imagenet16-120, npz:PATH."
+    ),
 ]
 DataDir = Annotated[str | None, typer.Option(help="Directory with the dataset files.")]
 Llm = Annotated[
@@ -346,7 +349,9 @@ def doctor_cmd(
     llm: Annotated[
         str | None, typer.Option(help="Architect to check, e.g. ollama:llama3.1.")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset to check (default digits).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset to check (default: a run's).")] = (
+        None
+    ),
     data_dir: Annotated[str | None, typer.Option(help="Directory with the dataset files.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config overrides, e.g. base_url=URL.")
