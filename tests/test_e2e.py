@@ -225,6 +225,9 @@ def test_ctrl_c_says_how_to_continue_and_keeps_what_was_done(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: under `nohup ... &` the tests inherit SIGINT ignored, and a
+        # child that inherits that ignores Ctrl-C, as a background job should
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
