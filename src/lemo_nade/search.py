@@ -359,10 +359,15 @@ class Search:
 
 
 def _data_error(error: str) -> str:
-    """The DatasetError's own one line from the child's error text."""
-    lines = error.strip().splitlines()
-    last = lines[-1] if lines else "the dataset could not be loaded"
-    return last.split("DatasetError: ", 1)[-1]
+    """The DatasetError's own message from the child's error text, as one line (a
+    library's message inside it may span lines: pickle's "...was encountered,\nbut no
+    persistent_load..." once left only its last line, without the file's name)."""
+    text = error.strip()
+    if "DatasetError: " in text:
+        text = text.rsplit("DatasetError: ", 1)[1]
+    elif text:
+        text = text.splitlines()[-1]
+    return " ".join(text.split()) or "the dataset could not be loaded"
 
 
 def _trained_before(code: str, records: list[IterationRecord]) -> IterationRecord | None:
