@@ -29,7 +29,7 @@ from lemo_nade.numbers import fmt, jsonable
 from lemo_nade.reporting.data import load_retrain
 from lemo_nade.reporting.rows import run_summary
 from lemo_nade.store import DB_NAME, RunStore
-from lemo_nade.sweeps.plan import read_plan, read_status, run_dir_of
+from lemo_nade.sweeps.plan import read_plan, read_status, run_dir_of, shows_failed
 from lemo_nade.text import md_cell, no_math, plain
 
 PLOT_NAME = "accuracy_vs_energy.png"
@@ -87,7 +87,7 @@ def _run_metrics(run_dir: Path, last: dict[str, Any] | None) -> dict[str, Any]:
             infer_co2_lbs_per_image=s["inference_co2_lbs_per_image"],
             energy_source=s["energy_source"],
         )
-    if last and last.get("state") == "failed" and row["status"] != "finished":
+    if last and shows_failed(last, row["status"]):
         row.update(status="failed", error=last.get("reason"))
     return row
 

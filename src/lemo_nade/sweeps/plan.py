@@ -301,6 +301,13 @@ def read_plan(sweep_dir: Path) -> dict[str, Any]:
     return plan
 
 
+def shows_failed(last: dict[str, Any] | None, run_status: str | None) -> bool:
+    """Whether a sweep's run shows as failed: its last recorded attempt (``last``, its
+    :func:`read_status` entry) failed and the run did not finish after all. The sweep
+    table and the dashboard show a run's state by this one rule."""
+    return last is not None and last.get("state") == "failed" and run_status != "finished"
+
+
 def read_status(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     path = sweep_dir / STATUS_NAME
     if not path.is_file():

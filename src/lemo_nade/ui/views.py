@@ -18,7 +18,7 @@ from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import jsonable
 from lemo_nade.reporting.data import RunData, lineage_rows, pareto_iterations
 from lemo_nade.store import DB_NAME
-from lemo_nade.sweeps.plan import read_plan, read_status
+from lemo_nade.sweeps.plan import read_plan, read_status, shows_failed
 from lemo_nade.text import plain
 from lemo_nade.ui import progress
 from lemo_nade.ui.catalog import Catalog, Entry
@@ -195,7 +195,7 @@ def sweep_page(catalog: Catalog, entry: Entry) -> dict[str, Any]:
             run_header(catalog.runs[key], loaded) if loaded else {"status": "pending"}
         )
         last = status.get(run["name"]) or {}
-        if last.get("state") == "failed" and head.get("status") != "finished":
+        if shows_failed(last, head.get("status")):
             head.update(status="failed", error=last.get("reason"))
         paper = progress.paper(loaded.data) if loaded and loaded.data else None
         rows.append({"run": run["name"], "key": key, **run.get("axes", {}), **head, "paper": paper})
