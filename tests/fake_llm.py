@@ -5,7 +5,9 @@ Each POST to /v1/chat/completions takes the next step of the script:
 - ``("answer", text)``: 200 with a chat completion whose message is ``text``;
 - ``("status", code)``: that HTTP error (429 carries ``retry-after-ms: 10``);
 - ``("hang", seconds)``: sleep, then answer with the next step;
-- ``("raw", body)``: 200 with ``body`` as is (malformed JSON).
+- ``("raw", body)``: 200 with ``body`` as is (malformed JSON; one event when streamed).
+
+A request with ``stream: true`` gets its answer as server-sent events.
 
 GET /v1/models lists one model. Every request is logged (path, headers, JSON body).
 """
@@ -78,6 +80,31 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
                 self.wfile.write(body)
 
+        def _stream(self, text: str, body: dict[str, Any]) -> None:
+            """The answer as server-sent events, in pieces of 8 characters, the usage
+            last when asked (``stream_options.include_usage``), as the OpenAI API does."""
+            whole = completion(text, body.get("model", "m"))
+            piece = {k: whole[k] for k in ("id", "created", "model")}
+            piece["object"] = "chat.completion.chunk"
+
+            def choice(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+                return {**piece, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+            events = [choice({"content": text[i : i + 8]}, None) for i in range(0, len(text), 8)]
+            events.append(choice({}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**piece, "choices": [], "usage": whole["usage"]})
+            self._events([json.dumps(e) for e in events] + ["[DONE]"])
+
+        def _events(self, data: list[str]) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
+                for item in data:
+                    self.wfile.write(f"data: {item}\n\n".encode())
+                    self.wfile.flush()
+
         def do_GET(self) -> None:
             fake.requests.append(
                 {
@@ -106,8 +133,12 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             if kind == "hang":
                 time.sleep(value)
                 kind, value = fake.next_step()
-            if kind == "answer":
+            if kind == "answer" and body.get("stream"):
+                self._stream(value, body)
+            elif kind == "answer":
                 self._send(200, json.dumps(completion(value, body.get("model", "m"))).encode())
+            elif kind == "raw" and body.get("stream"):
+                self._events([value])
             elif kind == "raw":
                 self._send(200, value.encode())
             elif kind == "status":

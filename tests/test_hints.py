@@ -236,3 +236,21 @@ def test_layers_forward_never_applies_are_not_edited() -> None:
     assert "self.spare" in unused
     assert "nn.Linear(99" not in hints.hint(unused, "ADL")
     assert hints.hint(unused, "ADL") == hints.hint(SEQUENTIAL, "ADL")
+
+
+def test_unused_layers_are_those_nothing_reads() -> None:
+    code = (
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv1 = nn.Conv2d(1, 16, 3)\n        self.conv2 = nn.Conv2d(16, 32, 3)\n"
+        "        self.conv3 = nn.Conv2d(32, 32, 3)\n        self.head = nn.Sequential(nn.ReLU())\n"
+        "        self.bn = nn.BatchNorm2d(16)\n        self.block = nn.Sequential(self.bn)\n"
+        "        self.fc = nn.Linear(32, 10)\n\n"
+        "    def forward(self, x):\n        x = self.block(self.conv1(x))\n"
+        "        if x.shape[0] > 0:\n            x = self.conv2(\n                x)\n"
+        "        return self.fc(x.mean((2, 3)))\n"
+    )
+    assert hints.unused_layers(code) == ["conv3", "head"]
+    assert hints.unused_layers(code.replace("return self.fc(", "return self.fc(self.head(")
+                               .replace("x.mean((2, 3)))", "x.mean((2, 3))))")) == ["conv3"]
+    assert hints.unused_layers("not python (") == []

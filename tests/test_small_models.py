@@ -12,6 +12,7 @@ import pytest
 
 from candidates import SMALL_CNN
 from fake_llm import serve
+from lemo_nade.answers import read_answer
 from lemo_nade.architects.llm import proposal_from_answer, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
@@ -123,3 +124,26 @@ def test_after_an_unchanged_answer_the_next_instruction_is_asked(
     assert failed.status.value == "failed_extract" and failed.prompt_instructions == resolved[2:3]
     assert second.prompt_instructions == next_window(resolved[2:3], resolved, 1)
     assert second.parent_idx == 0
+
+
+def test_layers_added_to_init_only_are_sent_back_with_the_fix() -> None:
+    """The local 0.5B model's real answer (tests/answers/qwen_iter_unused.md): asked for
+    a conv layer and a skip connection, it created ``self.res`` and never called it; the
+    child would train as its parent with dead weights. It is sent back, untrained, naming
+    the layer and how forward applies it; a dead layer the parent already had is not."""
+    answers = Path(__file__).parent / "answers"
+    parent = (answers / "qwen_iter_unused_parent.py").read_text()
+    text = (answers / "qwen_iter_unused.md").read_text()
+    task = resolve_dataset("shifted-digits", None)
+    request = ProposalRequest(1, task, parent, None, (("ACL", 1.0), ("ASC", 1.0)))
+    call = LLMCall(1, 0, Usage(calls=1), None, {})
+    sent_back = proposal_from_answer(text, "stop", Usage(), call, request)
+    assert sent_back.code == "" and sent_back.rejected is not None
+    assert "`self.res`" in sent_back.rejected and "x = x + self.res(x)" in sent_back.rejected
+    applied = text.replace(
+        "x = self.features(x)\n", "x = self.features(x)\n        x = x + self.res(x)\n"
+    )
+    assert proposal_from_answer(applied, "stop", Usage(), call, request).rejected is None
+    inherited = replace(request, parent_code=read_answer(text).code)
+    again = text.replace("nn.Linear(32, 10)", "nn.Linear(32, 10, bias=False)")
+    assert proposal_from_answer(again, "stop", Usage(), call, inherited).rejected is None

@@ -227,6 +227,9 @@ class RunConfig(_Frozen):
     api_key_env: str | None = Field(None, description="env var holding the API key")
     llm_max_tokens: int = Field(4096, ge=64, le=1_000_000, description="answer length cap")
     llm_timeout_s: float = Field(180.0, gt=0, le=3600, description="per request")
+    llm_stream: bool = Field(
+        True, description="stream answers: a long one never times out, a looping one is stopped"
+    )
     llm_retries: int = Field(4, ge=0, le=20, description="on 429, 5xx, timeouts (backoff)")
     max_repairs: int = Field(2, ge=0, le=20, description="fix attempts inside an iteration")
     initial_command: str = Field(DEFAULT_INITIAL_COMMAND, min_length=1)

@@ -160,6 +160,39 @@ def duplicate_text(idx: int, a2: float | None) -> str:
     return f"{DUPLICATE} (iteration {idx}{score}); propose a different change"
 
 
+LOOPED = "the answer repeated itself"
+
+
+def looped_text(answer: str) -> str:
+    """Why an answer stopped mid-loop (:mod:`lemo_nade.architects.stream`) is sent back,
+    quoting the line it kept writing."""
+    tail = [line.strip() for line in answer[-400:].splitlines()[1:] if line.strip()]
+    line = max(tail, key=tail.count) if tail else ""
+    quoted = f" (`{line[:80]}` again and again)" if line else ""
+    return (
+        f"{LOOPED}{quoted} and was stopped; reply with the complete code once, in one "
+        "```python block, each line written once"
+    )
+
+
+UNUSED = "the code creates layers that forward never uses"
+
+
+def unused_text(names: list[str]) -> str:
+    """Why an answer that adds layers to ``__init__`` only is sent back: the model would
+    train as its parent with dead weights (a 0.5B model's most common way to 'add' a
+    layer). The fix names each layer and the two ways forward can apply it."""
+    listed = ", ".join(f"`self.{n}`" for n in names)
+    first = names[0]
+    return (
+        f"{UNUSED}: {listed} {'is' if len(names) == 1 else 'are'} created in __init__ but "
+        f"forward never calls {'it' if len(names) == 1 else 'them'}, so the model did not "
+        f"change. In forward, apply each where its input size fits, for example "
+        f"`x = self.{first}(x)`, or for a skip connection `x = x + self.{first}(x)`; "
+        f"or remove {'it' if len(names) == 1 else 'them'}."
+    )
+
+
 def repeated_text(attempt: int, error: str) -> str:
     """Why an answer that repeats an attempt of this iteration is sent back unbuilt."""
     return f"{REPEATED} (attempt {attempt}), which failed with:\n{error}"
@@ -255,4 +288,4 @@ def stuck(error: str) -> bool:
     """Whether an attempt was sent back for changing nothing (its parent or an earlier
     attempt, repeated). Such an exchange is not replayed to the model: a 0.5B model shown
     its own unchanged answer answered with it again, word for word, even at 0.7."""
-    return error.startswith((UNCHANGED, REPEATED, DUPLICATE))
+    return error.startswith((UNCHANGED, REPEATED, DUPLICATE, LOOPED))

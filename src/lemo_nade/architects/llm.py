@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from lemo_nade import answers, prompts, repairs
+from lemo_nade import answers, hints, prompts, repairs
 from lemo_nade.architects import (
     Architect,
     ArchitectError,
@@ -41,6 +41,7 @@ from lemo_nade.architects import (
     llm_settings,
     reachable,
     register,
+    stream,
 )
 from lemo_nade.net import is_loopback
 from lemo_nade.records import Proposal, ProposalRequest
@@ -160,7 +161,7 @@ class OpenAIArchitect:
         }
         start = time.perf_counter()
         try:
-            response = self._client.chat.completions.create(messages=chat, **params)  # type: ignore[arg-type]
+            got = self._ask(chat, params)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise ArchitectUnavailable(
                 f"{self.name}: the API key was refused ({exc.status_code}); "
@@ -187,19 +188,24 @@ class OpenAIArchitect:
             usage = self._usage(0, 0, latency, reported=False)
             call = self._call(request, chat, params, "", None, usage, error)
             return Proposal(code="", rejected=error, usage=usage, calls=(call,))
+        except stream.Broken as exc:  # mid-answer: this attempt fails, the next one may not
+            error = f"the answer broke off ({_short(str(exc))})"
+            usage = self._usage(0, 0, time.perf_counter() - start, reported=False)
+            call = self._call(request, chat, params, "", None, usage, error)
+            return Proposal(code="", rejected=error, usage=usage, calls=(call,))
         latency = time.perf_counter() - start
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content if choice else None) or ""
-        finish = choice.finish_reason if choice else None
-        reported = response.usage is not None
-        usage = self._usage(
-            response.usage.prompt_tokens if response.usage else 0,
-            response.usage.completion_tokens if response.usage else 0,
-            latency,
-            reported,
-        )
-        call = self._call(request, chat, params, text, finish, usage, None)
-        return proposal_from_answer(text, finish, usage, call, request)
+        usage = self._usage(got.prompt_tokens, got.completion_tokens, latency, got.reported)
+        call = self._call(request, chat, params, got.text, got.finish, usage, None)
+        return proposal_from_answer(got.text, got.finish, usage, call, request)
+
+    def _ask(self, chat: list[dict[str, str]], params: dict[str, Any]) -> stream.Answer:
+        """One answer, streamed unless ``llm_stream`` is off (:mod:`.stream`)."""
+        create = self._client.chat.completions.create
+        if not self.config.llm_stream:
+            return stream.from_response(create(messages=chat, **params))  # type: ignore[arg-type]
+        streamed = {"stream": True, "stream_options": {"include_usage": True}}
+        chunks = create(messages=chat, **params, **streamed)  # type: ignore[call-overload]
+        return stream.read(chunks, chat)
 
     def _usage(
         self, prompt_tokens: int, completion_tokens: int, latency: float, reported: bool
@@ -247,6 +253,9 @@ def proposal_from_answer(
     back with the first instruction spelled out (a 0.5B model at temperature 0 answered
     four iterations in a row with its parent's code). Replayed answers come through here
     too, so a replay decides the same way."""
+    if finish == stream.LOOP:
+        rejected = prompts.looped_text(text)
+        return Proposal(code="", answer=text, rejected=rejected, usage=usage, calls=(call,))
     previous = request.history[-1][0] if request.history else ""
     try:
         candidate = answers.read_answer(text, finish, repairs.code_of(previous))
@@ -255,6 +264,12 @@ def proposal_from_answer(
     if request.parent_code and answers.same_code(candidate.code, request.parent_code):
         return Proposal(
             code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
+            calls=(call,),
+        )  # fmt: skip
+    unused = _new_unused(candidate.code, request.parent_code or "")
+    if unused:
+        return Proposal(
+            code="", answer=text, rejected=prompts.unused_text(unused), usage=usage,
             calls=(call,),
         )  # fmt: skip
     for attempt, (earlier, error) in enumerate(request.history):
@@ -268,6 +283,13 @@ def proposal_from_answer(
     return Proposal(
         code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
     )
+
+
+def _new_unused(code: str, parent_code: str) -> list[str]:
+    """The layers ``code`` creates and never applies, less those its parent already left
+    unused (an inherited dead layer is not this answer's fault)."""
+    inherited = set(hints.unused_layers(parent_code)) if parent_code else set()
+    return [name for name in hints.unused_layers(code) if name not in inherited]
 
 
 def temperature(request: ProposalRequest, base: float, retry: float) -> float:

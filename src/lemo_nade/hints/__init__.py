@@ -20,9 +20,9 @@ import re
 from collections.abc import Iterable
 
 from lemo_nade.hints.edits import EDITS
-from lemo_nade.hints.source import Edit, Mark, read
+from lemo_nade.hints.source import Edit, Mark, read, unused_layers
 
-__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked", "unmarked"]
+__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked", "unmarked", "unused_layers"]
 
 TODO = "# TODO: "
 CONTINUED = "#     "  # the lines of a mark after its first

@@ -186,3 +186,25 @@ def _inits(tree: ast.Module) -> frozenset[str]:
         and isinstance(n.func.value, ast.Attribute)
         and n.func.value.attr == "init"
     )
+
+
+def unused_layers(code: str) -> list[str]:
+    """The ``self.<name>`` layers ``class Net``'s ``__init__`` creates (``nn.X(...)``,
+    alone or an ``nn.Sequential``) that nothing else reads: no other method, nor another
+    line of ``__init__`` (a layer passed into a container is used). A 0.5B model asked to
+    add a conv layer often added it to ``__init__`` only, and the trained child was its
+    parent with dead weights. Empty when the code is not in a shape :func:`read` knows."""
+    model = read(code)
+    if model is None:
+        return []
+    tree = ast.parse(code)
+    net = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net")
+    created = {layer.owner: layer.line for layer in model.layers}
+    read_names = {
+        node.attr
+        for node in ast.walk(net)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Load)
+        and _is_self_attr(node)
+    }
+    return sorted((o for o in created if o not in read_names), key=lambda o: created[o])
