@@ -10,10 +10,11 @@
   const live = document.getElementById("live");
   const RUN_POLL_MS = 1000, LIST_POLL_MS = 2000;
 
+  const INT = new Intl.NumberFormat("en-US"); // one formatter: toLocaleString makes one per call
   function num(v, digits) {
     if (v === null || v === undefined) return "—";
     if (typeof v !== "number") return String(v);
-    if (Number.isInteger(v) && Math.abs(v) >= 1000) return v.toLocaleString("en-US");
+    if (Number.isInteger(v) && Math.abs(v) >= 1000) return INT.format(v);
     if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) return v.toExponential(2);
     return Number.isInteger(v) ? String(v) : v.toFixed(digits === undefined ? 3 : digits);
   }
@@ -55,16 +56,35 @@
     once();
   }
 
+  // A table; rows are built into one fragment, cells get their text as a text node
+  // (never parsed). `opts.onRow(row)` is one delegated click handler for the whole body,
+  // found through the row's data-row index, not one closure per row.
   function table(columns, rows, opts) {
     const head = el("tr", {}, ...columns.map((c) => el("th", {}, c[0])));
-    const body = rows.map((r) => {
+    const body = document.createElement("tbody");
+    const frag = document.createDocumentFragment();
+    rows.forEach((r, i) => {
+      const tr = document.createElement("tr");
       const attrs = opts && opts.rowAttrs ? opts.rowAttrs(r) : {};
-      return el("tr", attrs, ...columns.map((c) => {
+      for (const [k, v] of Object.entries(attrs)) tr.setAttribute(k, String(v));
+      if (opts && opts.onRow) tr.dataset.row = i;
+      for (const c of columns) {
+        const td = tr.insertCell();
+        if (c[2]) td.className = c[2];
         const v = c[1](r);
-        return el("td", c[2] ? { class: c[2] } : {}, v instanceof Node ? v : String(v));
-      }));
+        if (v instanceof Node) td.appendChild(v);
+        else td.textContent = String(v);
+      }
+      frag.appendChild(tr);
     });
-    return el("table", opts && opts.id ? { id: opts.id } : {}, el("thead", {}, head), el("tbody", {}, ...body));
+    body.appendChild(frag);
+    if (opts && opts.onRow) {
+      body.addEventListener("click", (ev) => {
+        const tr = ev.target.closest("tr[data-row]");
+        if (tr) opts.onRow(rows[Number(tr.dataset.row)]);
+      });
+    }
+    return el("table", opts && opts.id ? { id: opts.id } : {}, el("thead", {}, head), body);
   }
 
   const status = (r) => el("span", { class: "status-" + r.status }, r.status);
@@ -200,12 +220,16 @@
         id: "iterations",
         rowAttrs: (r) => ({
           class: "clickable" + (r.best ? " best" : "") + (r.iteration === selected ? " selected" : ""),
-          "data-iteration": r.iteration, onclick: () => select(r.iteration),
+          "data-iteration": r.iteration,
         }),
+        onRow: (r) => select(r.iteration),
       });
       const parts = [el("h1", {}, "Run " + (run.run_id || run.dir)), runMeta(run, doc)];
       if (run.error) parts.push(el("p", { class: "status-unreadable" }, run.error));
-      parts.push(...runBudgets(doc), runPlots(doc, select), el("h2", {}, "Iterations"), rows, detail);
+      // the long table sits in a box the browser lays out only when scrolled near
+      // (content-visibility): a 1,000-row run draws its first screen without it
+      parts.push(...runBudgets(doc), runPlots(doc, select), el("h2", {}, "Iterations"),
+        el("div", { class: "lazy" }, rows), detail);
       app.replaceChildren(...parts);
     }
     poll(async () => {

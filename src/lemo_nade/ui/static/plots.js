@@ -13,9 +13,32 @@ window.LemoPlots = (function () {
     return e;
   }
 
-  function tip(node, text) {
-    node.appendChild(svgEl("title", {}, text));
-    return node;
+  // A clickable point with a tooltip. The svg keeps the points' ids and texts; one
+  // click and one hover listener per plot serve them all, and a point's <title> is made
+  // the first time the pointer is over it: a 1,000-iteration run draws 3,000 points
+  // without 3,000 closures and title elements.
+  function dot(svg, attrs, id, text) {
+    const items = svg.lemoItems || (svg.lemoItems = []);
+    items.push({ id, text });
+    return svg.appendChild(svgEl("circle", { ...attrs, "data-i": items.length - 1 }));
+  }
+
+  function interactive(svg, onClick) {
+    const item = (ev) => {
+      const i = ev.target.getAttribute && ev.target.getAttribute("data-i");
+      return i === null || i === undefined ? null : svg.lemoItems[Number(i)];
+    };
+    svg.addEventListener("mouseover", (ev) => {
+      const it = item(ev);
+      if (it && !ev.target.firstChild) ev.target.appendChild(svgEl("title", {}, it.text));
+    });
+    if (onClick) {
+      svg.addEventListener("click", (ev) => {
+        const it = item(ev);
+        if (it) onClick(it.id);
+      });
+    }
+    return svg;
   }
 
   function frame(title) {
@@ -96,14 +119,11 @@ window.LemoPlots = (function () {
       const d = s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
       svg.appendChild(svgEl("polyline", { class: `line s${n}`, points: d }));
       for (const p of s.points) {
-        const dot = svgEl("circle", { class: `dot s${n}`, cx: x(p[0]), cy: y(p[1]), r: 3.5 });
-        tip(dot, `#${p[2]} ${s.name} ${p[1].toPrecision(4)}`);
-        if (onClick) dot.addEventListener("click", () => onClick(p[2]));
-        svg.appendChild(dot);
+        dot(svg, { class: `dot s${n}`, cx: x(p[0]), cy: y(p[1]), r: 3.5 }, p[2], `#${p[2]} ${s.name} ${p[1].toPrecision(4)}`);
       }
       svg.appendChild(svgEl("text", { x: W - M.r - 4, y: M.t + 12 + 13 * n, "text-anchor": "end", class: `s${n}` }, s.name));
     });
-    return svg;
+    return interactive(svg, onClick);
   }
 
   // points: [{x, y, id, front, tip}]; the front is drawn as a dashed step line; the x axis
@@ -126,12 +146,10 @@ window.LemoPlots = (function () {
       svg.appendChild(svgEl("polyline", { class: "front", points: d }));
     }
     for (const p of good) {
-      const dot = svgEl("circle", { class: "dot s0" + (p.front ? " on-front" : ""), cx: x(p.x), cy: y(p.y), r: 4 });
-      tip(dot, p.tip || `#${p.id}: ${p.y.toPrecision(4)} at ${p.x} params${p.front ? " (Pareto front)" : ""}`);
-      if (onClick) dot.addEventListener("click", () => onClick(p.id));
-      svg.appendChild(dot);
+      dot(svg, { class: "dot s0" + (p.front ? " on-front" : ""), cx: x(p.x), cy: y(p.y), r: 4 }, p.id,
+        p.tip || `#${p.id}: ${p.y.toPrecision(4)} at ${p.x} params${p.front ? " (Pareto front)" : ""}`);
     }
-    return svg;
+    return interactive(svg, onClick);
   }
 
   // nodes: [{id, parent, ok, best, label}]; x by iteration, y by generation.
@@ -151,13 +169,10 @@ window.LemoPlots = (function () {
     }
     for (const n of nodes) {
       const cls = n.best ? "node-best" : n.ok ? "node-ok" : "node-bad";
-      const dot = svgEl("circle", { class: `dot ${cls}`, cx: x(n.id), cy: y(depth[n.id]), r: 5 });
-      tip(dot, n.label);
-      if (onClick) dot.addEventListener("click", () => onClick(n.id));
-      svg.appendChild(dot);
+      dot(svg, { class: `dot ${cls}`, cx: x(n.id), cy: y(depth[n.id]), r: 5 }, n.id, n.label);
     }
     svg.appendChild(svgEl("text", { x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle" }, "iteration →   generation ↓"));
-    return svg;
+    return interactive(svg, onClick);
   }
 
   return { line, scatter, lineage };
