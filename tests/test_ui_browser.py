@@ -25,6 +25,7 @@ from test_ui import HOSTILE, hostile_record, make_sweep
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -91,6 +92,14 @@ def test_run_page_renders_updates_live_and_shows_hostile_text_as_text(
     assert browser.find_element(By.CSS_SELECTOR, "#detail pre.error-text").text == SHOWN
     assert "\x1b" not in browser.page_source and "[31m" not in browser.page_source
     assert HOSTILE not in browser.page_source
+
+    # a lineage node: its tooltip is made on hover, a click selects its iteration
+    dot = browser.find_elements(By.CSS_SELECTOR, "#plots svg:last-child circle")[3]
+    ActionChains(browser).move_to_element(dot).perform()
+    wait.until(lambda d: dot.find_elements(By.TAG_NAME, "title"))
+    assert dot.find_element(By.TAG_NAME, "title").get_attribute("textContent").startswith("#3 ok")
+    dot.click()
+    wait.until(lambda d: "selected" in (rows(d)[3].get_attribute("class") or ""))
 
     # a committed iteration appears within 5 s, without a reload
     browser.execute_script("window.notReloaded = true;")
