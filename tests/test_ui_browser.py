@@ -151,3 +151,40 @@ def test_sweep_page_shows_the_paper_table_and_a_plot(browser: Any, tmp_path: Pat
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_long_run_shows_its_latest_page_and_follows_it(browser: Any, tmp_path: Path) -> None:
+    """250 iterations: the table shows the latest page (of 100) and keeps following it as
+    iterations commit; earlier / all / latest move through them; a click on a plot point
+    of an earlier iteration turns to its page. The plots keep every iteration."""
+    records = [record(0, None, 0.3)] + [record(i, i - 1, 0.3 + i / 1000) for i in range(1, 250)]
+    run_dir = make_run(tmp_path / "runs" / "long", records)
+    server = make_server([run_dir.parent], "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    first = lambda d: rows(d)[0].get_attribute("data-iteration")  # noqa: E731
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/run?run=0/long")
+        wait = WebDriverWait(browser, 10)
+        wait.until(lambda d: len(rows(d)) == 50)
+        assert first(browser) == "200"
+        assert "201–250 of 250" in browser.find_element(By.ID, "pager").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#plots svg:last-child circle")) == 250
+        with RunStore.open(run_dir, writer=True) as store:
+            store.record_iteration(record(250, 249, 0.9))
+        wait.until(lambda d: rows(d)[-1].get_attribute("data-iteration") == "250")
+        assert len(rows(browser)) == 51 and first(browser) == "200"  # 201–251: the last page
+        browser.find_element(By.ID, "page-earlier").click()
+        wait.until(lambda d: first(d) == "100")
+        browser.find_element(By.ID, "page-all").click()
+        wait.until(lambda d: len(rows(d)) == 251)
+        browser.find_element(By.ID, "page-latest").click()
+        wait.until(lambda d: first(d) == "200")
+        dot = browser.find_elements(By.CSS_SELECTOR, "#plots svg:last-child circle")[10]
+        browser.execute_script(  # the points overlap at 250: a click meant for this one
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", dot
+        )
+        wait.until(lambda d: first(d) == "0")
+        assert "selected" in (rows(browser)[10].get_attribute("class") or "")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -205,18 +205,56 @@
       })), select));
   }
 
+  // The iterations table shows one page of PAGE_ROWS rows: by default the latest, followed
+  // as iterations commit (a 1,000-row table was 36,000 DOM nodes and most of a second of
+  // style and layout); "all" shows every row. The plots always show every iteration.
+  const PAGE_ROWS = 100;
+
+  // "iterations 901–1000 of 1000" and the buttons; current null: every row is shown
+  function pager(n, current, last, go) {
+    const button = (id, text, target, off) =>
+      el("button", off ? { id, disabled: "" } : { id, onclick: () => go(target) }, text);
+    if (current === null) return el("p", { class: "pager", id: "pager" }, `all ${n} iterations `, button("page-latest", "latest", null, false));
+    const from = current * PAGE_ROWS + 1, to = Math.min(n, (current + 1) * PAGE_ROWS);
+    return el("p", { class: "pager", id: "pager" },
+      `iterations ${from}–${to} of ${n} `,
+      button("page-earlier", "‹ earlier", current - 1, current === 0),
+      button("page-later", "later ›", current + 1, current === last),
+      button("page-latest", "latest", null, current === last),
+      button("page-all", "all", "all", false));
+  }
+
   function runPage(key) {
-    let version = "", selected = null, last = null;
+    let version = "", selected = null, last = null, page = null; // page null: the latest
     const detail = el("div", { id: "detail" }, el("p", { class: "empty" }, "click an iteration for its code, diff and error"));
     const select = (i) => {
       selected = i;
+      const at = last ? last.rows.findIndex((r) => r.iteration === i) : -1;
+      if (page !== "all" && at >= 0 && last.rows.length > PAGE_ROWS) {
+        const p = Math.floor(at / PAGE_ROWS);
+        page = p === Math.ceil(last.rows.length / PAGE_ROWS) - 1 ? null : p;
+      }
       if (last) render(last);
       window.LemoDetail.show(detail, key, i);
     };
+    const go = (target) => { // the last page is "latest": it follows new iterations
+      const lastPage = Math.ceil(last.rows.length / PAGE_ROWS) - 1;
+      page = typeof target === "number" && target >= lastPage ? null : target;
+      render(last);
+    };
+    function shown(doc) {
+      const n = doc.rows.length;
+      if (n <= PAGE_ROWS) return [doc.rows, null];
+      if (page === "all") return [doc.rows, pager(n, null, null, go)];
+      const lastPage = Math.ceil(n / PAGE_ROWS) - 1;
+      const current = page === null ? lastPage : Math.min(page, lastPage);
+      return [doc.rows.slice(current * PAGE_ROWS, (current + 1) * PAGE_ROWS), pager(n, current, lastPage, go)];
+    }
     function render(doc) {
       const run = doc.run;
       document.title = "lemo-nade: " + (run.run_id || run.dir);
-      const rows = table(ITER_COLUMNS, doc.rows, {
+      const [rowsShown, nav] = shown(doc);
+      const rows = table(ITER_COLUMNS, rowsShown, {
         id: "iterations",
         rowAttrs: (r) => ({
           class: "clickable" + (r.best ? " best" : "") + (r.iteration === selected ? " selected" : ""),
@@ -226,11 +264,8 @@
       });
       const parts = [el("h1", {}, "Run " + (run.run_id || run.dir)), runMeta(run, doc)];
       if (run.error) parts.push(el("p", { class: "status-unreadable" }, run.error));
-      // the long table sits in a box the browser lays out only when scrolled near
-      // (content-visibility): a 1,000-row run draws its first screen without it
-      parts.push(...runBudgets(doc), runPlots(doc, select), el("h2", {}, "Iterations"),
-        el("div", { class: "lazy" }, rows), detail);
-      app.replaceChildren(...parts);
+      parts.push(...runBudgets(doc), runPlots(doc, select), el("h2", {}, "Iterations"), nav, rows, detail);
+      app.replaceChildren(...parts.filter((p) => p !== null));
     }
     poll(async () => {
       const doc = await getJSON(`/api/run?run=${encodeURIComponent(key)}&v=${encodeURIComponent(version)}`);
