@@ -251,6 +251,9 @@ def test_unused_layers_are_those_nothing_reads() -> None:
         "        return self.fc(x.mean((2, 3)))\n"
     )
     assert hints.unused_layers(code) == ["conv3", "head"]
-    assert hints.unused_layers(code.replace("return self.fc(", "return self.fc(self.head(")
-                               .replace("x.mean((2, 3)))", "x.mean((2, 3))))")) == ["conv3"]
+    assert hints.unused_layers(
+        code.replace("return self.fc(", "return self.fc(self.head(").replace(
+            "x.mean((2, 3)))", "x.mean((2, 3))))"
+        )
+    ) == ["conv3"]
     assert hints.unused_layers("not python (") == []

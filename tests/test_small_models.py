@@ -12,6 +12,7 @@ import pytest
 
 from candidates import SMALL_CNN
 from fake_llm import serve
+from lemo_nade import prompts
 from lemo_nade.answers import read_answer
 from lemo_nade.architects.llm import proposal_from_answer, temperature
 from lemo_nade.config import build_config
@@ -140,6 +141,13 @@ def test_layers_added_to_init_only_are_sent_back_with_the_fix() -> None:
     sent_back = proposal_from_answer(text, "stop", Usage(), call, request)
     assert sent_back.code == "" and sent_back.rejected is not None
     assert "`self.res`" in sent_back.rejected and "x = x + self.res(x)" in sent_back.rejected
+    # the same answer again (as the model gave it, three times at temperature 0) is a
+    # repeat: the next attempt is sampled warmer and does not see the exchange again
+    history = ((text, sent_back.rejected),)
+    repeated = proposal_from_answer(text, "stop", Usage(), call, replace(request, history=history))
+    assert repeated.rejected is not None and repeated.rejected.startswith(prompts.REPEATED)
+    stuck = replace(request, attempt=2, history=(*history, (text, repeated.rejected)))
+    assert temperature(stuck, 0.0, 0.7) == 0.7
     applied = text.replace(
         "x = self.features(x)\n", "x = self.features(x)\n        x = x + self.res(x)\n"
     )

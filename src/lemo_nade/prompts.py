@@ -241,7 +241,10 @@ def iteration_prompt(request: ProposalRequest) -> str:
             "do not repeat the mistake:\n" + fence(request.last_error, "text")
         )
     parts.append(instructions_text(request.instructions, request.parent_code))
-    parts.append("Return the complete new code, with the change made.")
+    done = "Return the complete new code, with the change made."
+    if shown != request.parent_code:  # the 0.5B model copied the marks as comments
+        done += " Each `# TODO:` comment says what to write there: write it as code."
+    parts.append(done)
     return "\n\n".join(parts)
 
 

@@ -251,8 +251,10 @@ def proposal_from_answer(
     its code, tidied, with ``notes`` saying what was removed; or a rejection carrying the
     reason for the repair. An answer that repeats the current model unchanged is sent
     back with the first instruction spelled out (a 0.5B model at temperature 0 answered
-    four iterations in a row with its parent's code). Replayed answers come through here
-    too, so a replay decides the same way."""
+    four iterations in a row with its parent's code); so is one that creates layers forward
+    never applies, naming them, and one stopped mid-loop (:mod:`.stream`). An answer
+    that repeats an earlier attempt is not built again. Replayed answers come through
+    here too, so a replay decides the same way."""
     if finish == stream.LOOP:
         rejected = prompts.looped_text(text)
         return Proposal(code="", answer=text, rejected=rejected, usage=usage, calls=(call,))
@@ -266,12 +268,6 @@ def proposal_from_answer(
             code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
             calls=(call,),
         )  # fmt: skip
-    unused = _new_unused(candidate.code, request.parent_code or "")
-    if unused:
-        return Proposal(
-            code="", answer=text, rejected=prompts.unused_text(unused), usage=usage,
-            calls=(call,),
-        )  # fmt: skip
     for attempt, (earlier, error) in enumerate(request.history):
         if not error.startswith(prompts.REPEATED) and answers.same_code(
             candidate.code, repairs.code_of(earlier)
@@ -280,6 +276,12 @@ def proposal_from_answer(
                 code="", answer=text, rejected=prompts.repeated_text(attempt, error),
                 usage=usage, calls=(call,),
             )  # fmt: skip
+    unused = _new_unused(candidate.code, request.parent_code or "")
+    if unused:
+        return Proposal(
+            code="", answer=text, rejected=prompts.unused_text(unused), usage=usage,
+            calls=(call,),
+        )  # fmt: skip
     return Proposal(
         code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
     )
