@@ -139,6 +139,8 @@ def test_sweep_page_shows_the_paper_table_and_a_plot(browser: Any, tmp_path: Pat
         texts = [td.text for td in done.find_elements(By.TAG_NAME, "td")]
         cells = dict(zip(heads, texts, strict=True))
         assert cells["run"] == "setting=1" and cells["val acc"] == "90.00%"
+        sweep_heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#sweep th")]
+        assert sweep_heads.count("setting") == 1  # the axis, not also the run's column
         assert cells["params"] == "20,000" and cells["test acc"] == "—"
         assert pending.find_elements(By.TAG_NAME, "td")[-1].text == "—"
         plot = browser.find_element(By.CSS_SELECTOR, "#sweep-plots svg")

@@ -317,7 +317,7 @@
       const columns = [
         ["run", (r) => link("/run?run=" + encodeURIComponent(r.key), r.run), "text"],
         ...doc.axes.map((a) => [a, (r) => num(r[a]), "text"]),
-        ...RUN_COLUMNS.slice(1),
+        ...RUN_COLUMNS.slice(1).filter((c) => !doc.axes.includes(c[0])), // an axis shows once
       ];
       app.replaceChildren(el("h1", {}, "Sweep " + doc.dir), table(columns, doc.rows, { id: "sweep" }), ...sweepPaper(doc));
     }, LIST_POLL_MS);
