@@ -132,10 +132,9 @@ def test_layers_added_to_init_only_are_sent_back_with_the_fix() -> None:
     a conv layer and a skip connection, it created ``self.res`` and never called it; the
     child would train as its parent with dead weights. It is sent back, untrained, naming
     the layer and how forward applies it; a dead layer the parent already had is not."""
-    answers = Path(__file__).parent / "answers"
-    parent = (answers / "qwen_iter_unused_parent.py").read_text()
-    text = (answers / "qwen_iter_unused.md").read_text()
+    text = (Path(__file__).parent / "answers" / "qwen_iter_unused.md").read_text()
     task = resolve_dataset("shifted-digits", None)
+    parent = prompts.skeleton(task)  # the model's first answer was the skeleton, as given
     request = ProposalRequest(1, task, parent, None, (("ACL", 1.0), ("ASC", 1.0)))
     call = LLMCall(1, 0, Usage(calls=1), None, {})
     sent_back = proposal_from_answer(text, "stop", Usage(), call, request)

@@ -46,6 +46,10 @@ def test_a_loop_is_seen_early_and_code_written_once_is_not() -> None:
     for name in ("qwen_first_clean.md", "qwen_iter_dense.md", "qwen_iter_unused.md"):
         assert not looping((ANSWERS / name).read_text()), name
     assert not looping(answer(GOOD))
+    # the 0.5B model's real loop (one import line until max_tokens): seen at 44% of it
+    real = (ANSWERS / "qwen_old_first_loop.md").read_text()
+    seen = next(n for n in range(0, len(real), 8) if looping(real[:n]))
+    assert seen < len(real) / 2
     block = "        nn.Conv2d(32, 32, kernel_size=3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
     assert not looping(block * 4) and looping(block * 12)
 
