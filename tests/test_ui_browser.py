@@ -187,6 +187,17 @@ def test_a_long_run_shows_its_latest_page_and_follows_it(browser: Any, tmp_path:
         )
         wait.until(lambda d: first(d) == "0")
         assert "selected" in (rows(browser)[10].get_attribute("class") or "")
+        # 502 accuracy points: no dot each; the pointer picks the nearest, a click selects it
+        (hit,) = browser.find_elements(By.CSS_SELECTOR, "#plots svg .hit")
+        ActionChains(browser).move_to_element(hit).perform()
+        pick = browser.find_element(By.CSS_SELECTOR, "#plots .pick")
+        wait.until(lambda d: pick.text.startswith("#"))
+        picked = pick.text.split()[0][1:]
+        hit.click()
+        wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'tr.selected[data-iteration="{picked}"]')
+        )
+        assert 80 < int(picked) < 170  # the middle of the plot
     finally:
         server.shutdown()
         server.server_close()

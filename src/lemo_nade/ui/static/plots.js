@@ -106,7 +106,12 @@ window.LemoPlots = (function () {
     return { x, y };
   }
 
-  // series: [{name, points: [[x, y, id], ...]}]; onClick(id) for a point.
+  // series: [{name, points: [[x, y, id], ...]}]; onClick(id) for a point. Up to DOTS_MAX
+  // points get a dot each; more are drawn as lines only, and the pointer picks the nearest
+  // point (a marker and its value follow it; a click selects it): 1,000 iterations made
+  // 2,000 dots in these two plots, most of a page's style and layout work.
+  const DOTS_MAX = 300;
+
   function line(title, series, labels, onClick) {
     const svg = frame(title);
     const all = series.flatMap((s) => s.points);
@@ -115,15 +120,45 @@ window.LemoPlots = (function () {
       return svg;
     }
     const { x, y } = axes(svg, extent(all.map((p) => p[0])), extent(all.map((p) => p[1]), 0.05), labels);
+    const dense = all.length > DOTS_MAX;
+    const picks = [];
     series.forEach((s, n) => {
       const d = s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
       svg.appendChild(svgEl("polyline", { class: `line s${n}`, points: d }));
       for (const p of s.points) {
-        dot(svg, { class: `dot s${n}`, cx: x(p[0]), cy: y(p[1]), r: 3.5 }, p[2], `#${p[2]} ${s.name} ${p[1].toPrecision(4)}`);
+        const at = { class: `dot s${n}`, cx: x(p[0]), cy: y(p[1]), r: 3.5 };
+        const text = `#${p[2]} ${s.name} ${p[1].toPrecision(4)}`;
+        if (dense) picks.push({ ...at, id: p[2], text });
+        else dot(svg, at, p[2], text);
       }
       svg.appendChild(svgEl("text", { x: W - M.r - 4, y: M.t + 12 + 13 * n, "text-anchor": "end", class: `s${n}` }, s.name));
     });
-    return interactive(svg, onClick);
+    return dense ? nearest(svg, picks, onClick) : interactive(svg, onClick);
+  }
+
+  // One hit area over the plot: the point nearest the pointer gets a marker and its text.
+  function nearest(svg, picks, onClick) {
+    const marker = svgEl("circle", { class: "dot marker", r: 5, cx: -10, cy: -10 });
+    const label = svgEl("text", { x: M.l + 4, y: M.t + 10, class: "pick" }, "");
+    const hit = svgEl("rect", { class: "hit", x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b });
+    svg.append(marker, label, hit);
+    let current = null;
+    hit.addEventListener("mousemove", (ev) => {
+      const box = svg.getBoundingClientRect();
+      const mx = ((ev.clientX - box.left) * W) / box.width, my = ((ev.clientY - box.top) * H) / box.height;
+      let best = Infinity;
+      for (const p of picks) {
+        const d = (p.cx - mx) ** 2 + (p.cy - my) ** 2;
+        if (d < best) { best = d; current = p; }
+      }
+      marker.setAttribute("cx", current.cx);
+      marker.setAttribute("cy", current.cy);
+      marker.setAttribute("class", current.class + " marker");
+      label.textContent = current.text;
+    });
+    hit.addEventListener("mouseleave", () => { label.textContent = ""; marker.setAttribute("cx", -10); });
+    if (onClick) hit.addEventListener("click", () => { if (current) onClick(current.id); });
+    return svg;
   }
 
   // points: [{x, y, id, front, tip}]; the front is drawn as a dashed step line; the x axis
@@ -162,11 +197,9 @@ window.LemoPlots = (function () {
     const maxDepth = Math.max(...Object.values(depth), 1);
     const x = (i) => M.l + (i / maxId) * (W - M.l - M.r);
     const y = (d) => M.t + 8 + (d / maxDepth) * (H - M.t - M.b - 8);
-    for (const n of nodes) {
-      if (n.parent === null || !(n.parent in depth)) continue;
-      const d = `M${x(n.parent)},${y(depth[n.parent])} L${x(n.id)},${y(depth[n.id])}`;
-      svg.appendChild(svgEl("path", { class: "edge", d }));
-    }
+    const edges = nodes.filter((n) => n.parent !== null && n.parent in depth) // one path for all
+      .map((n) => `M${x(n.parent).toFixed(1)},${y(depth[n.parent]).toFixed(1)}L${x(n.id).toFixed(1)},${y(depth[n.id]).toFixed(1)}`);
+    if (edges.length) svg.appendChild(svgEl("path", { class: "edge", d: edges.join("") }));
     for (const n of nodes) {
       const cls = n.best ? "node-best" : n.ok ? "node-ok" : "node-bad";
       dot(svg, { class: `dot ${cls}`, cx: x(n.id), cy: y(depth[n.id]), r: 5 }, n.id, n.label);
