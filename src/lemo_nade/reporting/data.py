@@ -77,11 +77,14 @@ def load_run(run_dir: Path) -> RunData:
     """Read a run; :class:`StoreError` when ``run_dir`` is not a run."""
     run_dir = Path(run_dir)
     with RunStore.open(run_dir) as store:
-        records = store.iterations()
-        status, reason = store.status()
-        config = config_from_json(store.config_json())
-        run_id = store.run_id
-    return RunData(run_dir, run_id, status, reason, config, records, load_retrain(run_dir))
+        return from_store(store, load_retrain(run_dir))
+
+
+def from_store(store: RunStore, retrain: dict[str, Any] | None) -> RunData:
+    """The run an open store holds (the dashboard's read-only one too), with ``retrain``."""
+    status, reason = store.status()
+    config = config_from_json(store.config_json())
+    return RunData(store.run_dir, store.run_id, status, reason, config, store.iterations(), retrain)
 
 
 def require_success(data: RunData) -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from lemo_nade.config import ConfigError, config_from_json
-from lemo_nade.reporting.data import RETRAIN_NAME, RunData, load_retrain
+from lemo_nade.config import ConfigError
+from lemo_nade.reporting.data import RETRAIN_NAME, RunData, from_store, load_retrain
 from lemo_nade.store import DB_NAME, RunStore, StoreError, writer_lock_held
 from lemo_nade.store.migrations import SCHEMA_VERSION, user_version
 
@@ -63,16 +63,13 @@ def load_readonly(run_dir: Path) -> RunData:
         row = conn.execute("SELECT run_id FROM runs").fetchone()
         if row is None:
             raise StoreError(f"{db} holds no run; it was not made by `lemo-nade run`")
-        store = RunStore(Path(run_dir), conn, row[0], lock_fd=None)
-        records = store.iterations()
-        status, reason = store.status()
-        config = config_from_json(store.config_json())
+        data = from_store(RunStore(Path(run_dir), conn, row[0], lock_fd=None), _retrain(run_dir))
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{db}: cannot read it ({exc})") from None
     finally:
         conn.close()
-    return RunData(Path(run_dir), row[0], status, reason, config, records, _retrain(run_dir))
+    return data
 
 
 def _retrain(run_dir: Path) -> dict[str, object] | None:
