@@ -14,7 +14,7 @@ from candidates import SMALL_CNN
 from fake_llm import serve
 from lemo_nade import prompts
 from lemo_nade.answers import read_answer
-from lemo_nade.architects.llm import proposal_from_answer, temperature
+from lemo_nade.architects.llm import call_seed, proposal_from_answer, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
 from lemo_nade.history import next_window
@@ -49,6 +49,18 @@ def test_a_retry_after_an_unchanged_answer_is_sampled_warmer() -> None:
         history=(("```python\nx(\n```", "SyntaxError: '(' was never closed"),),
     )  # fmt: skip
     assert temperature(broken, 0.0, 0.7) == 0.0  # a repair of an error stays deterministic
+    # after a failed iteration the same prompt comes again: its first answer is warmer
+    after_failure = replace(first, last_error="the code creates layers that forward never uses")
+    assert temperature(after_failure, 0.0, 0.7) == 0.7
+    assert temperature(replace(broken, last_error="x"), 0.0, 0.7) == 0.0  # its repairs not
+
+
+def test_each_call_has_its_own_seed() -> None:
+    task = resolve_dataset("digits", None)
+    requests = [ProposalRequest(i, task, SMALL_CNN, None, (), seed=7, attempt=a)
+                for i in range(3) for a in range(3)]  # fmt: skip
+    seeds = [call_seed(r) for r in requests]
+    assert len(set(seeds)) == 9 and call_seed(requests[0]) == 7
 
 
 @pytest.mark.usefixtures("shared_sandbox")

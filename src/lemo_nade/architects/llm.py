@@ -156,7 +156,7 @@ class OpenAIArchitect:
         params: dict[str, Any] = {
             "model": self.model,
             "temperature": temperature(request, cfg.temperature, cfg.retry_temperature),
-            "seed": request.seed,
+            "seed": call_seed(request),
             "max_tokens": cfg.llm_max_tokens,
         }
         start = time.perf_counter()
@@ -297,9 +297,20 @@ def _new_unused(code: str, parent_code: str) -> list[str]:
 def temperature(request: ProposalRequest, base: float, retry: float) -> float:
     """``base``, or at least ``retry`` after an answer that changed nothing (the parent
     unchanged, or an earlier attempt repeated): at temperature 0 a 0.5B model sent such an
-    answer back repeated it word for word until the iteration failed."""
+    answer back repeated it word for word until the iteration failed. The same for the
+    first answer of an iteration that follows a failed one (``last_error``): from the same
+    parent with the same instructions and the same error, the prompt is the one that
+    failed before, and at 0 the model failed four iterations in a row the same way."""
     last_error = request.history[-1][1] if request.history else ""
-    return max(base, retry) if prompts.stuck(last_error) else base
+    if prompts.stuck(last_error) or (request.attempt == 0 and request.last_error):
+        return max(base, retry)
+    return base
+
+
+def call_seed(request: ProposalRequest) -> int:
+    """The sampling seed of one call: the run's seed, moved by iteration and attempt, so
+    warmer samples of the same prompt differ (one seed for every call drew the same one)."""
+    return request.seed + 1000 * request.iteration + request.attempt
 
 
 def price_for(
