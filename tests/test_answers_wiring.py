@@ -61,6 +61,13 @@ def test_an_answer_that_repeats_the_parent_is_sent_back_with_the_first_instructi
     assert "unchanged" in sent_back.rejected and "Add skip connection" in sent_back.rejected
     changed = same.replace("    pass", "    WIDTH = 2")
     assert proposal_from_answer(changed, "stop", Usage(), call, request).code != ""
+    # the model's one 'change' in a real run: the annotation `-> None` dropped
+    annotated = parent.replace("    pass", "    def f(self, x: int) -> None:\n        return x")
+    bare = "```python\n" + annotated.replace(" -> None", "").replace("x: int", "x") + "```"
+    unchanged = ProposalRequest(3, task, annotated, None, (("ASC", 0.9),))
+    assert "unchanged" in (
+        proposal_from_answer(bare, "stop", Usage(), call, unchanged).rejected or ""
+    )
 
 
 @pytest.mark.usefixtures("shared_sandbox")
