@@ -43,6 +43,7 @@ from lemo_nade.architects import (
     register,
     stream,
 )
+from lemo_nade.architects.sampling import call_seed, temperature
 from lemo_nade.net import is_loopback
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.usage import LLMCall, Usage
@@ -292,25 +293,6 @@ def _new_unused(code: str, parent_code: str) -> list[str]:
     unused (an inherited dead layer is not this answer's fault)."""
     inherited = set(hints.unused_layers(parent_code)) if parent_code else set()
     return [name for name in hints.unused_layers(code) if name not in inherited]
-
-
-def temperature(request: ProposalRequest, base: float, retry: float) -> float:
-    """``base``, or at least ``retry`` after an answer that changed nothing (the parent
-    unchanged, or an earlier attempt repeated): at temperature 0 a 0.5B model sent such an
-    answer back repeated it word for word until the iteration failed. The same for the
-    first answer of an iteration that follows a failed one (``last_error``): from the same
-    parent with the same instructions and the same error, the prompt is the one that
-    failed before, and at 0 the model failed four iterations in a row the same way."""
-    last_error = request.history[-1][1] if request.history else ""
-    if prompts.stuck(last_error) or (request.attempt == 0 and request.last_error):
-        return max(base, retry)
-    return base
-
-
-def call_seed(request: ProposalRequest) -> int:
-    """The sampling seed of one call: the run's seed, moved by iteration and attempt, so
-    warmer samples of the same prompt differ (one seed for every call drew the same one)."""
-    return request.seed + 1000 * request.iteration + request.attempt
 
 
 def price_for(
