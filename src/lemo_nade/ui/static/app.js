@@ -227,28 +227,24 @@
   function runPage(key) {
     let version = "", selected = null, last = null, page = null; // page null: the latest
     const detail = el("div", { id: "detail" }, el("p", { class: "empty" }, "click an iteration for its code, diff and error"));
+    const lastPage = (n) => Math.ceil(n / PAGE_ROWS) - 1;
+    // the page to show; the last one is null ("latest"), which follows new iterations
+    const pageFor = (target) => (typeof target === "number" && target >= lastPage(last.rows.length) ? null : target);
     const select = (i) => {
       selected = i;
       const at = last ? last.rows.findIndex((r) => r.iteration === i) : -1;
-      if (page !== "all" && at >= 0 && last.rows.length > PAGE_ROWS) {
-        const p = Math.floor(at / PAGE_ROWS);
-        page = p === Math.ceil(last.rows.length / PAGE_ROWS) - 1 ? null : p;
-      }
+      if (page !== "all" && at >= 0 && last.rows.length > PAGE_ROWS) page = pageFor(Math.floor(at / PAGE_ROWS));
       if (last) render(last);
       window.LemoDetail.show(detail, key, i);
     };
-    const go = (target) => { // the last page is "latest": it follows new iterations
-      const lastPage = Math.ceil(last.rows.length / PAGE_ROWS) - 1;
-      page = typeof target === "number" && target >= lastPage ? null : target;
-      render(last);
-    };
+    const go = (target) => { page = pageFor(target); render(last); };
     function shown(doc) {
       const n = doc.rows.length;
       if (n <= PAGE_ROWS) return [doc.rows, null];
       if (page === "all") return [doc.rows, pager(n, null, null, go)];
-      const lastPage = Math.ceil(n / PAGE_ROWS) - 1;
-      const current = page === null ? lastPage : Math.min(page, lastPage);
-      return [doc.rows.slice(current * PAGE_ROWS, (current + 1) * PAGE_ROWS), pager(n, current, lastPage, go)];
+      const end = lastPage(n);
+      const current = page === null ? end : Math.min(page, end);
+      return [doc.rows.slice(current * PAGE_ROWS, (current + 1) * PAGE_ROWS), pager(n, current, end, go)];
     }
     function render(doc) {
       const run = doc.run;
