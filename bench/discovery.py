@@ -41,8 +41,9 @@ from lemo_nade.sweeps.plan import RUNS_DIR, read_plan
 from machine import conditions, describe
 
 FIGURES = ("best_A2", "gain", "last_A2", "drop_from_best", "best_CM", "duplicates", "seconds",
-           "kwh", "hypervolume", "hypervolume_energy")  # fmt: skip
-COMPARED = ("best_A2", "best_CM", "last_A2")
+           "kwh", "hypervolume", "hypervolume_energy", "cm_dA2", "E1_x", "E2_x", "F_x")  # fmt: skip
+COMPARED = ("best_A2", "best_CM", "last_A2", "E1_x", "E2_x", "F_x")
+LOWER = ("E1_x", "E2_x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +150,7 @@ def analyse(arms_dir: Path, arms: list[str]) -> dict[str, Any]:
                 [runs[first].get(s, {}).get(f) for s in seeds],
                 [runs[other].get(s, {}).get(f) for s in seeds],
             )
-            for f in ("best_A2", "best_CM", "last_A2")
+            for f in COMPARED
         }
         for other in arms[1:]
     }
@@ -185,10 +186,25 @@ def markdown(report: dict[str, Any]) -> str:
                     f"- {first} vs {other}, {figure}: mean difference {p['mean_diff']:+.4f} over "
                     f"{p['n']} seeds ({p['wins']} wins, {p['losses']} losses, {p['ties']} ties); "
                     f"Wilcoxon p = {_p(p['wilcoxon_p'])}, sign test p = {_p(p['sign_p'])}"
+                    + (" (lower is better: a win is worse)" if figure in LOWER else "")
                 )
     seeds = f"seeds {report['seeds']}"
     return "\n".join([f"Discovery bench, {seeds}, mean ± std over seeds", "", head, *rows, "",
-                      *tests]) + "\n"  # fmt: skip
+                      *_efficiency_table(report), "", *tests]) + "\n"  # fmt: skip
+
+
+def _efficiency_table(report: dict[str, Any]) -> list[str]:
+    """Settings 2 and 5's figures: the best-CM model's accuracy change, and the leanest
+    and fastest model within 2 points of the first model's accuracy, x the first's."""
+    head = ("| arm | A2 of best CM - first (pts) | E1 x first | E2 x first | FPS x first |\n"
+            + "|---" * 5 + "|")  # fmt: skip
+    rows = [
+        f"| {arm} | {_cell(a['cm_dA2'], 100)} | {_cell(a['E1_x'], 1, 2)} | "
+        f"{_cell(a['E2_x'], 1, 2)} | {_cell(a['F_x'], 1, 2)} |"
+        for arm, a in report["arms"].items()
+    ]
+    note = "(E and FPS: the best among the candidates within 2 points of the first model's A2)"
+    return [head, *rows, note]
 
 
 def _p(value: float | None) -> str:

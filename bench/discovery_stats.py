@@ -65,6 +65,30 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
             MAX_KWH,
         ),
         "anytime": curve,
+        **efficiency(ok),
+    }
+
+
+WITHIN = 0.02  # accuracy a faster or leaner model may lose against the first (issue 18)
+
+
+def efficiency(ok: Sequence[IterationRecord]) -> dict[str, float | None]:
+    """What settings 2 (energy) and 5 (FPS) search for, against the run's first model:
+    the best-CM candidate's accuracy change (``cm_dA2``), and among the candidates within
+    ``WITHIN`` of the first model's accuracy the lowest training and inference energy and
+    the highest FPS, as ratios to the first model's (``E1_x``, ``E2_x``, ``F_x``)."""
+    if not ok:
+        return {"cm_dA2": None, "E1_x": None, "E2_x": None, "F_x": None}
+    ms = [r.evaluation.metrics for r in ok]
+    first = ms[0]
+    assert first is not None
+    best_cm = max(ok, key=lambda r: r.cm if r.cm is not None else -math.inf).evaluation.metrics
+    near = [m for m in ms if m is not None and m.A2 >= first.A2 - WITHIN - 1e-9]
+    return {
+        "cm_dA2": best_cm.A2 - first.A2 if best_cm is not None else None,
+        "E1_x": min(m.E1 for m in near) / first.E1 if first.E1 > 0 else None,
+        "E2_x": min(m.E2 for m in near) / first.E2 if first.E2 > 0 else None,
+        "F_x": max(m.F for m in near) / first.F if first.F > 0 else None,
     }
 
 

@@ -86,3 +86,25 @@ def test_the_bench_reports_a_two_arm_sweep(tmp_path: Path) -> None:
     again = discovery.main(["--arm", "offline", "--arm", "random", "--seeds", "1",
                             "--iterations", "2", "--epochs", "1", "--out", str(out)])  # fmt: skip
     assert again == 0  # resumed: both runs already finished
+
+
+def test_efficiency_is_the_best_within_two_points_of_the_first_model() -> None:
+    """Settings 2 and 5's figures: a leaner or faster model counts only while its accuracy
+    is within 2 points of the first model's; the best-CM model's accuracy change."""
+    from dataclasses import replace
+
+    from discovery_stats import efficiency
+    from test_report import record
+
+    def model(idx: int, acc: float, e2: float, fps: float, cm: float):  # type: ignore[no-untyped-def]
+        rec = record(idx, None, acc)
+        metrics = replace(rec.evaluation.metrics, E2=e2, F=fps)
+        return replace(rec, evaluation=replace(rec.evaluation, metrics=metrics), cm=cm)
+
+    first = model(0, 0.50, 1e-6, 1000.0, 1.0)
+    lean = model(1, 0.485, 2e-7, 4000.0, 1.2)  # 1.5 points lost: counts
+    leaner = model(2, 0.47, 1e-7, 9000.0, 0.9)  # 3 points lost: does not
+    figures = efficiency([first, lean, leaner])
+    assert figures["E2_x"] == pytest.approx(0.2) and figures["F_x"] == pytest.approx(4.0)
+    assert figures["cm_dA2"] == pytest.approx(-0.015)
+    assert efficiency([])["F_x"] is None
