@@ -88,6 +88,7 @@ class Model:
     weight_decay: float | None  # the module constant, 0 when absent, None when not a number
     weight_decay_line: int | None
     inits: frozenset[str]  # nn.init functions called anywhere
+    read_attrs: frozenset[str] = frozenset()  # the ``self.<name>`` class Net reads anywhere
 
     def of(self, *kinds: str) -> list[Layer]:
         """The layers of these kinds that forward uses, in the order it applies them (a
@@ -145,7 +146,16 @@ def read(code: str) -> Model | None:
     ]  # fmt: skip
     wd_line, wd = _weight_decay(tree)
     init_end = init.body[-1].end_lineno or init.body[-1].lineno
-    return Model(layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree))
+    read_attrs = frozenset(
+        node.attr
+        for node in ast.walk(net)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Load)
+        and _is_self_attr(node)
+    )
+    return Model(
+        layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree), read_attrs
+    )
 
 
 def _is_self_attr(node: ast.Attribute) -> bool:
@@ -197,14 +207,5 @@ def unused_layers(code: str) -> list[str]:
     model = read(code)
     if model is None:
         return []
-    tree = ast.parse(code)
-    net = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net")
     created = {layer.owner: layer.line for layer in model.layers}
-    read_names = {
-        node.attr
-        for node in ast.walk(net)
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.ctx, ast.Load)
-        and _is_self_attr(node)
-    }
-    return sorted((o for o in created if o not in read_names), key=lambda o: created[o])
+    return sorted((o for o in created if o not in model.read_attrs), key=lambda o: created[o])
