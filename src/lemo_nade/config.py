@@ -151,8 +151,11 @@ class RunConfig(_Frozen):
     # (explicit keys override it): "paper" = Algorithm 1 as written; "discover" (the
     # default, measured better: README "Does the search discover?") = its departures.
     search: Literal["paper", "discover"] = DEFAULT_SEARCH
-    parent: Literal["last", "best"] = "best"
-    retrain_duplicates: bool = Field(False, description="train a model the run already trained")
+    parent: Literal["last", "best"] = SEARCHES[DEFAULT_SEARCH]["parent"]
+    retrain_duplicates: bool = Field(
+        SEARCHES[DEFAULT_SEARCH]["retrain_duplicates"],
+        description="train a model the run already trained",
+    )
     max_params: int = Field(25_000_000, ge=1000, description="offline architect's size cap")
     max_hours: float | None = Field(None, gt=0)
     candidate_timeout_s: float = Field(600.0, gt=0)
@@ -221,7 +224,10 @@ class RunConfig(_Frozen):
         0.7, ge=0, le=2, description="at least this after an answer that changed nothing"
     )
     max_instructions: int = Field(
-        2, ge=0, le=15, description="instructions per prompt, most important first; 0: all"
+        SEARCHES[DEFAULT_SEARCH]["max_instructions"],
+        ge=0,
+        le=15,
+        description="instructions per prompt, most important first; 0: all",
     )
     base_url: str | None = Field(None, description="endpoint; default: the provider preset's")
     api_key_env: str | None = Field(None, description="env var holding the API key")
