@@ -257,3 +257,14 @@ def test_unused_layers_are_those_nothing_reads() -> None:
         )
     ) == ["conv3"]
     assert hints.unused_layers("not python (") == []
+
+
+def test_marks_left_as_comments_are_read_back_with_their_continued_lines() -> None:
+    marked = hints.marked(SEQUENTIAL, ["ADL", "ASC"])
+    kept = hints.left_as_comments(marked)
+    assert kept and all("TODO" not in code for code in kept)
+    answer = (
+        "x = 1\n    # TODO: add here: x = x + self.b(\n    #     x)\ny = 2\n# TODO: add here: z\n"
+    )
+    assert hints.left_as_comments(answer) == ["x = x + self.b( x)", "z"]
+    assert hints.left_as_comments("# TODO: tidy this\n") == []

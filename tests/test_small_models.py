@@ -153,6 +153,8 @@ def test_layers_added_to_init_only_are_sent_back_with_the_fix() -> None:
     sent_back = proposal_from_answer(text, "stop", Usage(), call, request)
     assert sent_back.code == "" and sent_back.rejected is not None
     assert "`self.res`" in sent_back.rejected and "x = x + self.res(x)" in sent_back.rejected
+    # it wrote the __init__ mark as code and kept forward's as a comment: that one is quoted
+    assert "kept the comment `# TODO: add here: x = x + self.res(x)`" in sent_back.rejected
     # the same answer again (as the model gave it, three times at temperature 0) is a
     # repeat: the next attempt is sampled warmer and does not see the exchange again
     history = ((text, sent_back.rejected),)

@@ -178,19 +178,28 @@ def looped_text(answer: str) -> str:
 UNUSED = "the code creates layers that forward never uses"
 
 
-def unused_text(names: list[str]) -> str:
+def unused_text(names: list[str], answer: str = "") -> str:
     """Why an answer that adds layers to ``__init__`` only is sent back: the model would
     train as its parent with dead weights (a 0.5B model's most common way to 'add' a
-    layer). The fix names each layer and the two ways forward can apply it."""
+    layer). The fix names each layer and the two ways forward can apply it; where the
+    answer kept a ``# TODO:`` mark of the prompt as a comment (the 0.5B model wrote the
+    ``__init__`` mark as code and left the ``forward`` one), it quotes that mark's code."""
     listed = ", ".join(f"`self.{n}`" for n in names)
     first = names[0]
-    return (
+    text = (
         f"{UNUSED}: {listed} {'is' if len(names) == 1 else 'are'} created in __init__ but "
         f"forward never calls {'it' if len(names) == 1 else 'them'}, so the model did not "
         f"change. In forward, apply each where its input size fits, for example "
         f"`x = self.{first}(x)`, or for a skip connection `x = x + self.{first}(x)`; "
         f"or remove {'it' if len(names) == 1 else 'them'}."
     )
+    calls = [c for c in hints.left_as_comments(answer) if any(f"self.{n}(" in c for n in names)]
+    if calls:
+        text += (
+            f" Your answer kept the comment `# TODO: add here: {calls[0]}`: write "
+            f"`{calls[0]}` there as code."
+        )
+    return text
 
 
 def repeated_text(attempt: int, error: str) -> str:

@@ -280,7 +280,7 @@ def proposal_from_answer(
     unused = _new_unused(candidate.code, request.parent_code or "")
     if unused:
         return Proposal(
-            code="", answer=text, rejected=prompts.unused_text(unused), usage=usage,
+            code="", answer=text, rejected=prompts.unused_text(unused, text), usage=usage,
             calls=(call,),
         )  # fmt: skip
     return Proposal(

@@ -22,7 +22,10 @@ from collections.abc import Iterable
 from lemo_nade.hints.edits import EDITS
 from lemo_nade.hints.source import Edit, Mark, read, unused_layers
 
-__all__ = ["EDITS", "Edit", "Mark", "edit", "hint", "marked", "unmarked", "unused_layers"]
+__all__ = [
+    "EDITS", "Edit", "Mark", "edit", "hint", "left_as_comments", "marked", "unmarked",
+    "unused_layers",
+]  # fmt: skip
 
 TODO = "# TODO: "
 CONTINUED = "#     "  # the lines of a mark after its first
@@ -87,6 +90,23 @@ def unmarked(code: str) -> tuple[str, int]:
     if not removed:
         return code, 0
     return "\n".join(kept) + ("\n" if code.endswith("\n") else ""), removed
+
+
+def left_as_comments(answer: str) -> list[str]:
+    """The code of every ``# TODO: add here:`` mark an answer kept as a comment (joined
+    over its continued lines), in order: what the model was shown and did not write."""
+    found: list[str] = []
+    inside = False
+    for line in answer.splitlines():
+        text = line.strip()
+        if text.startswith(TODO + "add here:"):
+            found.append(text.removeprefix(TODO + "add here:").strip())
+            inside = True
+        elif inside and text.startswith(CONTINUED.strip()) and text.strip("# "):
+            found[-1] += " " + text.lstrip("#").strip()
+        else:
+            inside = False
+    return found
 
 
 _VERBS = ("add here:", "change the next", "delete the next", "drop the `+`")
