@@ -17,7 +17,7 @@ Pure: no torch.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from lemo_nade.hints.edits import EDITS
 from lemo_nade.hints.source import Edit, Mark, read, unused_layers
@@ -74,15 +74,11 @@ def unmarked(code: str) -> tuple[str, int]:
     them into its answer; left in, the next prompt showed them twice and the 0.5B model
     went on adding the block and the comment until ``max_tokens``), and how many."""
     kept: list[str] = []
-    removed, inside = 0, False
-    for line in code.splitlines():
-        text = line.lstrip()
-        if text.startswith(TODO) and text.removeprefix(TODO).startswith(_VERBS):
-            removed, inside = removed + 1, True
+    removed = 0
+    for line, kind, _ in _scan(code):
+        if kind is not None:
+            removed += kind == "mark"
             continue
-        if inside and text.startswith(CONTINUED):
-            continue
-        inside = False
         cut = _INLINE.search(line)  # moved to the end of a code line
         if cut is not None:
             line, removed = line[: cut.start()].rstrip(), removed + 1
@@ -96,18 +92,34 @@ def left_as_comments(answer: str) -> list[str]:
     """The code of every ``# TODO: add here:`` mark an answer kept as a comment (joined
     over its continued lines), in order: what the model was shown and did not write."""
     found: list[str] = []
-    inside = False
-    for line in answer.splitlines():
-        text = line.strip()
-        if text.startswith(TODO + "add here:"):
-            found.append(text.removeprefix(TODO + "add here:").strip())
-            inside = True
-        elif inside and text.startswith(CONTINUED.strip()) and text.strip("# "):
-            found[-1] += " " + text.lstrip("#").strip()
-        else:
-            inside = False
+    adding = False
+    for _, kind, body in _scan(answer):
+        if kind == "mark":
+            adding = body.startswith(_ADD)
+            if adding:
+                found.append(body.removeprefix(_ADD).strip())
+        elif kind == "continued" and adding:
+            found[-1] += " " + body.strip()
     return found
 
 
+def _scan(code: str) -> Iterator[tuple[str, str | None, str]]:
+    """Each line of ``code`` with what it is: the first line of a :func:`marked` comment
+    (``"mark"``, its text after ``# TODO: ``), one of its continued lines
+    (``"continued"``, the text after the ``#``), or anything else (None)."""
+    inside = False
+    for line in code.splitlines():
+        text = line.lstrip()
+        if text.startswith(TODO) and text.removeprefix(TODO).startswith(_VERBS):
+            inside = True
+            yield line, "mark", text.removeprefix(TODO)
+        elif inside and text.startswith(CONTINUED):
+            yield line, "continued", text.removeprefix(CONTINUED)
+        else:
+            inside = False
+            yield line, None, ""
+
+
+_ADD = "add here:"
 _VERBS = ("add here:", "change the next", "delete the next", "drop the `+`")
 _INLINE = re.compile(r"\s+# TODO: (?:add here:|change the next|delete the next|drop the `\+`).*$")
