@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lemo_nade.history import IterationRecord
+from lemo_nade.mends import MENDED
 from lemo_nade.records import Status
 
 VERDICTS = ("followed", "not_followed", "unknown")
@@ -36,6 +37,8 @@ def summarise(records: Sequence[IterationRecord]) -> dict[str, Any]:
         ),
         "failures": dict(Counter(a.status.value for a in attempts if a.status is not Status.OK)),
         "answers_tidied": sum("removed" in (a.notes or "") for a in attempts),
+        # trained on code the tool mended (lemo_nade.mends): the model alone did not
+        "iterations_trained_mended": sum(_mended(r) for r in ok_iterations),
         "prompt_tokens": sum(u.prompt_tokens for u in usage),
         "completion_tokens": sum(u.completion_tokens for u in usage),
         "seconds_per_answer_median": statistics.median(latencies) if latencies else None,
@@ -69,6 +72,11 @@ def _verdicts(record: IterationRecord) -> list[tuple[str, str, str]]:
     """The checker's verdicts on this iteration's candidate (empty when it did not train
     or had no parent)."""
     return [(v.code, v.verdict, v.reason) for v in record.evaluation.compliance]
+
+
+def _mended(record: IterationRecord) -> bool:
+    trained = [a for a in record.attempts or () if a.status is Status.OK]
+    return bool(trained) and MENDED in (trained[-1].notes or "")
 
 
 def _mean(values: list[int]) -> float | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from lemo_nade.answers import (
     CUT_BEFORE_CODE,
@@ -85,9 +86,25 @@ REJECTED = {
 }
 
 
-# Answers that copied the prompt's TODO marks into the class: how many are removed
-# (tests/test_small_models.py sends this one back for the layer it never applies).
-MARKED = {"qwen_iter_unused.md": 3}
+# Answers with slips whose meaning is plain (and the prompt's TODO marks copied into
+# the class): the input shape they are built for and what the note must say. Each one
+# failed as the model gave it: a layer never called, a syntax error, a channel mismatch.
+MARKED = {
+    "qwen_iter_unused.md": ((1, 16, 16), (
+        "mended: wrote the kept comment `# TODO: add here: x = x + self.res(x)` as code",
+        "removed the prompt's 2 TODO comments",
+    )),
+    "qwen_cifar_channels.md": ((3, 32, 32), (
+        "mended: made `nn.Conv2d` on line 16 read 32 channels (it said 16, and the layer before it in "
+        "the nn.Sequential gives 32)",
+        "removed the prompt's 6 TODO comments",
+    )),
+    "qwen_cifar_pasted.md": ((3, 32, 32), (
+        "mended: removed `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from inside a call on "
+        "line 17: the same assignment is on line 22",
+        "removed the prompt's 4 TODO comments",
+    )),
+}  # fmt: skip
 
 
 def fixture(name: str) -> str:
@@ -138,10 +155,27 @@ def test_fixtures_become_tidy_candidates(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MARKED))
-def test_the_prompts_todo_marks_are_removed(name: str) -> None:
+def test_slips_are_mended_and_the_prompts_todo_marks_removed(name: str) -> None:
+    shape, notes = MARKED[name]
     candidate = read_answer(fixture(name), "stop")
     assert "# TODO:" not in candidate.code and check(candidate.code) is None
-    assert candidate.note == f"removed the prompt's {MARKED[name]} TODO comments"
+    parts = candidate.note.split("; ")
+    assert len(parts) == len(notes), parts
+    assert all(part.startswith(note) for part, note in zip(parts, notes, strict=True)), parts
+    assert net_output(fixture(name)) is None, "the answer as given fails"
+    assert net_output(candidate.code, shape) == [2, 10]
+
+
+def net_output(code: str, shape: tuple[int, ...] = (3, 32, 32)) -> list[int] | None:
+    """The output shape of ``Net`` on a batch of 2 (a fixture: trusted code), or None when
+    the code does not build or run."""
+    code = extract_code(code) if "```" in code else code
+    namespace: dict[str, object] = {}
+    try:
+        exec(compile(code, "fixture.py", "exec"), namespace)
+        return list(namespace["Net"]()(torch.zeros(2, *shape)).shape)  # type: ignore[operator]
+    except (SyntaxError, RuntimeError, NotImplementedError, AttributeError):
+        return None
 
 
 def test_the_unused_hallucinated_import_no_longer_fails_at_load() -> None:

@@ -30,6 +30,10 @@ UNTIDY = (
     + '\n\nif __name__ == "__main__":\n    print(Net())\n'
 )
 
+SLIP = GOOD.replace("WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 1e-3").replace(
+    "nn.BatchNorm2d(32)", "nn.BatchNorm2d(24)"
+)  # the conv before it gives 32 channels: mended
+
 
 def _answer(code: str) -> str:
     return f"Here it is.\n\n```python\n{code}```\n"
@@ -53,12 +57,14 @@ def test_the_bench_counts_attempts_repairs_and_tidied_answers(tmp_path: Path) ->
             ("answer", _answer(SHAPE_BUG)),  # iteration 0: a shape bug, then its repair
             ("answer", _answer(GOOD)),
             ("answer", _answer(UNTIDY)),  # iteration 1: trains once tidied
+            ("answer", _answer(SLIP)),  # iteration 2: trains once mended
         ]
-        case = _bench(fake.base_url, "fake-model", tmp_path, iterations=2)
-    assert case["iterations"] == 2 and case["iterations_trained"] == 2, case
-    assert case["attempts"] == 3 and case["attempts_trained"] == 2
+        case = _bench(fake.base_url, "fake-model", tmp_path, iterations=3)
+    assert case["iterations"] == 3 and case["iterations_trained"] == 3, case
+    assert case["iterations_trained_mended"] == 1
+    assert case["attempts"] == 4 and case["attempts_trained"] == 3
     assert case["failures"] == {"failed_shape": 1}
-    assert case["repairs_per_trained_iteration"] == pytest.approx(0.5)
+    assert case["repairs_per_trained_iteration"] == pytest.approx(1 / 3)
     assert case["answers_tidied"] == 1
     assert case["prompt_tokens"] > 0 and case["seconds_per_answer_median"] is not None
     counts = case["instructions"]

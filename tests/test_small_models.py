@@ -140,27 +140,39 @@ def test_after_an_unchanged_answer_the_next_instruction_is_asked(
     assert second.parent_idx == 0
 
 
-def test_layers_added_to_init_only_are_sent_back_with_the_fix() -> None:
+def test_a_layer_created_and_left_uncalled_is_taken_with_the_kept_call_or_sent_back() -> None:
     """The local 0.5B model's real answer (tests/answers/qwen_iter_unused.md): asked for
-    a conv layer and a skip connection, it created ``self.res`` and never called it; the
-    child would train as its parent with dead weights. It is sent back, untrained, naming
-    the layer and how forward applies it; a dead layer the parent already had is not."""
+    a conv layer and a skip connection, it created ``self.res`` and kept forward's mark
+    ``# TODO: add here: x = x + self.res(x)`` as a comment, three times at temperature 0.
+    The answer means that call: it is written, and the candidate has its skip connection
+    (the conv layer, never written, is not). The same answer without the mark would train
+    as its parent with dead weights: it is sent back, naming the layer and the fix."""
     text = (Path(__file__).parent / "answers" / "qwen_iter_unused.md").read_text()
     task = resolve_dataset("shifted-digits", None)
     parent = prompts.skeleton(task)  # the model's first answer was the skeleton, as given
     request = ProposalRequest(1, task, parent, None, (("ACL", 1.0), ("ASC", 1.0)))
     call = LLMCall(1, 0, Usage(calls=1), None, {})
-    sent_back = proposal_from_answer(text, "stop", Usage(), call, request)
+    taken = proposal_from_answer(text, "stop", Usage(), call, request)
+    assert taken.rejected is None
+    assert "x = self.features(x)\n        x = x + self.res(x)\n" in taken.code
+    assert "x + self.res(x)` as code" in taken.notes
+    # the quote of a kept mark still reaches the model where the mark is not written
+    assert "kept the comment `# TODO: add here: x = x + self.res(x)`" in prompts.unused_text(
+        ["res"], text
+    )
+    dropped = text.replace("        # TODO: add here: x = x + self.res(x)\n", "")
+    sent_back = proposal_from_answer(dropped, "stop", Usage(), call, request)
     assert sent_back.code == "" and sent_back.rejected is not None
     assert "`self.res`" in sent_back.rejected and "x = x + self.res(x)" in sent_back.rejected
-    # it wrote the __init__ mark as code and kept forward's as a comment: that one is quoted
-    assert "kept the comment `# TODO: add here: x = x + self.res(x)`" in sent_back.rejected
-    # the same answer again (as the model gave it, three times at temperature 0) is a
-    # repeat: the next attempt is sampled warmer and does not see the exchange again
-    history = ((text, sent_back.rejected),)
-    repeated = proposal_from_answer(text, "stop", Usage(), call, replace(request, history=history))
+    assert "kept the comment" not in sent_back.rejected
+    # the same answer again is a repeat: the next attempt is sampled warmer and does not
+    # see the exchange again
+    history = ((dropped, sent_back.rejected),)
+    repeated = proposal_from_answer(
+        dropped, "stop", Usage(), call, replace(request, history=history)
+    )
     assert repeated.rejected is not None and repeated.rejected.startswith(prompts.REPEATED)
-    stuck = replace(request, attempt=2, history=(*history, (text, repeated.rejected)))
+    stuck = replace(request, attempt=2, history=(*history, (dropped, repeated.rejected)))
     assert temperature(stuck, 0.0, 0.7) == 0.7
     applied = text.replace(
         "x = self.features(x)\n", "x = self.features(x)\n        x = x + self.res(x)\n"

@@ -8,7 +8,12 @@ Answers are read for what they mean, not refused for their form (:func:`read_ans
    info string ``python``/``py``/``python3`` in any case, or none); a block whose closing
    fence is missing runs to the end of the answer; prose around it is ignored; an answer
    without fences counts when it holds parseable code defining ``Net``;
-3. the code is tidied (:func:`lemo_nade.tidy.tidy`): top-level statements that are not
+3. slips whose meaning is plain are mended (:func:`lemo_nade.mends.mend`: channel
+   sizes that disagree inside an ``nn.Sequential``, an assignment pasted into a call
+   when it also stands on its own line), and a prompt's ``# TODO: add here:`` mark in
+   ``forward`` that calls a layer the answer created and never called is written as
+   code (:func:`lemo_nade.hints.write_kept_calls`); other marks are removed;
+4. the code is tidied (:func:`lemo_nade.tidy.tidy`): top-level statements that are not
    definitions (test blocks, prints, instantiations) and unused imports are removed, and
    the :class:`Candidate`'s ``note`` says what went.
 
@@ -25,8 +30,9 @@ import ast
 import re
 from dataclasses import dataclass
 
-from lemo_nade.hints import unmarked
+from lemo_nade.hints import unmarked, write_kept_calls
 from lemo_nade.imports_fix import add_missing
+from lemo_nade.mends import MENDED, mend
 from lemo_nade.tidy import parses, tidy
 
 _NET = re.compile(r"^class\s+Net\s*[(:]", re.MULTILINE)
@@ -91,6 +97,13 @@ def read_answer(answer: str, finish: str | None = None, previous: str = "") -> C
         if imports is None:
             raise
         code, notes = _with_imports(previous, imports), [SPLICED]
+    code, mended = mend(code)
+    code, written = write_kept_calls(code)
+    notes += mended + [
+        f"{MENDED}wrote the kept comment `# TODO: add here: {call}` as code: the answer creates "
+        "the layer it calls and forward never called it"
+        for call in written
+    ]
     code, marks = unmarked(code)
     if marks:
         notes.append(f"removed the prompt's {marks} TODO comment{'s' if marks > 1 else ''}")

@@ -49,7 +49,7 @@ _Import = ast.Import | ast.ImportFrom
 
 
 @dataclass(frozen=True)
-class _Cut:
+class Cut:
     start: int  # byte offsets into the UTF-8 source (ast's columns are bytes)
     end: int
     text: bytes = b""
@@ -78,7 +78,7 @@ def tidy(code: str) -> tuple[str, list[str]]:
     unused = _unused_imports(kept)
     if not removed and not unused:
         return code, []
-    src = _Source(code)
+    src = Source(code)
     cuts = [src.cut(node) for node in removed]
     notes = [f"{_describe(node, src)} ({_lines(node)})" for node in removed]
     dropped: list[str] = []
@@ -247,7 +247,7 @@ def _allowed(node: _Import, alias: ast.alias) -> bool:
 # ---- cutting by source position ------------------------------------------------------------
 
 
-class _Source:
+class Source:
     """The code as UTF-8 bytes, cut at statements' positions."""
 
     def __init__(self, code: str) -> None:
@@ -257,7 +257,7 @@ class _Source:
         for line in self.lines:
             self.starts.append(self.starts[-1] + len(line))
 
-    def _span(self, node: ast.stmt) -> tuple[int, int]:
+    def _span(self, node: ast.stmt | ast.expr) -> tuple[int, int]:
         end_line = node.end_lineno or node.lineno
         end_col = node.end_col_offset if node.end_col_offset is not None else 0
         start = self.starts[node.lineno - 1] + node.col_offset
@@ -267,10 +267,10 @@ class _Source:
         start, end = self._span(node)
         return self.data[start:end].decode()
 
-    def replace(self, node: ast.stmt, text: str) -> _Cut:
-        return _Cut(*self._span(node), text.encode())
+    def replace(self, node: ast.stmt | ast.expr, text: str) -> Cut:
+        return Cut(*self._span(node), text.encode())
 
-    def cut(self, node: ast.stmt) -> _Cut:
+    def cut(self, node: ast.stmt) -> Cut:
         """The statement's lines, with the comment lines just above it; or, when it
         shares a line with another statement (``a; b``), just it and its ``;``."""
         start, end = self._span(node)
@@ -280,14 +280,14 @@ class _Source:
         if before.strip() or not re.fullmatch(rb"[ \t]*(#[^\n]*)?\r?\n?", after):
             tail = re.match(rb"[ \t]*;[ \t]*", after)
             if tail:
-                return _Cut(start, end + tail.end())
+                return Cut(start, end + tail.end())
             head = re.search(rb";[ \t]*$", before)
-            return _Cut(start - (len(before) - head.start()) if head else start, end)
+            return Cut(start - (len(before) - head.start()) if head else start, end)
         while first > 0 and self.lines[first - 1].startswith(b"#"):
             first -= 1  # a comment introducing the removed code goes with it
-        return _Cut(self.starts[first], self.starts[last + 1], lines=True)
+        return Cut(self.starts[first], self.starts[last + 1], lines=True)
 
-    def apply(self, cuts: list[_Cut]) -> str:
+    def apply(self, cuts: list[Cut]) -> str:
         out, at = [], 0
         for cut in sorted(cuts, key=lambda c: c.start):
             start = max(cut.start, at)
@@ -301,7 +301,7 @@ class _Source:
         return b"".join(out).decode().strip("\n").rstrip() + "\n"
 
 
-def _describe(node: ast.stmt, src: _Source) -> str:
+def _describe(node: ast.stmt, src: Source) -> str:
     if isinstance(node, ast.If) and "__name__" in {
         n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)
     }:

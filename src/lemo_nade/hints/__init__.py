@@ -16,15 +16,17 @@ Pure: no torch.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable, Iterator
 
 from lemo_nade.hints.edits import EDITS
 from lemo_nade.hints.source import Edit, Mark, read, unused_layers
+from lemo_nade.tidy import parses
 
 __all__ = [
     "EDITS", "Edit", "Mark", "edit", "hint", "left_as_comments", "marked", "unmarked",
-    "unused_layers",
+    "unused_layers", "write_kept_calls",
 ]  # fmt: skip
 
 TODO = "# TODO: "
@@ -101,6 +103,58 @@ def left_as_comments(answer: str) -> list[str]:
         elif kind == "continued" and adding:
             found[-1] += " " + body.strip()
     return found
+
+
+def write_kept_calls(code: str) -> tuple[str, list[str]]:
+    """``code`` with each one-line ``# TODO: add here:`` mark inside ``forward`` written
+    as code when the mark's statement calls only layers that ``code`` itself creates and
+    never calls; and those statements. Asked for a skip connection, the 0.5B model wrote
+    the ``__init__`` mark (``self.res = ...``) as code and kept forward's
+    (``x = x + self.res(x)``) as a comment, through every repair
+    (tests/answers/qwen_iter_unused.md): what its answer means is that call. A mark for
+    a layer the answer did not create stays a comment (:func:`unmarked` removes it)."""
+    tree = parses(code)
+    forward = _forward(tree) if tree is not None else None
+    dead = set(unused_layers(code)) if forward is not None else set()
+    if not dead or forward is None:
+        return code, []
+    lines, written = code.splitlines(), []
+    scanned = list(_scan(code))
+    for index, (line, kind, body) in enumerate(scanned):
+        one_line = index + 1 == len(scanned) or scanned[index + 1][1] != "continued"
+        if kind != "mark" or not body.startswith(_ADD) or not one_line:
+            continue
+        statement = body.removeprefix(_ADD).strip()
+        called = _calls(statement)
+        if forward[0] <= index + 1 <= forward[1] and called and called <= dead:
+            lines[index] = line[: len(line) - len(line.lstrip())] + statement
+            written.append(statement)
+    out = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
+    if not written or parses(out) is None:
+        return code, []
+    return out, written
+
+
+def _forward(tree: ast.Module) -> tuple[int, int] | None:
+    """The first and last line of ``class Net``'s ``forward``."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Net":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "forward":
+                    return item.lineno, item.end_lineno or item.lineno
+    return None
+
+
+def _calls(statement: str) -> set[str]:
+    """The ``self.<name>`` a statement reads; empty when it does not parse or assigns one."""
+    tree = parses(statement)
+    if tree is None or len(tree.body) != 1:
+        return set()
+    attrs = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.value.id == "self"]  # fmt: skip
+    if any(not isinstance(a.ctx, ast.Load) for a in attrs):
+        return set()
+    return {a.attr for a in attrs}
 
 
 def _scan(code: str) -> Iterator[tuple[str, str | None, str]]:

@@ -51,12 +51,7 @@ class Layer:
         names = WIDTH_ARGS.get(self.kind)
         if names is None:
             return None
-        value = next((k.value for k in self.node.keywords if k.arg == names[which]), None)
-        if value is None and len(self.node.args) > which:
-            value = self.node.args[which]
-        if isinstance(value, ast.Constant) and type(value.value) is int:
-            return value.value
-        return None
+        return int_literal(argument(self.node, which, names[which]))
 
     def with_widths(self, new_in: int, new_out: int) -> str:
         """This call with its in and out widths replaced, as source."""
@@ -129,13 +124,13 @@ def read(code: str) -> Model | None:
             continue
         owner, call = target.attr, stmt.value
         assigned[owner] = stmt.end_lineno or stmt.lineno
-        inner = call.args if _kind(call) == "Sequential" else [call]
+        inner = call.args if layer_kind(call) == "Sequential" else [call]
         for node in inner:
-            if isinstance(node, ast.Call) and _kind(node):
+            if isinstance(node, ast.Call) and layer_kind(node):
                 text = ast.get_source_segment(code, node) or ast.unparse(node)
                 end = node.end_lineno or node.lineno
                 layers.append(
-                    Layer(_kind(node), node.lineno, end, text, node, owner, node is not call)
+                    Layer(layer_kind(node), node.lineno, end, text, node, owner, node is not call)
                 )
     forward = [
         Statement(
@@ -162,13 +157,28 @@ def _is_self_attr(node: ast.Attribute) -> bool:
     return isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
-def _kind(call: ast.Call) -> str:
+def layer_kind(call: ast.Call) -> str:
     """``X`` for ``nn.X(...)`` / ``torch.nn.X(...)``; "" for anything else."""
     func = call.func
     if isinstance(func, ast.Attribute) and isinstance(func.value, (ast.Name, ast.Attribute)):
         base = func.value.id if isinstance(func.value, ast.Name) else func.value.attr
         return func.attr if base == "nn" else ""
     return ""
+
+
+def argument(call: ast.Call, position: int, name: str) -> ast.expr | None:
+    """The argument of ``call`` given as ``name=`` or at ``position``; None when absent."""
+    value = next((k.value for k in call.keywords if k.arg == name), None)
+    if value is None and len(call.args) > position:
+        value = call.args[position]
+    return value
+
+
+def int_literal(node: ast.expr | None) -> int | None:
+    """An integer written out (not a bool); None for anything else."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    return None
 
 
 def _weight_decay(tree: ast.Module) -> tuple[int | None, float | None]:

@@ -1,0 +1,132 @@
+"""Mechanical slips in an answer mended where its meaning is plain, before it is built.
+
+Two slips of the local 0.5B model, each of which cost an attempt on the CIFAR-10 subset
+and was repeated by its repairs:
+
+- **Channel sizes that disagree inside one ``nn.Sequential``.** It widened the first conv
+  to ``nn.Conv2d(3, 32, ...)`` and left the next one reading 16 channels; forward failed,
+  and its repair moved the mismatch to the BatchNorm. A Sequential is a chain, so each
+  ``Conv2d``'s ``in_channels`` and each ``BatchNorm2d``'s size must be the
+  ``out_channels`` of the conv before it (and a ``Linear``'s ``in_features``, or a
+  ``BatchNorm1d``'s size, the ``out_features`` of the Linear before it). A chain that
+  disagrees fails on every input; :func:`mend` makes the later layer read what the
+  earlier one writes, which keeps the change the model made.
+- **An assignment pasted into a call's arguments** (``self.res = nn.Sequential(...)``
+  inside ``self.features = nn.Sequential(...)``, a syntax error), when the same
+  statement is also written where it belongs: the pasted copy is removed.
+
+Only literal integers are changed, and only between layers whose sizes are all literal
+(a layer that is not a known pass-through breaks the chain). Each mend is noted; the
+mended code is built, measured and judged like any other. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from lemo_nade.hints.source import argument, int_literal, layer_kind
+from lemo_nade.tidy import Cut, Source, parses
+
+# layers that keep the number of channels (or features) of their input
+_PASS = frozenset({
+    "ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "ELU", "Mish", "Sigmoid", "Tanh",
+    "Hardswish", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "Dropout", "Dropout2d", "Identity",
+})  # fmt: skip
+# layer -> (argument read, its keyword, argument written or None, its keyword, space)
+_SIZES = {
+    "Conv2d": (0, "in_channels", 1, "out_channels", "maps"),
+    "BatchNorm2d": (0, "num_features", None, "", "maps"),
+    "Linear": (0, "in_features", 1, "out_features", "vector"),
+    "BatchNorm1d": (0, "num_features", None, "", "vector"),
+}
+_NOUN = {"maps": "channels", "vector": "features"}
+MENDED = "mended: "  # how each note on a mend starts (bench/llm.py counts them)
+
+
+def mend(code: str) -> tuple[str, list[str]]:
+    """``code`` with its slips mended, and a note for each; unchanged with no notes when
+    there were none (or when mending would not leave code that parses)."""
+    code, notes = _pasted_assignment(code)
+    tree = parses(code)
+    if tree is None:
+        return code, notes
+    src = Source(code)
+    cuts: list[Cut] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and layer_kind(node) == "Sequential":
+            cuts += _chain(node.args, src, notes)
+    if not cuts:
+        return code, notes
+    mended = src.apply(cuts)
+    return (mended, notes) if parses(mended) is not None else (code, notes[: -len(cuts)])
+
+
+def _chain(layers: list[ast.expr], src: Source, notes: list[str]) -> list[Cut]:
+    """The cuts that make each layer of one Sequential read what the one before writes."""
+    cuts: list[Cut] = []
+    width: dict[str, int | None] = {"maps": None, "vector": None}
+    for layer in layers:
+        kind = layer_kind(layer) if isinstance(layer, ast.Call) else ""
+        if kind in _PASS:
+            continue
+        if kind not in _SIZES or not isinstance(layer, ast.Call):
+            width = {"maps": None, "vector": None}  # unknown: the chain is broken here
+            continue
+        read_at, read_kw, write_at, write_kw, space = _SIZES[kind]
+        read = argument(layer, read_at, read_kw)
+        expected, got = width[space], int_literal(read)
+        if read is not None and expected is not None and got is not None and got != expected:
+            cuts.append(src.replace(read, str(expected)))
+            notes.append(
+                f"{MENDED}made `nn.{kind}` on line {layer.lineno} read {expected} {_NOUN[space]} "
+                f"(it said {got}, and the layer before it in the nn.Sequential gives {expected})"
+            )
+        if write_at is not None:
+            width = {"maps": None, "vector": None}
+            width[space] = int_literal(argument(layer, write_at, write_kw))
+    return cuts
+
+
+def _pasted_assignment(code: str) -> tuple[str, list[str]]:
+    """Without a ``self.x = ...`` line pasted inside a call's arguments, when the same
+    statement stands on another line of its own."""
+    try:
+        ast.parse(code)
+        return code, []
+    except SyntaxError as exc:
+        if "cannot contain assignment" not in (exc.msg or "") or not exc.lineno:
+            return code, []
+        at = exc.lineno - 1
+    except (ValueError, RecursionError, MemoryError):
+        return code, []
+    lines = code.splitlines()
+    if at >= len(lines):
+        return code, []
+    pasted = _statement(lines[at].strip().rstrip(","))
+    if pasted is None:
+        return code, []
+    for n, line in enumerate(lines):
+        if n != at and _statement(line.strip()) == pasted:
+            rest = lines[:at] + lines[at + 1 :]
+            mended = "\n".join(rest) + ("\n" if code.endswith("\n") else "")
+            if parses(mended) is None:
+                return code, []
+            shown = lines[at].strip()
+            shown = shown if len(shown) <= 50 else shown[:47] + "..."
+            return mended, [
+                f"{MENDED}removed `{shown}` from inside a call on line {at + 1}: "
+                f"the same assignment is on line {n + 1}"
+            ]
+    return code, []
+
+
+def _statement(text: str) -> str | None:
+    """The dump of ``text`` when it is one ``self.x = ...`` assignment; None otherwise."""
+    tree = parses(text)
+    if tree is None or len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
+        return None
+    target = tree.body[0].targets
+    if len(target) != 1 or not isinstance(target[0], ast.Attribute):
+        return None
+    return ast.dump(tree.body[0])

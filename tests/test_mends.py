@@ -1,0 +1,115 @@
+"""Slips mended where their meaning is plain (lemo_nade.mends, hints.write_kept_calls),
+on hand-made code; tests/test_answers.py has the local model's real answers."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from lemo_nade.hints import write_kept_calls
+from lemo_nade.mends import mend
+
+
+def net(init: str, forward: str = "return self.f(x)") -> str:
+    def body(text: str) -> str:
+        return textwrap.indent(text.rstrip("\n") + "\n", " " * 8)
+
+    return (
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n" + body(init) + "\n"
+        "    def forward(self, x):\n" + body(forward)
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "note"),
+    [
+        (  # a later conv reads what the one before writes
+            "nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(16, 64, 3)",
+            "nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3)",
+            "mended: made `nn.Conv2d` on line 8 read 32 channels (it said 16,",
+        ),
+        (  # keywords, the torch.nn spelling, a BatchNorm after a pooling
+            "torch.nn.Conv2d(in_channels=3, out_channels=8, kernel_size=3), nn.MaxPool2d(2), "
+            "nn.BatchNorm2d(num_features=16)",
+            "torch.nn.Conv2d(in_channels=3, out_channels=8, kernel_size=3), nn.MaxPool2d(2), "
+            "nn.BatchNorm2d(num_features=8)",
+            "mended: made `nn.BatchNorm2d` on line 8 read 8 channels (it said 16,",
+        ),
+        (  # a dense chain, through dropout, and its BatchNorm1d
+            "nn.Flatten(), nn.Linear(512, 64), nn.Dropout(0.5), nn.BatchNorm1d(32), "
+            "nn.Linear(128, 10)",
+            "nn.Flatten(), nn.Linear(512, 64), nn.Dropout(0.5), nn.BatchNorm1d(64), "
+            "nn.Linear(64, 10)",
+            "mended: made `nn.BatchNorm1d` on line 8 read 64 features (it said 32,",
+        ),
+    ],
+)
+def test_sizes_that_disagree_inside_a_sequential_are_made_to_agree(
+    before: str, after: str, note: str
+) -> None:
+    code, notes = mend(net(f"self.f = nn.Sequential({before})\n"))
+    assert code == net(f"self.f = nn.Sequential({after})\n")
+    assert notes[0].startswith(note)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        "nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.BatchNorm2d(64)",  # agrees
+        "nn.Conv2d(3, W, 3), nn.Conv2d(16, 64, 3)",  # not a literal: not known
+        "nn.Conv2d(3, 32, 3), Block(), nn.Conv2d(16, 64, 3)",  # an unknown layer: unknown
+        "nn.Conv2d(3, 32, 3), nn.Sequential(nn.Conv2d(32, 16, 1)), nn.Conv2d(16, 64, 3)",
+        "nn.Linear(64, 32), nn.Conv2d(16, 8, 3)",  # a conv after a Linear: not a chain
+    ],
+)
+def test_what_is_not_plainly_a_slip_is_left_alone(layers: str) -> None:
+    code = net(f"self.f = nn.Sequential({layers})\n")
+    assert mend(code) == (code, [])
+
+
+def test_an_assignment_pasted_into_a_call_goes_when_it_also_stands_alone() -> None:
+    res = "self.res = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())"
+    pasted = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res},\n)\n{res}\n")
+    code, notes = mend(pasted)
+    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{res}\n")
+    assert notes == [
+        "mended: removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a call "
+        "on line 10: the same assignment is on line 12"
+    ]
+    # only pasted there: its meaning is not plain, and the syntax error goes back
+    alone = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res},\n)\n")
+    assert mend(alone) == (alone, [])
+
+
+RES = "self.res = nn.Conv2d(8, 8, 3, padding=1)\n"
+
+
+def test_a_kept_call_of_a_layer_the_answer_created_is_written() -> None:
+    kept = net(RES, "x = self.f(x)\n# TODO: add here: x = x + self.res(x)\nreturn x")
+    code, written = write_kept_calls(kept)
+    assert code == net(RES, "x = self.f(x)\nx = x + self.res(x)\nreturn x")
+    assert written == ["x = x + self.res(x)"]
+
+
+@pytest.mark.parametrize(
+    ("init", "forward"),
+    [
+        ("", "x = self.f(x)\n# TODO: add here: x = x + self.res(x)\nreturn x"),  # not created
+        (RES, "x = self.res(x)\n# TODO: add here: x = x + self.res(x)\nreturn x"),  # called
+        (  # a mark over two lines
+            RES,
+            "x = self.f(x)\n# TODO: add here: x = x + self.res(\n#     x)\nreturn x",
+        ),
+        (  # the mark assigns the layer: an __init__ mark, not a call
+            RES,
+            "x = self.f(x)\n# TODO: add here: self.res = nn.Identity()\nreturn x",
+        ),
+        (RES + "# TODO: add here: x = self.res(x)\n", "return self.f(x)"),  # not in forward
+        (RES, "x = self.f(x)\n# TODO: change the next line to: x = self.res(x)\nreturn x"),
+    ],
+)
+def test_other_kept_marks_stay_comments(init: str, forward: str) -> None:
+    code = net(init, forward)
+    assert write_kept_calls(code) == (code, [])
