@@ -95,13 +95,13 @@ MARKED = {
         "removed the prompt's 2 TODO comments",
     )),
     "qwen_cifar_channels.md": ((3, 32, 32), (
-        "mended: made `nn.Conv2d` on line 16 read 32 channels (it said 16, and the layer before it in "
-        "the nn.Sequential gives 32)",
+        "mended: made `nn.Conv2d` on line 16 read 32 channels (it said 16, and the layer "
+        "before it in the nn.Sequential gives 32)",
         "removed the prompt's 6 TODO comments",
     )),
     "qwen_cifar_pasted.md": ((3, 32, 32), (
-        "mended: removed `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from inside a call on "
-        "line 17: the same assignment is on line 22",
+        "mended: removed `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from inside a "
+        "call on line 17: the same assignment is on line 22",
         "removed the prompt's 4 TODO comments",
     )),
 }  # fmt: skip

@@ -41,6 +41,23 @@ def test_rules_table_output() -> None:
     assert "line 9: A2 < TA2" in result.stdout
 
 
+def test_thresholds_no_rule_can_cross_are_named() -> None:
+    """The paper's CIFAR-10 energy thresholds against what a small CPU model uses: the
+    energy rules cannot fire, so setting 2 would search as setting 1 does."""
+    metrics = '{"A1": 0.4, "A2": 0.4, "E1": 1e-5, "E2": 5e-7, "F": 5000}'
+    args = ["rules", "--metrics", metrics, "--json"]
+    doc = json.loads(runner.invoke(app, [*args, "--setting", "2"]).stdout)
+    assert [w.split(" is ")[0] for w in doc["warnings"]] == ["TE1 = 0.001 kWh", "TE2 = 1e-05 kWh"]
+    assert "is 100x above the measured E1 = 1e-05 kWh" in doc["warnings"][0]
+    assert doc["warnings"][1].endswith("--set thresholds.TE2=5e-07")
+    assert json.loads(runner.invoke(app, [*args, "--setting", "1"]).stdout)["warnings"] == []
+    near = ["--thresholds", '{"TE1": 5e-5, "TE2": 4e-6}', "--setting", "2"]
+    assert json.loads(runner.invoke(app, [*args, *near]).stdout)["warnings"] == []
+    fast = metrics.replace('"F": 5000', '"F": 500000')
+    table = runner.invoke(app, ["rules", "--metrics", fast, "--setting", "5"])
+    assert "warning: TF = 20,000 images/s is 25x below the measured F = 500,000" in table.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -60,6 +60,14 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "ESTIMATE" in table.output
 
 
+def test_the_first_model_shows_thresholds_its_rules_cannot_cross(tmp_path: Path) -> None:
+    args = ["run", "--iterations", "1", "--epochs", "1", "--setting", "2"]
+    result = runner.invoke(app, [*args, "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: TE1 = 0.001 kWh is " in result.output
+    assert "--set thresholds.TE2=" in result.output
+
+
 @pytest.mark.parametrize(
     ("flag", "value"), [("--max-energy-kwh", "1e-12"), ("--max-hours", "1e-7")]
 )

@@ -152,6 +152,47 @@ def instructions_for(
     return raw, resolve_conflict(raw)
 
 
+# The rules that fire when a metric is above its threshold (energy) or below it (FPS):
+# (metric, threshold, priority, "above" or "below", unit).
+_LIMITS = (
+    ("E1", "TE1", "PE1", "above", "kWh"),
+    ("E2", "TE2", "PE2", "above", "kWh"),
+    ("F", "TF", "PF", "below", "images/s"),
+)
+FAR = 10.0  # how far from the measured value a threshold is "out of reach"
+
+
+def out_of_reach(
+    metrics: Values, priorities: Values, thresholds: Values, far: float = FAR
+) -> list[str]:
+    """A warning for each prioritised energy or FPS threshold more than ``far`` times
+    away from the measured value, on the side where its rule cannot fire: its priority
+    then steers nothing (the paper's CIFAR-10 TE1 = 1e-3 kWh is 70 times what a
+    candidate uses on a CPU at the bench's fidelity, so setting 2 searched as setting 1
+    did). Empty when every prioritised rule can fire."""
+    warnings = []
+    for metric, key, priority, fires, unit in _LIMITS:
+        value, limit = metrics.get(metric), thresholds.get(key)
+        if not priorities.get(priority) or value is None or limit is None:
+            continue
+        if not (math.isfinite(value) and value > 0 and math.isfinite(limit) and limit > 0):
+            continue
+        ratio = limit / value if fires == "above" else value / limit
+        if ratio <= far:
+            continue
+        side, op = ("above", ">") if fires == "above" else ("below", "<")
+        digits = ".3g" if unit == "kWh" else ",.0f"
+        shown = f"{{:{digits}}} {unit}".format
+        suggested = f"{value:.2g}" if unit == "kWh" else f"{value:.0f}"
+        warnings.append(
+            f"{key} = {shown(limit)} is {ratio:.0f}x {side} the measured {metric} = "
+            f"{shown(value)}: the rule '{metric} {op} {key}' cannot fire, so {priority} = "
+            f"{priorities[priority]:g} steers nothing; set it near the models' values, "
+            f"e.g. --set thresholds.{key}={suggested}"
+        )
+    return warnings
+
+
 def describe(resolved: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> list[str]:
     """The resolved instructions in words, highest priority first (for prompts and reports)."""
     return [f"{DESCRIPTIONS[code]} ({code}, priority {value:g})" for code, value in resolved]

@@ -47,6 +47,10 @@ class LiveProgress:
             done = len(store.iterations())
         self.console = console
         self.total = config.iterations
+        # after the first trained candidate: thresholds its rules can never cross
+        self.warn_thresholds: tuple[dict[str, float], dict[str, float]] | None = (
+            (config.priorities.model_dump(), config.thresholds.model_dump()) if done == 0 else None
+        )
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -98,6 +102,12 @@ class LiveProgress:
                 f"  {one_line(row['error'] or '')}",
             )
         self.console.print(line, soft_wrap=True)
+        metrics = record.evaluation.metrics
+        if self.warn_thresholds is not None and metrics is not None:
+            print_warnings(
+                self.console, rules.out_of_reach(metrics.for_rules(), *self.warn_thresholds)
+            )
+            self.warn_thresholds = None
         self.bar.advance(self.task)
 
 
@@ -255,6 +265,11 @@ def print_paper_row(console: Console, s: dict[str, Any]) -> None:
     console.print(table)
     if s["energy_estimated"] and s.get("energy_note"):
         console.print(text_line((f"energy estimated: {s['energy_note']}", "dim")))
+
+
+def print_warnings(console: Console, warnings: list[str]) -> None:
+    for warning in warnings:
+        console.print(text_line(("warning: ", "bold yellow"), warning), soft_wrap=True)
 
 
 def print_rules(

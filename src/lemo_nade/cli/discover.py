@@ -317,15 +317,17 @@ def rules_cmd(
     if unknown:
         raise ConfigError(f"metrics: unknown key {unknown[0]!r}; allowed: A1, A2, E1, E2, F")
     _check_metrics(values)
-    raw, resolved = rules.instructions_for(
-        values, cfg.priorities.model_dump(), cfg.thresholds.model_dump()
-    )
+    priority, threshold = cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+    raw, resolved = rules.instructions_for(values, priority, threshold)
+    warnings = rules.out_of_reach(values, priority, threshold)
     if as_json:
-        sys.stdout.write(json.dumps({"raw": raw, "resolved": resolved}) + "\n")
+        out_json = {"raw": raw, "resolved": resolved, "warnings": warnings}
+        sys.stdout.write(json.dumps(out_json) + "\n")
         return
-    from lemo_nade.cli.console import print_rules
+    from lemo_nade.cli.console import print_rules, print_warnings
 
-    print_rules(out, raw, resolved, rules.fired_rules(values, cfg.thresholds.model_dump()))
+    print_rules(out, raw, resolved, rules.fired_rules(values, threshold))
+    print_warnings(out, warnings)
 
 
 def _check_metrics(values: dict[str, Any]) -> None:
