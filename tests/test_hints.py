@@ -124,6 +124,21 @@ def test_each_edit_builds_and_is_followed(source: str, code: str) -> None:
     assert verdict.verdict == FOLLOWED, (edit, verdict.reason, child)
 
 
+def test_a_second_skip_connection_gets_a_name_of_its_own() -> None:
+    """Asked for a skip connection on a parent that had one, the prompt said `add
+    self.res = ...` again (the local model then wrote a forward that called a layer
+    it never created); the new block is `self.res2`."""
+    once = carry_out(SEQUENTIAL, hints.edit(SEQUENTIAL, "ASC"))  # type: ignore[arg-type]
+    edit = hints.edit(once, "ASC")
+    assert edit is not None and "self.res2 = nn.Sequential(" in edit.text, edit
+    assert "right after `x = x + self.res(x)`, add `x = x + self.res2(x)`" in edit.text
+    twice = carry_out(once, edit)
+    with torch.no_grad():
+        assert module(twice)(torch.zeros(2, 1, 8, 8)).shape == (2, 3), twice
+    (verdict,) = judge([("ASC", 1.0)], facts(once), facts(twice))
+    assert verdict.verdict == FOLLOWED, (verdict.reason, twice)
+
+
 def test_edits_quote_the_parents_own_lines() -> None:
     assert hints.hint(SEQUENTIAL, "ACL") == (
         "right after `nn.ReLU()`, the last layer of `self.features`, add "

@@ -34,14 +34,26 @@ def _new_attribute(
     applied = model.applied(owner)
     if applied is None:
         return None
+    fresh = _fresh(model, attr)  # a second skip connection is not a second `self.res =`
+    use = use.replace(f"self.{attr}(", f"self.{fresh}(")
     where = f"right {'before' if before else 'after'} `{applied.text}`"
-    new = f"self.{attr} = {value}"
+    new = f"self.{fresh} = {value}"
     return Edit(
         f"in __init__ add `{new}`, and in forward, {where}, add `{use}`",
         (
             Mark(model.init_end, False, f"add here: {new}"),
             Mark(applied.line if before else applied.end, before, f"add here: {use}"),
         ),
+    )
+
+
+def _fresh(model: Model, attr: str) -> str:
+    """``attr``, or ``attr2``, ``attr3``, ...: the first name the model does not use."""
+    taken = set(model.assigned) | model.read_attrs
+    return next(
+        name
+        for n in range(1, len(taken) + 2)
+        if (name := attr if n == 1 else f"{attr}{n}") not in taken
     )
 
 
