@@ -107,6 +107,9 @@ MARKED = {
 }  # fmt: skip
 
 
+DROPPED = "qwen_cifar_dropped.md"  # with the parent it edits, qwen_cifar_dropped.parent.py
+
+
 def fixture(name: str) -> str:
     return (ANSWERS / name).read_text()
 
@@ -126,7 +129,7 @@ def top_level_is_definitions(code: str) -> bool:
 
 def test_every_fixture_is_small_and_listed() -> None:
     names = {p.name for p in ANSWERS.iterdir() if p.suffix in (".md", ".txt")} - {"README.md"}
-    assert names == set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED)
+    assert names == set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED) | {DROPPED}
     readme = fixture("README.md")
     for name in names:
         assert (ANSWERS / name).stat().st_size < 8192, name
@@ -164,6 +167,24 @@ def test_slips_are_mended_and_the_prompts_todo_marks_removed(name: str) -> None:
     assert all(part.startswith(note) for part, note in zip(parts, notes, strict=True)), parts
     assert net_output(fixture(name)) is None, "the answer as given fails"
     assert net_output(candidate.code, shape) == [2, 10]
+
+
+def test_a_parents_layer_the_answer_still_calls_is_put_back() -> None:
+    """The model wrote its new `self.hidden` line over the parent's `self.res` line and
+    kept `x = x + self.res(x)` (tests/answers/qwen_cifar_dropped.md, on the parent
+    beside it); it also copied forward's `self.hidden` mark twice."""
+    parent = fixture("qwen_cifar_dropped.parent.py")
+    alone = read_answer(fixture(DROPPED), "stop")
+    assert net_output(alone.code) is None  # 'Net' object has no attribute 'res'
+    candidate = read_answer(fixture(DROPPED), "stop", parent=parent)
+    assert net_output(candidate.code) == [2, 10]
+    assert candidate.code.count("self.res = nn.Sequential(") == 1
+    assert candidate.code.count("x = self.hidden(x)") == 1
+    assert (
+        "mended: put back `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from the "
+        "parent: the code reads `self.res` and no longer creates it" in candidate.note
+    )
+    assert check(candidate.code) is None
 
 
 def net_output(code: str, shape: tuple[int, ...] = (3, 32, 32)) -> list[int] | None:

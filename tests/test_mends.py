@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from lemo_nade.hints import write_kept_calls
-from lemo_nade.mends import mend
+from lemo_nade.mends import mend, restore
 
 
 def net(init: str, forward: str = "return self.f(x)") -> str:
@@ -86,10 +86,11 @@ def test_an_assignment_pasted_into_a_call_goes_when_it_also_stands_alone() -> No
 RES = "self.res = nn.Conv2d(8, 8, 3, padding=1)\n"
 
 
-def test_a_kept_call_of_a_layer_the_answer_created_is_written() -> None:
-    kept = net(RES, "x = self.f(x)\n# TODO: add here: x = x + self.res(x)\nreturn x")
+def test_a_kept_call_of_a_layer_the_answer_created_is_written_once() -> None:
+    mark = "# TODO: add here: x = x + self.res(x)"
+    kept = net(RES, f"x = self.f(x)\n{mark}\n{mark}  # again\nreturn x")
     code, written = write_kept_calls(kept)
-    assert code == net(RES, "x = self.f(x)\nx = x + self.res(x)\nreturn x")
+    assert code == net(RES, f"x = self.f(x)\nx = x + self.res(x)\n{mark}  # again\nreturn x")
     assert written == ["x = x + self.res(x)"]
 
 
@@ -113,3 +114,31 @@ def test_a_kept_call_of_a_layer_the_answer_created_is_written() -> None:
 def test_other_kept_marks_stay_comments(init: str, forward: str) -> None:
     code = net(init, forward)
     assert write_kept_calls(code) == (code, [])
+
+
+def test_a_parents_layer_the_code_still_calls_is_put_back() -> None:
+    parent = net(RES, "return self.res(x)")
+    dropped = net("self.f = nn.Identity()\n", "x = self.f(x)\nreturn self.res(x)")
+    code, notes = restore(dropped, parent)
+    assert code == net("self.f = nn.Identity()\n" + RES, "x = self.f(x)\nreturn self.res(x)")
+    assert notes == [
+        "mended: put back `self.res = nn.Conv2d(8, 8, 3, padding=1)` from the parent: the "
+        "code reads `self.res` and no longer creates it"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("init", "forward"),
+    [
+        (RES, "return self.res(x)"),  # still created
+        ("self.res = nn.Identity()\n", "return self.res(x)"),  # created anew: kept as is
+        ("", "return self.block(x)"),  # the parent never had it: its error goes back
+        ("", "return self.helper(x)"),  # a method of the class (below)
+    ],
+)
+def test_nothing_is_put_back_when_nothing_of_the_parents_is_missing(
+    init: str, forward: str
+) -> None:
+    parent = net(RES + "self.helper = nn.Identity()\n", "return self.res(x)")
+    code = net(init or "pass\n", forward) + "\n    def helper(self, x):\n        return x\n"
+    assert restore(code, parent) == (code, [])

@@ -19,7 +19,7 @@ from lemo_nade.architects.sampling import call_seed, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
 from lemo_nade.history import next_window
-from lemo_nade.records import ProposalRequest
+from lemo_nade.records import ProposalRequest, TaskSpec
 from lemo_nade.rules import DESCRIPTIONS
 from lemo_nade.runs import create_run
 from lemo_nade.search import run_search
@@ -181,3 +181,16 @@ def test_a_layer_created_and_left_uncalled_is_taken_with_the_kept_call_or_sent_b
     inherited = replace(request, parent_code=read_answer(text).code)
     again = text.replace("nn.Linear(32, 10)", "nn.Linear(32, 10, bias=False)")
     assert proposal_from_answer(again, "stop", Usage(), call, inherited).rejected is None
+
+
+def test_the_parent_the_request_carries_is_what_a_dropped_layer_comes_back_from() -> None:
+    answers = Path(__file__).parent / "answers"
+    parent = (answers / "qwen_cifar_dropped.parent.py").read_text()
+    task = TaskSpec("cifar10", (3, 32, 32), 10)
+    request = ProposalRequest(5, task, parent, None, (("ADL", 1.0),))
+    call = LLMCall(5, 0, Usage(calls=1), None, {})
+    text = (answers / "qwen_cifar_dropped.md").read_text()
+    taken = proposal_from_answer(text, "stop", Usage(), call, request)
+    assert taken.rejected is None and "put back `self.res = " in taken.notes
+    orphan = proposal_from_answer(text, "stop", Usage(), call, replace(request, parent_code=""))
+    assert "put back" not in orphan.notes

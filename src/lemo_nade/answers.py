@@ -10,7 +10,8 @@ Answers are read for what they mean, not refused for their form (:func:`read_ans
    without fences counts when it holds parseable code defining ``Net``;
 3. slips whose meaning is plain are mended (:func:`lemo_nade.mends.mend`: channel
    sizes that disagree inside an ``nn.Sequential``, an assignment pasted into a call
-   when it also stands on its own line), and a prompt's ``# TODO: add here:`` mark in
+   when it also stands on its own line; :func:`lemo_nade.mends.restore`: a parent's
+   layer the code still calls and no longer creates), and a prompt's ``# TODO: add here:`` mark in
    ``forward`` that calls a layer the answer created and never called is written as
    code (:func:`lemo_nade.hints.write_kept_calls`); other marks are removed;
 4. the code is tidied (:func:`lemo_nade.tidy.tidy`): top-level statements that are not
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from lemo_nade.hints import unmarked, write_kept_calls
 from lemo_nade.imports_fix import add_missing
-from lemo_nade.mends import MENDED, mend
+from lemo_nade.mends import MENDED, mend, restore
 from lemo_nade.tidy import parses, tidy
 
 _NET = re.compile(r"^class\s+Net\s*[(:]", re.MULTILINE)
@@ -82,13 +83,17 @@ class _Block:
     closed: bool  # False: no closing fence (or no fences at all); may run to a cut
 
 
-def read_answer(answer: str, finish: str | None = None, previous: str = "") -> Candidate:
+def read_answer(
+    answer: str, finish: str | None = None, previous: str = "", parent: str = ""
+) -> Candidate:
     """The candidate in an LLM answer, tidied; :class:`ExtractionError` when none.
 
     ``finish`` is the completion's ``finish_reason``: ``"length"`` means the answer was
     cut off at ``max_tokens``. ``previous``: the code of the attempt this answer repairs;
     a repair answer that holds only import lines (a small model answers an import error
-    with the fixed imports alone) means that code with its imports replaced.
+    with the fixed imports alone) means that code with its imports replaced. ``parent``:
+    the code the answer edits, whose layers an answer that still calls them gets back
+    (:func:`lemo_nade.mends.restore`).
     """
     try:
         code, notes = _extracted(answer, finish == "length")
@@ -98,6 +103,8 @@ def read_answer(answer: str, finish: str | None = None, previous: str = "") -> C
             raise
         code, notes = _with_imports(previous, imports), [SPLICED]
     code, mended = mend(code)
+    code, restored = restore(code, parent)
+    mended += restored
     code, written = write_kept_calls(code)
     notes += mended + [
         f"{MENDED}wrote the kept comment `# TODO: add here: {call}` as code: the answer creates "

@@ -261,7 +261,9 @@ def proposal_from_answer(
         return Proposal(code="", answer=text, rejected=rejected, usage=usage, calls=(call,))
     previous = request.history[-1][0] if request.history else ""
     try:
-        candidate = answers.read_answer(text, finish, repairs.code_of(previous))
+        candidate = answers.read_answer(
+            text, finish, repairs.code_of(previous), request.parent_code or ""
+        )
     except answers.ExtractionError as exc:
         return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
     if request.parent_code and answers.same_code(candidate.code, request.parent_code):

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 from lemo_nade.hints.edits import EDITS
-from lemo_nade.hints.source import Edit, Mark, read, unused_layers
+from lemo_nade.hints.source import Edit, Mark, read, self_attributes, unused_layers
 from lemo_nade.tidy import parses
 
 __all__ = [
@@ -129,6 +129,7 @@ def write_kept_calls(code: str) -> tuple[str, list[str]]:
         if forward[0] <= index + 1 <= forward[1] and called and called <= dead:
             lines[index] = line[: len(line) - len(line.lstrip())] + statement
             written.append(statement)
+            dead -= called  # a mark the model copied twice is written once
     out = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
     if not written or parses(out) is None:
         return code, []
@@ -150,8 +151,7 @@ def _calls(statement: str) -> set[str]:
     tree = parses(statement)
     if tree is None or len(tree.body) != 1:
         return set()
-    attrs = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-             and isinstance(n.value, ast.Name) and n.value.id == "self"]  # fmt: skip
+    attrs = self_attributes(tree)
     if any(not isinstance(a.ctx, ast.Load) for a in attrs):
         return set()
     return {a.attr for a in attrs}

@@ -141,16 +141,16 @@ def read(code: str) -> Model | None:
     ]  # fmt: skip
     wd_line, wd = _weight_decay(tree)
     init_end = init.body[-1].end_lineno or init.body[-1].lineno
-    read_attrs = frozenset(
-        node.attr
-        for node in ast.walk(net)
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.ctx, ast.Load)
-        and _is_self_attr(node)
-    )
+    read_attrs = frozenset(n.attr for n in self_attributes(net) if isinstance(n.ctx, ast.Load))
     return Model(
         layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree), read_attrs
     )
+
+
+def self_attributes(node: ast.AST | None) -> list[ast.Attribute]:
+    """Every ``self.<name>`` under ``node``, read or assigned (none for None)."""
+    nodes = ast.walk(node) if node is not None else iter(())
+    return [n for n in nodes if isinstance(n, ast.Attribute) and _is_self_attr(n)]
 
 
 def _is_self_attr(node: ast.Attribute) -> bool:
