@@ -3,7 +3,8 @@
 Each POST to /v1/chat/completions takes the next step of the script:
 
 - ``("answer", text)``: 200 with a chat completion whose message is ``text``;
-- ``("status", code)``: that HTTP error (429 carries ``retry-after-ms: 10``);
+- ``("status", code)`` or ``("status", (code, message))``: that HTTP error (429 carries
+  ``retry-after-ms: 10``);
 - ``("hang", seconds)``: sleep, then answer with the next step;
 - ``("raw", body)``: 200 with ``body`` as is (malformed JSON; one event when streamed).
 
@@ -142,9 +143,10 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             elif kind == "raw":
                 self._send(200, value.encode())
             elif kind == "status":
-                message = {"error": {"message": f"scripted {value}", "type": "test"}}
-                headers = {"retry-after-ms": "10"} if value == 429 else {}
-                self._send(value, json.dumps(message).encode(), headers)
+                code, text = value if isinstance(value, tuple) else (value, f"scripted {value}")
+                message = {"error": {"message": text, "type": "test"}}
+                headers = {"retry-after-ms": "10"} if code == 429 else {}
+                self._send(code, json.dumps(message).encode(), headers)
             else:  # pragma: no cover - a bad script
                 raise ValueError(kind)
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fake_llm import FakeLLM, serve
 from lemo_nade import answers, prompts
-from lemo_nade.architects import ArchitectError, create_architect
+from lemo_nade.architects import ArchitectError, context, create_architect
 from lemo_nade.architects.offline.arch import initial
 from lemo_nade.architects.offline.render import render
 from lemo_nade.cli import app
@@ -84,6 +84,48 @@ def test_shape_bug_is_sent_back_and_the_fix_is_kept(fake: FakeLLM, tmp_path: Pat
     assert rec.usage is not None and rec.usage.calls == 2 and rec.usage.total_tokens > 0
     assert rec.usage.cost_usd == 0.0  # a local provider costs nothing by default
     assert [c.attempt for c in rec.calls] == [0, 1]
+
+
+# llama.cpp's refusal of the local model's third attempt of a digits iteration
+TOO_LONG = (400, "request (8291 tokens) exceeds the available context size (8192 tokens)")
+
+
+def test_a_chat_longer_than_the_context_is_sent_again_with_fewer_exchanges(
+    fake: FakeLLM, tmp_path: Path
+) -> None:
+    fake.script = [("answer", answer(SHAPE_BUG)), ("answer", answer(GOOD.replace(", 10)", ", 8)"))),
+                   ("status", TOO_LONG), ("answer", answer(GOOD))]  # fmt: skip
+    (rec,) = search(fake, tmp_path).records
+    assert rec.status is Status.OK and rec.code == GOOD
+    chats = [r["body"]["messages"] for r in fake.chat_requests()]
+    assert [len(chat) for chat in chats] == [2, 4, 6, 4]
+    assert chats[3][:2] == chats[2][:2] and chats[3][2:] == chats[2][4:]  # the last exchange
+    assert rec.calls[-1].payload["request"]["messages"] == chats[3]  # stored as sent
+
+
+def test_a_prompt_too_long_on_its_own_stops_the_run_saying_so(
+    fake: FakeLLM, tmp_path: Path
+) -> None:
+    fake.script = [("status", TOO_LONG)]
+    result = search(fake, tmp_path)
+    assert result.stop_reason.startswith("llm_unavailable")
+    assert "refused even with no earlier exchanges (HTTP 400" in result.stop_reason
+    assert "exceeds the available context size" in result.stop_reason
+    assert len(fake.chat_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (TOO_LONG[1], True),
+        ("This model's maximum context length is 8192 tokens. However, you requested 9000 "
+         "tokens (code: context_length_exceeded)", True),  # OpenAI, vLLM
+        ("prompt is too long: 9000 tokens > 8192 maximum", True),
+        ("Invalid value for 'temperature'", False),
+    ],
+)  # fmt: skip
+def test_refusals_for_length_are_told_apart(message: str, expected: bool) -> None:
+    assert context.too_long(message) is expected
 
 
 def test_the_key_is_sent_but_never_stored(fake: FakeLLM, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from lemo_nade.architects import (
     Check,
     Checks,
     Factory,
+    context,
     llm_settings,
     reachable,
     register,
@@ -162,7 +163,7 @@ class OpenAIArchitect:
         }
         start = time.perf_counter()
         try:
-            got = self._ask(chat, params)
+            chat, got = self._ask_within_context(request, chat, params)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise ArchitectUnavailable(
                 f"{self.name}: the API key was refused ({exc.status_code}); "
@@ -179,8 +180,10 @@ class OpenAIArchitect:
                     f"{self.name}: still failing after {cfg.llm_retries} retries "
                     f"(HTTP {exc.status_code})"
                 ) from None
+            hint = " even with no earlier exchanges" if context.too_long(str(exc)) else ""
             raise ArchitectUnavailable(
-                f"{self.name}: the request was refused (HTTP {exc.status_code}: {_short(str(exc))})"
+                f"{self.name}: the request was refused{hint} "
+                f"(HTTP {exc.status_code}: {_short(str(exc))})"
             ) from None
         except (openai.APIResponseValidationError, ValueError) as exc:
             # A 200 whose body is not a chat completion: a broken answer, not an outage.
@@ -198,6 +201,20 @@ class OpenAIArchitect:
         usage = self._usage(got.prompt_tokens, got.completion_tokens, latency, got.reported)
         call = self._call(request, chat, params, got.text, got.finish, usage, None)
         return proposal_from_answer(got.text, got.finish, usage, call, request)
+
+    def _ask_within_context(
+        self, request: ProposalRequest, chat: list[dict[str, str]], params: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], stream.Answer]:
+        """The chat sent and its answer; refused as longer than the model's context, the
+        chat again with fewer earlier exchanges (:mod:`.context`)."""
+        for shorter in context.shorter(request):
+            try:
+                return chat, self._ask(chat, params)
+            except self._openai.BadRequestError as exc:
+                if not context.too_long(str(exc)):
+                    raise
+            chat = prompts.messages(shorter, self.config.initial_command)
+        return chat, self._ask(chat, params)
 
     def _ask(self, chat: list[dict[str, str]], params: dict[str, Any]) -> stream.Answer:
         """One answer, streamed unless ``llm_stream`` is off (:mod:`.stream`)."""
