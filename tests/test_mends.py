@@ -142,3 +142,43 @@ def test_nothing_is_put_back_when_nothing_of_the_parents_is_missing(
     parent = net(RES + "self.helper = nn.Identity()\n", "return self.res(x)")
     code = net(init or "pass\n", forward) + "\n    def helper(self, x):\n        return x\n"
     assert restore(code, parent) == (code, [])
+
+
+POOL = "self.pool = nn.AdaptiveAvgPool2d(1)\n"
+PARENT_FORWARD = (
+    "x = self.f(x)\nx = x + self.res(x)\nx = self.pool(x).flatten(1)\nreturn self.fc(x)"
+)
+
+
+@pytest.mark.parametrize(
+    ("forward", "mended"),
+    [
+        (  # the new line written over the pooling line
+            "x = self.f(x)\nx = x + self.res(x)\nx = x + self.res2(x)\nreturn self.fc(x)",
+            "x = self.f(x)\nx = x + self.res(x)\nx = x + self.res2(x)\n"
+            "x = self.pool(x).flatten(1)\nreturn self.fc(x)",
+        ),
+        (  # over the skip connection's line: back before what followed it (two blocks of
+            # one width, in either order; a pooling line put back early would break)
+            "x = self.f(x)\nx = x + self.res2(x)\nx = self.pool(x).flatten(1)\nreturn self.fc(x)",
+            "x = self.f(x)\nx = x + self.res2(x)\nx = x + self.res(x)\n"
+            "x = self.pool(x).flatten(1)\nreturn self.fc(x)",
+        ),
+    ],
+)
+def test_a_parents_forward_line_the_code_dropped_is_put_back(forward: str, mended: str) -> None:
+    init = "self.f = nn.Conv2d(1, 8, 3)\n" + RES + "self.res2 = nn.Identity()\n" + POOL
+    parent = net(init.replace("self.res2 = nn.Identity()\n", ""), PARENT_FORWARD)
+    code, notes = restore(net(init, forward), parent)
+    assert code == net(init, mended)
+    assert len(notes) == 1 and notes[0].startswith("mended: put back forward's `x = ")
+
+
+def test_a_dropped_forward_line_stays_out_when_its_layer_went_too() -> None:
+    parent = net("self.f = nn.Conv2d(1, 8, 3)\n" + RES + POOL, PARENT_FORWARD)
+    dropped = net("self.f = nn.Conv2d(1, 8, 3)\n" + POOL,  # self.res removed: meant
+                  "x = self.f(x)\nx = self.pool(x).flatten(1)\nreturn self.fc(x)")  # fmt: skip
+    assert restore(dropped, parent) == (dropped, [])
+    # nothing the parent had after it is left to place it before
+    tail = net("self.f = nn.Conv2d(1, 8, 3)\n" + RES + POOL, "return self.f(x)")
+    assert restore(tail, parent) == (tail, [])

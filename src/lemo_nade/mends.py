@@ -25,7 +25,13 @@ from __future__ import annotations
 import ast
 import textwrap
 
-from lemo_nade.hints.source import argument, int_literal, layer_kind, self_attributes
+from lemo_nade.hints.source import (
+    argument,
+    int_literal,
+    layer_kind,
+    self_attributes,
+    unused_layers,
+)
 from lemo_nade.tidy import Cut, Source, parses
 
 # layers that keep the number of channels (or features) of their input
@@ -90,11 +96,21 @@ def _chain(layers: list[ast.expr], src: Source, notes: list[str]) -> list[Cut]:
 
 
 def restore(code: str, parent: str) -> tuple[str, list[str]]:
-    """``code`` with each ``self.x = ...`` line of the parent's ``__init__`` put back
-    (at the end of ``__init__``) when ``code`` still reads ``self.x`` and no longer
-    creates it: the 0.5B model kept its parent's ``x = x + self.res(x)`` and dropped the
-    line creating ``self.res`` in 4 of the first 8 iterations of a CIFAR-10 run. Unchanged,
-    with no notes, when nothing is missing or the code does not parse."""
+    """``code`` with the parent's lines it dropped and still relies on put back, and a
+    note for each. Writing the one line it was asked for, the 0.5B model often wrote it
+    over a line of its parent: over ``self.res = ...`` while forward still called
+    ``self.res`` (4 of the first 8 iterations of a CIFAR-10 run), or over forward's
+    ``x = self.pool(x).flatten(1)`` or ``x = x + self.res(x)`` while ``__init__`` still
+    created the layer (11 of the 15 failed attempts of another). Unchanged, with no notes, when nothing is missing or
+    the code does not parse."""
+    code, created = _put_back_created(code, parent)
+    code, called = _put_back_calls(code, parent)
+    return code, created + called
+
+
+def _put_back_created(code: str, parent: str) -> tuple[str, list[str]]:
+    """Each ``self.x = ...`` line of the parent's ``__init__``, at the end of
+    ``__init__``, when ``code`` still reads ``self.x`` and no longer creates it."""
     tree, old = parses(code), parses(parent) if parent else None
     init = _method(tree, "__init__") if tree is not None else None
     parent_init = _method(old, "__init__") if old is not None else None
@@ -121,6 +137,40 @@ def restore(code: str, parent: str) -> tuple[str, list[str]]:
     at = init.end_lineno or init.lineno
     mended = "\n".join(source[:at] + lines + source[at:]) + ("\n" if code.endswith("\n") else "")
     return (mended, notes) if parses(mended) is not None else (code, [])
+
+
+def _put_back_calls(code: str, parent: str) -> tuple[str, list[str]]:
+    """Each statement of the parent's ``forward`` that called a layer ``code`` still
+    creates and no longer calls, before the first statement that followed it in the
+    parent and is still there (the model wrote its new line in its place)."""
+    tree, old = parses(code), parses(parent) if parent else None
+    forward = _method(tree, "forward") if tree is not None else None
+    parent_forward = _method(old, "forward") if old is not None else None
+    if forward is None or parent_forward is None:
+        return code, []
+    dead = set(unused_layers(code)) - set(unused_layers(parent))
+    kept = {ast.dump(stmt): stmt for stmt in forward.body}
+    inserts: list[tuple[int, str]] = []  # (index of the line to insert before, text)
+    notes = []
+    for n, stmt in enumerate(parent_forward.body):
+        calls = {a.attr for a in self_attributes(stmt) if isinstance(a.ctx, ast.Load)} & dead
+        later = (kept[ast.dump(s)] for s in parent_forward.body[n + 1 :] if ast.dump(s) in kept)
+        before = next(later, None) if calls and ast.dump(stmt) not in kept else None
+        if before is None:
+            continue
+        text = ast.get_source_segment(parent, stmt) or ast.unparse(stmt)
+        inserts.append((before.lineno - 1, textwrap.indent(text, " " * before.col_offset)))
+        dead -= calls
+        notes.append(
+            f"{MENDED}put back forward's `{_short(text.splitlines()[0])}` from the parent: "
+            f"the code creates `self.{sorted(calls)[0]}` and no longer called it"
+        )
+    lines = code.splitlines()
+    # from the end, so indices hold; at one place, the parent's order
+    for _, (index, text) in sorted(enumerate(inserts), key=lambda t: (t[1][0], t[0]))[::-1]:
+        lines[index:index] = [text]
+    mended = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
+    return (mended, notes) if inserts and parses(mended) is not None else (code, [])
 
 
 def _net(tree: ast.Module) -> ast.ClassDef | None:
