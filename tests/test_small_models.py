@@ -14,7 +14,7 @@ from candidates import SMALL_CNN
 from fake_llm import serve
 from lemo_nade import prompts
 from lemo_nade.answers import read_answer
-from lemo_nade.architects.llm import proposal_from_answer
+from lemo_nade.architects.proposals import proposal_from_answer
 from lemo_nade.architects.sampling import call_seed, temperature
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset

@@ -101,8 +101,8 @@ def restore(code: str, parent: str) -> tuple[str, list[str]]:
     over a line of its parent: over ``self.res = ...`` while forward still called
     ``self.res`` (4 of the first 8 iterations of a CIFAR-10 run), or over forward's
     ``x = self.pool(x).flatten(1)`` or ``x = x + self.res(x)`` while ``__init__`` still
-    created the layer (11 of the 15 failed attempts of another). Unchanged, with no notes, when nothing is missing or
-    the code does not parse."""
+    created the layer (11 of the 15 failed attempts of another). Unchanged, with no
+    notes, when nothing is missing or the code does not parse."""
     code, created = _put_back_created(code, parent)
     code, called = _put_back_calls(code, parent)
     return code, created + called

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from lemo_nade import answers, hints, prompts, repairs
+from lemo_nade import prompts
 from lemo_nade.architects import (
     Architect,
     ArchitectError,
@@ -44,6 +44,7 @@ from lemo_nade.architects import (
     register,
     stream,
 )
+from lemo_nade.architects.proposals import proposal_from_answer
 from lemo_nade.architects.sampling import call_seed, temperature
 from lemo_nade.net import is_loopback
 from lemo_nade.records import Proposal, ProposalRequest
@@ -260,58 +261,6 @@ class OpenAIArchitect:
             "at": time.time(),
         }
         return LLMCall(request.iteration, request.attempt, usage, error, payload)
-
-
-def proposal_from_answer(
-    text: str, finish: str | None, usage: Usage, call: LLMCall, request: ProposalRequest
-) -> Proposal:
-    """The candidate an answer to ``request`` means (:func:`lemo_nade.answers.read_answer`):
-    its code, tidied, with ``notes`` saying what was removed; or a rejection carrying the
-    reason for the repair. An answer that repeats the current model unchanged is sent
-    back with the first instruction spelled out (a 0.5B model at temperature 0 answered
-    four iterations in a row with its parent's code); so is one that creates layers forward
-    never applies, naming them, and one stopped mid-loop (:mod:`.stream`). An answer
-    that repeats an earlier attempt is not built again. Replayed answers come through
-    here too, so a replay decides the same way."""
-    if finish == stream.LOOP:
-        rejected = prompts.looped_text(text)
-        return Proposal(code="", answer=text, rejected=rejected, usage=usage, calls=(call,))
-    previous = request.history[-1][0] if request.history else ""
-    try:
-        candidate = answers.read_answer(
-            text, finish, repairs.code_of(previous), request.parent_code or ""
-        )
-    except answers.ExtractionError as exc:
-        return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
-    if request.parent_code and answers.same_code(candidate.code, request.parent_code):
-        return Proposal(
-            code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
-            calls=(call,),
-        )  # fmt: skip
-    for attempt, (earlier, error) in enumerate(request.history):
-        if not error.startswith(prompts.REPEATED) and answers.same_code(
-            candidate.code, repairs.code_of(earlier)
-        ):  # it would fail the same way: not built again
-            return Proposal(
-                code="", answer=text, rejected=prompts.repeated_text(attempt, error),
-                usage=usage, calls=(call,),
-            )  # fmt: skip
-    unused = _new_unused(candidate.code, request.parent_code or "")
-    if unused:
-        return Proposal(
-            code="", answer=text, rejected=prompts.unused_text(unused, text), usage=usage,
-            calls=(call,),
-        )  # fmt: skip
-    return Proposal(
-        code=candidate.code, notes=candidate.note, answer=text, usage=usage, calls=(call,)
-    )
-
-
-def _new_unused(code: str, parent_code: str) -> list[str]:
-    """The layers ``code`` creates and never applies, less those its parent already left
-    unused (an inherited dead layer is not this answer's fault)."""
-    inherited = set(hints.unused_layers(parent_code)) if parent_code else set()
-    return [name for name in hints.unused_layers(code) if name not in inherited]
 
 
 def price_for(

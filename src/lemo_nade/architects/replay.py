@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lemo_nade import prompts
 from lemo_nade.architects import Architect, ArchitectError, ArchitectUnavailable, Check, register
-from lemo_nade.architects.llm import proposal_from_answer
+from lemo_nade.architects.proposals import proposal_from_answer
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.usage import LLMCall, Usage
 
