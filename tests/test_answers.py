@@ -101,8 +101,14 @@ MARKED = {
     )),
     "qwen_cifar_pasted.md": ((3, 32, 32), (
         "mended: removed `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from inside a "
-        "call on line 17: the same assignment is on line 22",
+        "call on line 17: it is on line 22",
         "removed the prompt's 4 TODO comments",
+    )),
+    "qwen_cifar_pasted_alone.md": ((3, 32, 32), (
+        "mended: moved `self.hidden = nn.Sequential(nn.Linear(32, 32), ...` out of the call "
+        "it was pasted into (line 18)",
+        "mended: wrote the kept comment `# TODO: add here: x = self.hidden(x)` as code",
+        "removed the prompt's 1 TODO comment",
     )),
 }  # fmt: skip
 

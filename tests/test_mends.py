@@ -69,18 +69,26 @@ def test_what_is_not_plainly_a_slip_is_left_alone(layers: str) -> None:
     assert mend(code) == (code, [])
 
 
-def test_an_assignment_pasted_into_a_call_goes_when_it_also_stands_alone() -> None:
+def test_an_assignment_pasted_into_a_call_goes_or_moves_out() -> None:
     res = "self.res = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())"
     pasted = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res},\n)\n{res}\n")
     code, notes = mend(pasted)
     assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{res}\n")
     assert notes == [
-        "mended: removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a call "
-        "on line 10: the same assignment is on line 12"
+        "mended: removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a "
+        "call on line 10: it is on line 12"
     ]
-    # only pasted there: its meaning is not plain, and the syntax error goes back
-    alone = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res},\n)\n")
-    assert mend(alone) == (alone, [])
+    # only pasted there: moved to a line of its own after the statement it was pasted into
+    alone = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res}  # new\n)\n")
+    code, notes = mend(alone)
+    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{res}\n")
+    assert notes == [
+        "mended: moved `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` out of the call "
+        "it was pasted into (line 10)"
+    ]
+    # any other syntax error goes back to the model
+    broken = net("self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3\n)\n")
+    assert mend(broken) == (broken, [])
 
 
 RES = "self.res = nn.Conv2d(8, 8, 3, padding=1)\n"

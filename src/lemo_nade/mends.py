@@ -184,46 +184,61 @@ def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:
 
 
 def _pasted_assignment(code: str) -> tuple[str, list[str]]:
-    """Without a ``self.x = ...`` line pasted inside a call's arguments, when the same
-    statement stands on another line of its own."""
+    """Without a ``self.x = ...`` line pasted inside a call's arguments (a syntax error):
+    removed when the same statement stands on a line of its own, else moved to a line of
+    its own right after the statement it was pasted into."""
+    at = _assignment_in_call(code)
+    lines = code.splitlines()
+    pasted = _statement(lines[at].strip()) if at is not None and at < len(lines) else None
+    if at is None or pasted is None:
+        return code, []
+    rest = lines[:at] + lines[at + 1 :]
+    same = [n for n, line in enumerate(lines) if n != at and _same(_statement(line), pasted)]
+    shown = _short(ast.unparse(pasted))
+    if same:
+        note = f"removed `{shown}` from inside a call on line {at + 1}: it is on line {same[0] + 1}"
+    else:
+        tree = parses("\n".join(rest))
+        hosts = [n for n in ast.walk(tree) if isinstance(n, ast.Assign | ast.Expr | ast.Return)
+                 and n.lineno <= at < (n.end_lineno or n.lineno)] if tree else []  # fmt: skip
+        if not hosts:
+            return code, []
+        host = max(hosts, key=lambda n: n.lineno)
+        rest.insert(host.end_lineno or host.lineno, " " * host.col_offset + ast.unparse(pasted))
+        note = f"moved `{shown}` out of the call it was pasted into (line {at + 1})"
+    mended = "\n".join(rest) + ("\n" if code.endswith("\n") else "")
+    return (mended, [MENDED + note]) if parses(mended) is not None else (code, [])
+
+
+def _assignment_in_call(code: str) -> int | None:
+    """The index of the line of the syntax error "expression cannot contain assignment"."""
     try:
         ast.parse(code)
-        return code, []
     except SyntaxError as exc:
-        if "cannot contain assignment" not in (exc.msg or "") or not exc.lineno:
-            return code, []
-        at = exc.lineno - 1
+        if "cannot contain assignment" in (exc.msg or "") and exc.lineno:
+            return exc.lineno - 1
     except (ValueError, RecursionError, MemoryError):
-        return code, []
-    lines = code.splitlines()
-    if at >= len(lines):
-        return code, []
-    pasted = _statement(lines[at].strip().rstrip(","))
-    if pasted is None:
-        return code, []
-    for n, line in enumerate(lines):
-        if n != at and _statement(line.strip()) == pasted:
-            rest = lines[:at] + lines[at + 1 :]
-            mended = "\n".join(rest) + ("\n" if code.endswith("\n") else "")
-            if parses(mended) is None:
-                return code, []
-            return mended, [
-                f"{MENDED}removed `{_short(lines[at].strip())}` from inside a call on line "
-                f"{at + 1}: the same assignment is on line {n + 1}"
-            ]
-    return code, []
+        pass
+    return None
 
 
 def _short(line: str) -> str:
     return line if len(line) <= 50 else line[:47] + "..."
 
 
-def _statement(text: str) -> str | None:
-    """The dump of ``text`` when it is one ``self.x = ...`` assignment; None otherwise."""
-    tree = parses(text)
-    if tree is None or len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
+def _statement(text: str) -> ast.Assign | None:
+    """``text`` when it is one ``self.x = ...`` assignment (a trailing comma, as inside a
+    call's arguments, dropped); None otherwise."""
+    tree = parses(text.strip())
+    node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
+    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
         return None
-    target = tree.body[0].targets
-    if len(target) != 1 or not isinstance(target[0], ast.Attribute):
+    if not isinstance(node.targets[0], ast.Attribute):
         return None
-    return ast.dump(tree.body[0])
+    if isinstance(node.value, ast.Tuple) and len(node.value.elts) == 1:
+        node.value = node.value.elts[0]  # `self.x = nn.Sequential(...),`
+    return node
+
+
+def _same(a: ast.Assign | None, b: ast.Assign) -> bool:
+    return a is not None and ast.dump(a) == ast.dump(b)
