@@ -52,6 +52,16 @@ def test_a_loop_is_seen_early_and_code_written_once_is_not() -> None:
     assert seen < len(real) / 2
     block = "        nn.Conv2d(32, 32, kernel_size=3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
     assert not looping(block * 4) and looping(block * 12)
+    # counting: self.res4, self.res5, ... (the local model went on to self.res84)
+    res = "        self.res{} = nn.Sequential(nn.Conv2d(32, 32, kernel_size=3, padding=1))\n"
+    counting = "".join(res.format(n) for n in range(4, 85))
+    seen = next(n for n in range(0, len(counting), 8) if looping(counting[:n]))
+    assert seen < len(counting) / 3  # after about 23 of its 81 lines
+    # six blocks written out, each with its own sizes: not a loop
+    widths = [(3, 16), (16, 32), (32, 32), (32, 64), (64, 64), (64, 128)]
+    blocks = "".join(f"        nn.Conv2d({i}, {o}, 3, padding=1), nn.BatchNorm2d({o}), "
+                     f"nn.ReLU(),\n" for i, o in widths)  # fmt: skip
+    assert not looping(answer(GOOD.replace("nn.Flatten(),", blocks + "nn.Flatten(),")))
 
 
 @pytest.mark.usefixtures("shared_sandbox")
