@@ -1,4 +1,4 @@
-"""Slips mended where their meaning is plain (lemo_nade.mends, hints.write_kept_calls),
+"""Slips mended where their meaning is plain (lemo_nade.mends, hints.write_kept_marks),
 on hand-made code; tests/test_answers.py has the local model's real answers."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from lemo_nade.hints import write_kept_calls
+from lemo_nade.hints import write_kept_marks
 from lemo_nade.mends import mend, restore
 
 
@@ -97,9 +97,20 @@ RES = "self.res = nn.Conv2d(8, 8, 3, padding=1)\n"
 def test_a_kept_call_of_a_layer_the_answer_created_is_written_once() -> None:
     mark = "# TODO: add here: x = x + self.res(x)"
     kept = net(RES, f"x = self.f(x)\n{mark}\n{mark}  # again\nreturn x")
-    code, written = write_kept_calls(kept)
+    code, written = write_kept_marks(kept)
     assert code == net(RES, f"x = self.f(x)\nx = x + self.res(x)\n{mark}  # again\nreturn x")
     assert written == ["x = x + self.res(x)"]
+
+
+def test_a_kept_creation_of_a_layer_the_answer_calls_is_written() -> None:
+    """The other half: forward's call written, the `__init__` mark kept (CIFAR-10)."""
+    kept = net("self.f = nn.Identity()\n# TODO: add here: " + RES, "return self.res(self.f(x))")
+    code, written = write_kept_marks(kept)
+    assert code == net("self.f = nn.Identity()\n" + RES, "return self.res(self.f(x))")
+    assert written == [RES.strip()]
+    # a creation nothing calls stays a comment
+    idle = net("self.f = nn.Identity()\n# TODO: add here: " + RES, "return self.f(x)")
+    assert write_kept_marks(idle) == (idle, [])
 
 
 @pytest.mark.parametrize(
@@ -121,7 +132,7 @@ def test_a_kept_call_of_a_layer_the_answer_created_is_written_once() -> None:
 )
 def test_other_kept_marks_stay_comments(init: str, forward: str) -> None:
     code = net(init, forward)
-    assert write_kept_calls(code) == (code, [])
+    assert write_kept_marks(code) == (code, [])
 
 
 def test_a_parents_layer_the_code_still_calls_is_put_back() -> None:

@@ -13,7 +13,7 @@ Answers are read for what they mean, not refused for their form (:func:`read_ans
    when it also stands on its own line; :func:`lemo_nade.mends.restore`: a parent's
    layer the code still calls and no longer creates), and a prompt's ``# TODO: add here:`` mark in
    ``forward`` that calls a layer the answer created and never called is written as
-   code (:func:`lemo_nade.hints.write_kept_calls`); other marks are removed;
+   code (:func:`lemo_nade.hints.write_kept_marks`); other marks are removed;
 4. the code is tidied (:func:`lemo_nade.tidy.tidy`): top-level statements that are not
    definitions (test blocks, prints, instantiations) and unused imports are removed, and
    the :class:`Candidate`'s ``note`` says what went.
@@ -31,7 +31,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from lemo_nade.hints import unmarked, write_kept_calls
+from lemo_nade.hints import unmarked, write_kept_marks
 from lemo_nade.imports_fix import add_missing
 from lemo_nade.mends import MENDED, mend, restore
 from lemo_nade.tidy import parses, tidy
@@ -105,7 +105,7 @@ def read_answer(
     code, mended = mend(code)
     code, restored = restore(code, parent)
     mended += restored
-    code, written = write_kept_calls(code)
+    code, written = write_kept_marks(code)
     notes += mended + [
         f"{MENDED}wrote the kept comment `# TODO: add here: {call}` as code: the answer creates "
         "the layer it calls and forward never called it"

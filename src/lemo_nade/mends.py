@@ -29,7 +29,9 @@ from lemo_nade.hints.source import (
     argument,
     int_literal,
     layer_kind,
+    net_class,
     self_attributes,
+    uncreated,
     unused_layers,
 )
 from lemo_nade.tidy import Cut, Source, parses
@@ -116,11 +118,8 @@ def _put_back_created(code: str, parent: str) -> tuple[str, list[str]]:
     parent_init = _method(old, "__init__") if old is not None else None
     if tree is None or init is None or parent_init is None:
         return code, []
-    net = _net(tree)
-    stored = {n.attr for n in self_attributes(net) if not isinstance(n.ctx, ast.Load)}
-    methods = {f.name for f in net.body if isinstance(f, ast.FunctionDef)} if net else set()
-    missing = [n.attr for n in self_attributes(net) if isinstance(n.ctx, ast.Load)]
-    missing = [m for m in dict.fromkeys(missing) if m not in stored and m not in methods]
+    net = net_class(tree)
+    missing = uncreated(net) if net is not None else []
     lines, notes = [], []
     for stmt in parent_init.body:
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
@@ -173,12 +172,9 @@ def _put_back_calls(code: str, parent: str) -> tuple[str, list[str]]:
     return (mended, notes) if inserts and parses(mended) is not None else (code, [])
 
 
-def _net(tree: ast.Module) -> ast.ClassDef | None:
-    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
-
-
 def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:
-    net = _net(tree)
+    """``class Net``'s method ``name``, or None."""
+    net = net_class(tree)
     body = net.body if net is not None else []
     return next((f for f in body if isinstance(f, ast.FunctionDef) and f.name == name), None)
 

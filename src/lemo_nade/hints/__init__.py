@@ -21,12 +21,20 @@ import re
 from collections.abc import Iterable, Iterator
 
 from lemo_nade.hints.edits import EDITS
-from lemo_nade.hints.source import Edit, Mark, read, self_attributes, unused_layers
+from lemo_nade.hints.source import (
+    Edit,
+    Mark,
+    net_class,
+    read,
+    self_attributes,
+    uncreated,
+    unused_layers,
+)
 from lemo_nade.tidy import parses
 
 __all__ = [
     "EDITS", "Edit", "Mark", "edit", "hint", "left_as_comments", "marked", "unmarked",
-    "unused_layers", "write_kept_calls",
+    "unused_layers", "write_kept_marks",
 ]  # fmt: skip
 
 TODO = "# TODO: "
@@ -105,19 +113,21 @@ def left_as_comments(answer: str) -> list[str]:
     return found
 
 
-def write_kept_calls(code: str) -> tuple[str, list[str]]:
-    """``code`` with each one-line ``# TODO: add here:`` mark inside ``forward`` written
-    as code when the mark's statement calls only layers that ``code`` itself creates and
-    never calls; and those statements. Asked for a skip connection, the 0.5B model wrote
-    the ``__init__`` mark (``self.res = ...``) as code and kept forward's
-    (``x = x + self.res(x)``) as a comment, through every repair
-    (tests/answers/qwen_iter_unused.md): what its answer means is that call. A mark for
-    a layer the answer did not create stays a comment (:func:`unmarked` removes it)."""
+def write_kept_marks(code: str) -> tuple[str, list[str]]:
+    """``code`` with each one-line ``# TODO: add here:`` mark its answer means written as
+    code, and those statements: in ``forward``, a call of layers ``code`` creates and
+    never calls; in ``__init__``, the creation of a layer ``code`` calls and never
+    creates. Asked for a skip connection, the 0.5B model wrote one half of the edit as
+    code and kept the other half's mark as a comment: ``self.res = ...`` written and
+    ``x = x + self.res(x)`` kept (tests/answers/qwen_iter_unused.md, through every
+    repair), or the other way round. A mark for a layer the answer neither created nor
+    called stays a comment (:func:`unmarked` removes it)."""
     tree = parses(code)
-    forward = _forward(tree) if tree is not None else None
-    dead = set(unused_layers(code)) if forward is not None else set()
-    if not dead or forward is None:
+    net = net_class(tree) if tree is not None else None
+    if net is None:
         return code, []
+    init, forward = _span(net, "__init__"), _span(net, "forward")
+    dead, missing = set(unused_layers(code)), set(uncreated(net))
     lines, written = code.splitlines(), []
     scanned = list(_scan(code))
     for index, (line, kind, body) in enumerate(scanned):
@@ -125,24 +135,40 @@ def write_kept_calls(code: str) -> tuple[str, list[str]]:
         if kind != "mark" or not body.startswith(_ADD) or not one_line:
             continue
         statement = body.removeprefix(_ADD).strip()
-        called = _calls(statement)
+        called, created = _calls(statement), _creates(statement)
         if forward[0] <= index + 1 <= forward[1] and called and called <= dead:
-            lines[index] = line[: len(line) - len(line.lstrip())] + statement
-            written.append(statement)
             dead -= called  # a mark the model copied twice is written once
+        elif init[0] <= index + 1 <= init[1] and created in missing:
+            missing.discard(created)
+        else:
+            continue
+        lines[index] = line[: len(line) - len(line.lstrip())] + statement
+        written.append(statement)
     out = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
     if not written or parses(out) is None:
         return code, []
     return out, written
 
 
-def _forward(tree: ast.Module) -> tuple[int, int] | None:
-    """The first and last line of ``class Net``'s ``forward``."""
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "Net":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "forward":
-                    return item.lineno, item.end_lineno or item.lineno
+def _span(net: ast.ClassDef, name: str) -> tuple[int, int]:
+    """The lines of ``class Net``'s method ``name``, up to the next definition (a mark
+    after a method's last statement, where ``__init__``'s new attributes go, is in it);
+    (0, -1) when there is none."""
+    for n, item in enumerate(net.body):
+        if isinstance(item, ast.FunctionDef) and item.name == name:
+            last = item.end_lineno or item.lineno
+            return item.lineno, net.body[n + 1].lineno - 1 if n + 1 < len(net.body) else last
+    return 0, -1
+
+
+def _creates(statement: str) -> str | None:
+    """``x`` when a statement is ``self.x = ...``; None otherwise."""
+    tree = parses(statement)
+    node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        if isinstance(target, ast.Attribute) and self_attributes(target) == [target]:
+            return target.attr
     return None
 
 

@@ -107,7 +107,7 @@ def read(code: str) -> Model | None:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    net = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
+    net = net_class(tree)
     if net is None:
         return None
     methods = {f.name: f for f in net.body if isinstance(f, ast.FunctionDef)}
@@ -145,6 +145,21 @@ def read(code: str) -> Model | None:
     return Model(
         layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree), read_attrs
     )
+
+
+def net_class(tree: ast.Module) -> ast.ClassDef | None:
+    """The module's ``class Net``, or None."""
+    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
+
+
+def uncreated(net: ast.ClassDef) -> list[str]:
+    """The ``self.<name>`` the class reads and never assigns (nor defines as a method), in
+    the order first read: a layer forward calls that ``__init__`` lost."""
+    attrs = self_attributes(net)
+    stored = {a.attr for a in attrs if not isinstance(a.ctx, ast.Load)}
+    methods = {f.name for f in net.body if isinstance(f, ast.FunctionDef)}
+    read = dict.fromkeys(a.attr for a in attrs if isinstance(a.ctx, ast.Load))
+    return [name for name in read if name not in stored and name not in methods]
 
 
 def self_attributes(node: ast.AST | None) -> list[ast.Attribute]:
