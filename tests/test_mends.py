@@ -86,6 +86,12 @@ def test_an_assignment_pasted_into_a_call_goes_or_moves_out() -> None:
         "mended: moved `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` out of the call "
         "it was pasted into (line 10)"
     ]
+    # two in one call (no comma between them either): each taken out
+    fc = "self.fc = nn.Linear(8, 3)"
+    two = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res}\n    {fc}\n)\n{res}\n")
+    code, notes = mend(two)
+    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{fc}\n{res}\n")
+    assert [n.split(" `")[0] for n in notes] == ["mended: removed", "mended: moved"]
     # any other syntax error goes back to the model
     broken = net("self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3\n)\n")
     assert mend(broken) == (broken, [])

@@ -50,6 +50,7 @@ _SIZES = {
     "BatchNorm1d": (0, "num_features", None, "", "vector"),
 }
 _NOUN = {"maps": "channels", "vector": "features"}
+_MAX_PASTED = 8  # assignments pasted into calls, at most, taken out of one answer
 MENDED = "mended: "  # how each note on a mend starts (bench/llm.py counts them)
 
 
@@ -180,34 +181,53 @@ def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:
 
 
 def _pasted_assignment(code: str) -> tuple[str, list[str]]:
-    """Without a ``self.x = ...`` line pasted inside a call's arguments (a syntax error):
-    removed when the same statement stands on a line of its own, else moved to a line of
-    its own right after the statement it was pasted into."""
-    at = _assignment_in_call(code)
-    lines = code.splitlines()
-    pasted = _statement(lines[at].strip()) if at is not None and at < len(lines) else None
-    if at is None or pasted is None:
+    """Without the ``self.x = ...`` lines pasted inside a call's arguments (a syntax
+    error each): one is removed when the same statement stands on a line of its own,
+    else moved to a line of its own right after the statement it was pasted into."""
+    lines, kept = code.splitlines(), list(range(len(code.splitlines())))
+    pulled: list[tuple[int, ast.Assign]] = []  # (index in ``lines``, the statement)
+    while len(pulled) < _MAX_PASTED and (at := _assignment_in_call(_text(lines, kept))):
+        node = _statement(lines[kept[at]]) if at < len(kept) else None
+        if node is None:
+            return code, []
+        pulled.append((kept.pop(at), node))
+    tree = parses(_text(lines, kept)) if pulled else None
+    if tree is None:
         return code, []
-    rest = lines[:at] + lines[at + 1 :]
-    same = [n for n, line in enumerate(lines) if n != at and _same(_statement(line), pasted)]
-    shown = _short(ast.unparse(pasted))
-    if same:
-        note = f"removed `{shown}` from inside a call on line {at + 1}: it is on line {same[0] + 1}"
-    else:
-        tree = parses("\n".join(rest))
-        hosts = [n for n in ast.walk(tree) if isinstance(n, ast.Assign | ast.Expr | ast.Return)
-                 and n.lineno <= at < (n.end_lineno or n.lineno)] if tree else []  # fmt: skip
+    inserts, notes = [], []
+    for n, (index, node) in enumerate(pulled):
+        shown = _short(ast.unparse(node))
+        same = [k for k in kept if _same(_statement(lines[k]), node)]
+        if same:
+            notes.append(f"{MENDED}removed `{shown}` from inside a call on line {index + 1}: "
+                         f"it is on line {same[0] + 1}")  # fmt: skip
+            continue
+        at = sum(k < index for k in kept)  # where it was, in the code without it
+        hosts = [h for h in ast.walk(tree) if isinstance(h, ast.Assign | ast.Expr | ast.Return)
+                 and h.lineno <= at < (h.end_lineno or h.lineno)]  # fmt: skip
         if not hosts:
             return code, []
-        host = max(hosts, key=lambda n: n.lineno)
-        rest.insert(host.end_lineno or host.lineno, " " * host.col_offset + ast.unparse(pasted))
-        note = f"moved `{shown}` out of the call it was pasted into (line {at + 1})"
-    mended = "\n".join(rest) + ("\n" if code.endswith("\n") else "")
-    return (mended, [MENDED + note]) if parses(mended) is not None else (code, [])
+        host = max(hosts, key=lambda h: h.lineno)
+        inserts.append(
+            (host.end_lineno or host.lineno, n, " " * host.col_offset + ast.unparse(node))
+        )
+        notes.append(
+            f"{MENDED}moved `{shown}` out of the call it was pasted into (line {index + 1})"
+        )
+    out = [lines[k] for k in kept]
+    for at, _, text in sorted(inserts, reverse=True):
+        out.insert(at, text)
+    mended = "\n".join(out) + ("\n" if code.endswith("\n") else "")
+    return (mended, notes) if parses(mended) is not None else (code, [])
+
+
+def _text(lines: list[str], kept: list[int]) -> str:
+    return "\n".join(lines[k] for k in kept)
 
 
 def _assignment_in_call(code: str) -> int | None:
-    """The index of the line of the syntax error "expression cannot contain assignment"."""
+    """The index of the line of the syntax error "expression cannot contain assignment"
+    (never 0: line 1 is never inside a call)."""
     try:
         ast.parse(code)
     except SyntaxError as exc:
