@@ -1,23 +1,26 @@
 """Mechanical slips in an answer mended where its meaning is plain, before it is built.
 
-Two slips of the local 0.5B model, each of which cost an attempt on the CIFAR-10 subset
-and was repeated by its repairs:
+Slips of the local 0.5B model, each of which cost attempts on the CIFAR-10 subset or
+``shifted-digits`` and was repeated by its repairs:
 
-- **Channel sizes that disagree inside one ``nn.Sequential``.** It widened the first conv
-  to ``nn.Conv2d(3, 32, ...)`` and left the next one reading 16 channels; forward failed,
-  and its repair moved the mismatch to the BatchNorm. A Sequential is a chain, so each
+- **Channel sizes that disagree inside one ``nn.Sequential``** (:func:`mend`). It widened
+  the first conv to ``nn.Conv2d(3, 32, ...)`` and left the next one reading 16 channels;
+  its repair moved the mismatch to the BatchNorm. A Sequential is a chain, so each
   ``Conv2d``'s ``in_channels`` and each ``BatchNorm2d``'s size must be the
   ``out_channels`` of the conv before it (and a ``Linear``'s ``in_features``, or a
   ``BatchNorm1d``'s size, the ``out_features`` of the Linear before it). A chain that
-  disagrees fails on every input; :func:`mend` makes the later layer read what the
-  earlier one writes, which keeps the change the model made.
-- **An assignment pasted into a call's arguments** (``self.res = nn.Sequential(...)``
-  inside ``self.features = nn.Sequential(...)``, a syntax error), when the same
-  statement is also written where it belongs: the pasted copy is removed.
+  disagrees fails on every input; the later layer is made to read what the earlier one
+  writes, which keeps the change the model made. Only literal integers are changed, and
+  only between layers whose sizes are all literal (any other layer breaks the chain).
+- **Assignments pasted into a call's arguments** (:func:`mend`: ``self.res =
+  nn.Sequential(...)`` inside ``self.features = nn.Sequential(...)``, a syntax error):
+  removed when the same statement is also written on its own line, else moved there.
+- **A parent's line dropped while still needed** (:func:`restore`): the model wrote its
+  one new line over a line of its parent that the rest of its code still relies on.
+  The parent's own line is put back; nothing new is written.
 
-Only literal integers are changed, and only between layers whose sizes are all literal
-(a layer that is not a known pass-through breaks the chain). Each mend is noted; the
-mended code is built, measured and judged like any other. Pure: no torch.
+Each mend is a note starting with :data:`MENDED`; the mended code is built, measured and
+judged like any other. Pure: no torch.
 """
 
 from __future__ import annotations
