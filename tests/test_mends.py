@@ -69,30 +69,42 @@ def test_what_is_not_plainly_a_slip_is_left_alone(layers: str) -> None:
     assert mend(code) == (code, [])
 
 
-def test_an_assignment_pasted_into_a_call_goes_or_moves_out() -> None:
-    res = "self.res = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())"
-    pasted = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res},\n)\n{res}\n")
-    code, notes = mend(pasted)
-    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{res}\n")
-    assert notes == [
-        "mended: removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a "
-        "call on line 10: it is on line 12"
-    ]
-    # only pasted there: moved to a line of its own after the statement it was pasted into
-    alone = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res}  # new\n)\n")
-    code, notes = mend(alone)
-    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{res}\n")
-    assert notes == [
-        "mended: moved `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` out of the call "
-        "it was pasted into (line 10)"
-    ]
-    # two in one call (no comma between them either): each taken out
-    fc = "self.fc = nn.Linear(8, 3)"
-    two = net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n    {res}\n    {fc}\n)\n{res}\n")
-    code, notes = mend(two)
-    assert code == net(f"self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n)\n{fc}\n{res}\n")
-    assert [n.split(" `")[0] for n in notes] == ["mended: removed", "mended: moved"]
-    # any other syntax error goes back to the model
+PASTED_RES = "self.res = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())"
+PASTED_FC = "self.fc = nn.Linear(8, 3)"
+SEQ = "self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3),\n{})\n"
+
+
+@pytest.mark.parametrize(
+    ("inside", "after", "kept", "notes"),
+    [
+        (  # also on a line of its own: the pasted copy goes
+            f"    {PASTED_RES},\n", f"{PASTED_RES}\n", f"{PASTED_RES}\n",
+            ["removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a "
+             "call on line 10: it is on line 12"],
+        ),
+        (  # only pasted there: moved to a line of its own after that statement
+            f"    {PASTED_RES}  # new\n", "", f"{PASTED_RES}\n",
+            ["moved `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` out of the call it "
+             "was pasted into (line 10)"],
+        ),
+        (  # two in one call, no comma between them: each taken out
+            f"    {PASTED_RES}\n    {PASTED_FC}\n", f"{PASTED_RES}\n",
+            f"{PASTED_FC}\n{PASTED_RES}\n",
+            ["removed `self.res = nn.Sequential(nn.Conv2d(8, 8, 3, pad...` from inside a "
+             "call on line 10: it is on line 13",
+             "moved `self.fc = nn.Linear(8, 3)` out of the call it was pasted into (line 11)"],
+        ),
+    ],
+)  # fmt: skip
+def test_assignments_pasted_into_a_call_go_or_move_out(
+    inside: str, after: str, kept: str, notes: list[str]
+) -> None:
+    code, got = mend(net(SEQ.format(inside) + after))
+    assert code == net(SEQ.format("") + kept)
+    assert got == ["mended: " + note for note in notes]
+
+
+def test_any_other_syntax_error_goes_back_to_the_model() -> None:
     broken = net("self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3\n)\n")
     assert mend(broken) == (broken, [])
 
