@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from lemo_nade.hints import write_kept_marks
+from lemo_nade.hints import CALLED, CREATED, write_kept_marks
 from lemo_nade.mends import mend, restore
 
 
@@ -117,7 +117,7 @@ def test_a_kept_call_of_a_layer_the_answer_created_is_written_once() -> None:
     kept = net(RES, f"x = self.f(x)\n{mark}\n{mark}  # again\nreturn x")
     code, written = write_kept_marks(kept)
     assert code == net(RES, f"x = self.f(x)\nx = x + self.res(x)\n{mark}  # again\nreturn x")
-    assert written == ["x = x + self.res(x)"]
+    assert written == [("x = x + self.res(x)", CALLED)]
 
 
 def test_a_kept_creation_of_a_layer_the_answer_calls_is_written() -> None:
@@ -125,7 +125,7 @@ def test_a_kept_creation_of_a_layer_the_answer_calls_is_written() -> None:
     kept = net("self.f = nn.Identity()\n# TODO: add here: " + RES, "return self.res(self.f(x))")
     code, written = write_kept_marks(kept)
     assert code == net("self.f = nn.Identity()\n" + RES, "return self.res(self.f(x))")
-    assert written == [RES.strip()]
+    assert written == [(RES.strip(), CREATED)]
     # a creation nothing calls stays a comment
     idle = net("self.f = nn.Identity()\n# TODO: add here: " + RES, "return self.f(x)")
     assert write_kept_marks(idle) == (idle, [])

@@ -8,12 +8,11 @@ Answers are read for what they mean, not refused for their form (:func:`read_ans
    info string ``python``/``py``/``python3`` in any case, or none); a block whose closing
    fence is missing runs to the end of the answer; prose around it is ignored; an answer
    without fences counts when it holds parseable code defining ``Net``;
-3. slips whose meaning is plain are mended (:func:`lemo_nade.mends.mend`: channel
-   sizes that disagree inside an ``nn.Sequential``, an assignment pasted into a call
-   when it also stands on its own line; :func:`lemo_nade.mends.restore`: a parent's
-   layer the code still calls and no longer creates), and a prompt's ``# TODO: add here:`` mark in
-   ``forward`` that calls a layer the answer created and never called is written as
-   code (:func:`lemo_nade.hints.write_kept_marks`); other marks are removed;
+3. slips whose meaning is plain are mended (:mod:`lemo_nade.mends`: channel sizes that
+   disagree inside an ``nn.Sequential``, assignments pasted into a call, a parent's line
+   dropped while still needed), a prompt's ``# TODO: add here:`` mark that completes a
+   half-written edit is written as code (:func:`lemo_nade.hints.write_kept_marks`), and
+   the other marks are removed;
 4. the code is tidied (:func:`lemo_nade.tidy.tidy`): top-level statements that are not
    definitions (test blocks, prints, instantiations) and unused imports are removed, and
    the :class:`Candidate`'s ``note`` says what went.
@@ -107,9 +106,8 @@ def read_answer(
     mended += restored
     code, written = write_kept_marks(code)
     notes += mended + [
-        f"{MENDED}wrote the kept comment `# TODO: add here: {call}` as code: the answer creates "
-        "the layer it calls and forward never called it"
-        for call in written
+        f"{MENDED}wrote the kept comment `# TODO: add here: {statement}` as code: {why}"
+        for statement, why in written
     ]
     code, marks = unmarked(code)
     if marks:

@@ -33,8 +33,8 @@ from lemo_nade.hints.source import (
 from lemo_nade.tidy import parses
 
 __all__ = [
-    "EDITS", "Edit", "Mark", "edit", "hint", "left_as_comments", "marked", "unmarked",
-    "unused_layers", "write_kept_marks",
+    "CALLED", "CREATED", "EDITS", "Edit", "Mark", "edit", "hint", "left_as_comments",
+    "marked", "unmarked", "unused_layers", "write_kept_marks",
 ]  # fmt: skip
 
 TODO = "# TODO: "
@@ -113,9 +113,14 @@ def left_as_comments(answer: str) -> list[str]:
     return found
 
 
-def write_kept_marks(code: str) -> tuple[str, list[str]]:
+CALLED = "the answer creates the layer it calls and forward never called it"
+CREATED = "forward calls the layer it creates and nothing created it"
+
+
+def write_kept_marks(code: str) -> tuple[str, list[tuple[str, str]]]:
     """``code`` with each one-line ``# TODO: add here:`` mark its answer means written as
-    code, and those statements: in ``forward``, a call of layers ``code`` creates and
+    code, and each statement written with why (:data:`CALLED` or :data:`CREATED`): in
+    ``forward``, a call of layers ``code`` creates and
     never calls; in ``__init__``, the creation of a layer ``code`` calls and never
     creates. Asked for a skip connection, the 0.5B model wrote one half of the edit as
     code and kept the other half's mark as a comment: ``self.res = ...`` written and
@@ -138,12 +143,14 @@ def write_kept_marks(code: str) -> tuple[str, list[str]]:
         called, created = _calls(statement), _creates(statement)
         if forward[0] <= index + 1 <= forward[1] and called and called <= dead:
             dead -= called  # a mark the model copied twice is written once
+            why = CALLED
         elif init[0] <= index + 1 <= init[1] and created in missing:
             missing.discard(created)
+            why = CREATED
         else:
             continue
         lines[index] = line[: len(line) - len(line.lstrip())] + statement
-        written.append(statement)
+        written.append((statement, why))
     out = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
     if not written or parses(out) is None:
         return code, []
