@@ -164,7 +164,7 @@ def print_table(cases: list[dict[str, Any]]) -> None:
         table.add_row(
             c["dataset"], str(c["setting"]),
             rate(c["iterations_trained"], c["iterations"])
-            + f'; {c.get("iterations_trained_mended", 0)} mended',
+            + f'; {c["iterations_trained_mended"]} mended',
             rate(c["attempts_trained"], c["attempts"]),
             _num(c["repairs_per_trained_iteration"], 2),
             ", ".join(f"{k} {v}" for k, v in sorted(c["failures"].items())) or "-",

@@ -30,6 +30,7 @@ import textwrap
 
 from lemo_nade.hints.source import (
     argument,
+    attribute_assignment,
     int_literal,
     layer_kind,
     net_class,
@@ -190,7 +191,7 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
     lines, kept = code.splitlines(), list(range(len(code.splitlines())))
     pulled: list[tuple[int, ast.Assign]] = []  # (index in ``lines``, the statement)
     while len(pulled) < _MAX_PASTED and (at := _assignment_in_call(_text(lines, kept))):
-        node = _statement(lines[kept[at]]) if at < len(kept) else None
+        node = attribute_assignment(lines[kept[at]]) if at < len(kept) else None
         if node is None:
             return code, []
         pulled.append((kept.pop(at), node))
@@ -200,7 +201,7 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
     inserts, notes = [], []
     for n, (index, node) in enumerate(pulled):
         shown = _short(ast.unparse(node))
-        same = [k for k in kept if _same(_statement(lines[k]), node)]
+        same = [k for k in kept if _same(attribute_assignment(lines[k]), node)]
         if same:
             notes.append(f"{MENDED}removed `{shown}` from inside a call on line {index + 1}: "
                          f"it is on line {same[0] + 1}")  # fmt: skip
@@ -243,20 +244,6 @@ def _assignment_in_call(code: str) -> int | None:
 
 def _short(line: str) -> str:
     return line if len(line) <= 50 else line[:47] + "..."
-
-
-def _statement(text: str) -> ast.Assign | None:
-    """``text`` when it is one ``self.x = ...`` assignment (a trailing comma, as inside a
-    call's arguments, dropped); None otherwise."""
-    tree = parses(text.strip())
-    node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
-    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-        return None
-    if not isinstance(node.targets[0], ast.Attribute):
-        return None
-    if isinstance(node.value, ast.Tuple) and len(node.value.elts) == 1:
-        node.value = node.value.elts[0]  # `self.x = nn.Sequential(...),`
-    return node
 
 
 def _same(a: ast.Assign | None, b: ast.Assign) -> bool:

@@ -180,12 +180,12 @@ def out_of_reach(
         ratio = limit / value if fires == "above" else value / limit
         if ratio <= far:
             continue
-        side, op = ("above", ">") if fires == "above" else ("below", "<")
+        op = ">" if fires == "above" else "<"
         digits = ".3g" if unit == "kWh" else ",.0f"
         shown = f"{{:{digits}}} {unit}".format
         suggested = f"{value:.2g}" if unit == "kWh" else f"{value:.0f}"
         warnings.append(
-            f"{key} = {shown(limit)} is {ratio:.0f}x {side} the measured {metric} = "
+            f"{key} = {shown(limit)} is {ratio:.0f}x {fires} the measured {metric} = "
             f"{shown(value)}: the rule '{metric} {op} {key}' cannot fire, so {priority} = "
             f"{priorities[priority]:g} steers nothing; set it near the models' values, "
             f"e.g. --set thresholds.{key}={suggested}"

@@ -24,6 +24,7 @@ from lemo_nade.hints.edits import EDITS
 from lemo_nade.hints.source import (
     Edit,
     Mark,
+    attribute_assignment,
     net_class,
     read,
     self_attributes,
@@ -120,13 +121,13 @@ CREATED = "forward calls the layer it creates and nothing created it"
 def write_kept_marks(code: str) -> tuple[str, list[tuple[str, str]]]:
     """``code`` with each one-line ``# TODO: add here:`` mark its answer means written as
     code, and each statement written with why (:data:`CALLED` or :data:`CREATED`): in
-    ``forward``, a call of layers ``code`` creates and
-    never calls; in ``__init__``, the creation of a layer ``code`` calls and never
-    creates. Asked for a skip connection, the 0.5B model wrote one half of the edit as
-    code and kept the other half's mark as a comment: ``self.res = ...`` written and
-    ``x = x + self.res(x)`` kept (tests/answers/qwen_iter_unused.md, through every
-    repair), or the other way round. A mark for a layer the answer neither created nor
-    called stays a comment (:func:`unmarked` removes it)."""
+    ``forward``, a call of layers ``code`` creates and never calls; in ``__init__``, the
+    creation of a layer ``code`` calls and never creates. Asked for a skip connection,
+    the 0.5B model wrote one half of the edit as code and kept the other half's mark as
+    a comment: ``self.res = ...`` written and ``x = x + self.res(x)`` kept
+    (tests/answers/qwen_iter_unused.md, through every repair), or the other way round.
+    A mark for a layer the answer neither created nor called stays a comment
+    (:func:`unmarked` removes it)."""
     tree = parses(code)
     net = net_class(tree) if tree is not None else None
     if net is None:
@@ -170,12 +171,10 @@ def _span(net: ast.ClassDef, name: str) -> tuple[int, int]:
 
 def _creates(statement: str) -> str | None:
     """``x`` when a statement is ``self.x = ...``; None otherwise."""
-    tree = parses(statement)
-    node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        target = node.targets[0]
-        if isinstance(target, ast.Attribute) and self_attributes(target) == [target]:
-            return target.attr
+    node = attribute_assignment(statement)
+    target = node.targets[0] if node is not None else None
+    if isinstance(target, ast.Attribute) and self_attributes(target) == [target]:
+        return target.attr
     return None
 
 

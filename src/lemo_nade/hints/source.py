@@ -168,6 +168,23 @@ def self_attributes(node: ast.AST | None) -> list[ast.Attribute]:
     return [n for n in nodes if isinstance(n, ast.Attribute) and _is_self_attr(n)]
 
 
+def attribute_assignment(text: str) -> ast.Assign | None:
+    """``text`` when it is one ``<name>.x = ...`` assignment (a trailing comma, as inside
+    a call's arguments, dropped: ``self.x = nn.Sequential(...),``); None otherwise."""
+    try:
+        tree = ast.parse(text.strip())
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    node = tree.body[0] if len(tree.body) == 1 else None
+    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+        return None
+    if not isinstance(node.targets[0], ast.Attribute):
+        return None
+    if isinstance(node.value, ast.Tuple) and len(node.value.elts) == 1:
+        node.value = node.value.elts[0]
+    return node
+
+
 def _is_self_attr(node: ast.Attribute) -> bool:
     return isinstance(node.value, ast.Name) and node.value.id == "self"
 
