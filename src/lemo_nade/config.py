@@ -125,8 +125,18 @@ class FinalProtocol(_Frozen):
 
 DEFAULT_SEARCH: Literal["discover"] = "discover"
 SEARCHES: dict[str, dict[str, Any]] = {
-    "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True},
-    "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False},
+    "paper": {
+        "parent": "last",
+        "max_instructions": 0,
+        "retrain_duplicates": True,
+        "lineage_memory": False,
+    },
+    "discover": {
+        "parent": "best",
+        "max_instructions": 2,
+        "retrain_duplicates": False,
+        "lineage_memory": False,
+    },
 }
 
 
@@ -155,6 +165,10 @@ class RunConfig(_Frozen):
     retrain_duplicates: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["retrain_duplicates"],
         description="train a model the run already trained",
+    )
+    lineage_memory: bool = Field(
+        SEARCHES[DEFAULT_SEARCH]["lineage_memory"],
+        description="ask last for instructions whose children in this run mostly lost",
     )
     max_params: int = Field(25_000_000, ge=1000, description="offline architect's size cap")
     max_hours: float | None = Field(None, gt=0)

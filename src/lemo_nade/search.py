@@ -224,7 +224,11 @@ class Search:
             task=self.task,
             parent_code=parent.code if parent else None,
             parent_metrics=parent.evaluation.metrics if parent else None,
-            instructions=asked(records, parent, self.config.max_instructions) if parent else (),
+            instructions=(
+                asked(records, parent, self.config.max_instructions, self.config.lineage_memory)
+                if parent
+                else ()
+            ),
             last_error=failed.evaluation.error if failed else None,
             parent_state=parent.state if parent else None,
             seed=self.config.seed,
