@@ -1,12 +1,14 @@
 """Which instructions a request carries with ``max_instructions`` set (history.asked):
 the first window for a parent's first child; after a child of the same parent that failed
-or did not beat it, the next window; all of them for the paper's loop."""
+or did not beat it, the next window; all of them for the paper's loop; with
+``lineage_memory``, the instructions that mostly lost in this run asked last."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from lemo_nade.history import asked
+from lemo_nade.history import asked, lineage_order
+from lemo_nade.records import Verdict
 from test_report import record
 
 RESOLVED = (("ADL", 1.0), ("ACL", 1.0), ("ASC", 0.6), ("AMK", 0.6), ("AR", 0.4))
@@ -40,3 +42,47 @@ def test_after_a_worse_or_failed_child_the_next_window_is_asked() -> None:
 def test_a_child_that_beat_its_parent_does_not_move_the_window() -> None:
     records = parent_and(0.9)
     assert asked(records, records[0], 2) == RESOLVED[:2]
+
+
+def followed(rec, *codes: str, verdict: str = "followed"):  # type: ignore[no-untyped-def]
+    """``rec`` with the compliance checker's verdicts on ``codes``."""
+    verdicts = tuple(Verdict(code, verdict, "") for code in codes)
+    return replace(rec, evaluation=replace(rec.evaluation, compliance=verdicts))
+
+
+def lineage(*children: tuple[float, tuple[str, ...]]) -> list:
+    """A parent at 0.5 and its trained children, each (accuracy, instructions followed)."""
+    parent = replace(record(0, None, 0.5), resolved_instructions=RESOLVED)
+    kids = [followed(record(i, 0, acc), *codes) for i, (acc, codes) in enumerate(children, 1)]
+    return [parent, *kids]
+
+
+def test_instructions_whose_children_lost_are_asked_last() -> None:
+    records = lineage((0.4, ("ADL", "ACL")), (0.45, ("ADL", "ASC")), (0.6, ("ACL",)))
+    # ADL: 2 followed, 0 won -> last; ACL: 2 followed, 1 won; ASC: only 1 try
+    order = [code for code, _ in lineage_order(records, RESOLVED)]
+    assert order == ["ACL", "ASC", "AMK", "AR", "ADL"]
+    assert asked(records[:1], records[0], 2, memory=True) == RESOLVED[:2]  # nothing known yet
+
+
+def test_one_win_in_four_keeps_an_instruction_in_place_and_one_in_five_does_not() -> None:
+    four = lineage((0.6, ("ADL",)), *[(0.4, ("ADL",))] * 3)
+    assert lineage_order(four, RESOLVED)[0][0] == "ADL"
+    five = lineage((0.6, ("ADL",)), *[(0.4, ("ADL",))] * 4)
+    assert lineage_order(five, RESOLVED)[-1][0] == "ADL"
+
+
+def test_only_followed_instructions_of_trained_children_count() -> None:
+    records = lineage((0.4, ("ADL",)), (0.4, ()))
+    records[2] = followed(records[2], "ADL", verdict="not_followed")
+    failed = followed(record(3, 0, None), "ADL")  # a failed child says nothing of the edit
+    assert lineage_order([*records, failed], RESOLVED) == RESOLVED
+
+
+def test_the_memory_moves_the_window_and_the_paper_loop_ignores_it() -> None:
+    records = lineage((0.4, ("ADL",)), (0.45, ("ADL",)))
+    parent = records[0]
+    assert asked(records, parent, 0, memory=True) == RESOLVED  # the paper: all, in order
+    assert asked([parent], parent, 2, memory=True) == RESOLVED[:2]
+    remembered = asked(records, parent, 2, memory=True)
+    assert "ADL" not in [code for code, _ in remembered]
