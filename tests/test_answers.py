@@ -109,6 +109,11 @@ MARKED = {
         "mended: wrote the kept comment `# TODO: add here: x = self.hidden(x)` as code",
         "removed the prompt's 1 TODO comment",
     )),
+    "qwen_cifar_marks_in_call.md": ((3, 32, 32), (
+        "mended: wrote the kept comment `# TODO: add here: self.res3 = nn.Sequential(",
+        "removed the prompt's 6 TODO comments",
+        "removed unused import: `import torch.nn.functional as F`",
+    )),
 }  # fmt: skip
 
 

@@ -131,6 +131,19 @@ def test_a_kept_creation_of_a_layer_the_answer_calls_is_written() -> None:
     assert write_kept_marks(idle) == (idle, [])
 
 
+def test_a_kept_mark_inside_a_call_is_passed_over_for_one_where_a_statement_goes() -> None:
+    """The model copied the `__init__` mark into an `nn.Sequential(...)` and after the
+    last layer (tests/answers/qwen_cifar_marks_in_call.md): the first written would not
+    parse, so the one after it is written; when it is the only one, none is."""
+    inside = "self.f = nn.Sequential(\n    nn.Identity(),\n    # TODO: add here: " + RES + ")\n"
+    kept = net(inside + "# TODO: add here: " + RES, "return self.res(self.f(x))")
+    code, written = write_kept_marks(kept)
+    assert code == net(inside + RES, "return self.res(self.f(x))")
+    assert written == [(RES.strip(), CREATED)]
+    alone = net(inside, "return self.res(self.f(x))")
+    assert write_kept_marks(alone) == (alone, [])
+
+
 @pytest.mark.parametrize(
     ("init", "forward"),
     [

@@ -143,19 +143,20 @@ def write_kept_marks(code: str) -> tuple[str, list[tuple[str, str]]]:
         statement = body.removeprefix(_ADD).strip()
         called, created = _calls(statement), _creates(statement)
         if forward[0] <= index + 1 <= forward[1] and called and called <= dead:
-            dead -= called  # a mark the model copied twice is written once
             why = CALLED
         elif init[0] <= index + 1 <= init[1] and created in missing:
-            missing.discard(created)
             why = CREATED
         else:
             continue
+        kept = lines[index]
         lines[index] = line[: len(line) - len(line.lstrip())] + statement
+        if parses("\n".join(lines)) is None:  # a mark inside a call: no statement goes there
+            lines[index] = kept
+            continue
+        dead, missing = dead - called, missing - {created}  # a mark copied twice: written once
         written.append((statement, why))
     out = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
-    if not written or parses(out) is None:
-        return code, []
-    return out, written
+    return (out, written) if written else (code, [])
 
 
 def _span(net: ast.ClassDef, name: str) -> tuple[int, int]:
