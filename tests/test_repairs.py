@@ -69,6 +69,12 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
     ("error", "expected"),
     [
         (TRACEBACK, ["expects 100 input features but receives 64", "nn.Linear(64, ...)"]),
+        (  # the local model called its dense layer before the pooling (CIFAR-10)
+            'forward on a dummy batch failed:\n  File "candidate.py", line 24, in forward\n'
+            "    x = x + self.hidden(x)\n"
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1024x16 and 32x32)",
+            ["got a feature map", "16 wide, 1024 rows", "move that call below"],
+        ),
         (
             "ImportError: cannot import name 'divmod' from 'operator'",
             ["`operator` has no `divmod`: remove `divmod` from that import"],

@@ -34,6 +34,12 @@ _CANDIDATE_LINE = re.compile(r'File "candidate\.py", line (\d+)')
 _POLICY_LINE = re.compile(r"^\w+: line (\d+):", re.MULTILINE)
 _SYNTAX_LINE = re.compile(r"\bline (\d+)\b")
 _MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+# the shape check's batch is 2: more rows mean the Linear got a feature map, not a vector
+_MAP_MATMUL = re.compile(
+    r"forward on a dummy batch failed:.*?mat1 and mat2 shapes cannot be multiplied "
+    r"\((?!2x)(\d+)x(\d+) and (\d+)x(\d+)\)",
+    re.DOTALL,
+)
 _CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
 _OUTPUT = re.compile(
     r"Net output for an input of shape (\[[^\]]*\]) is (.+?); expected (\[[^\]]*\])"
@@ -133,6 +139,16 @@ def _matmul(m: re.Match[str]) -> str:
     )
 
 
+def _map_matmul(m: re.Match[str]) -> str:
+    rows, got = m.group(1), m.group(2)
+    return (
+        f"A `Linear` layer got a feature map [batch, channels, height, width], not a flat "
+        f"vector: it multiplied the last dimension ({got} wide, {rows} rows for a batch of "
+        "2). Dense layers run after `x = self.pool(x).flatten(1)`: move that call below "
+        "it, where x is [batch, features], and give the Linear that many in_features."
+    )
+
+
 def _channels(m: re.Match[str]) -> str:
     declared, got = m.group(1), m.group(2)
     return (
@@ -208,6 +224,7 @@ def _policy_line(_: object) -> str:
 _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
     (_search(_CANNOT_IMPORT), _cannot_import),
     (_contains("ImportError", "ModuleNotFoundError", "import of "), _imports),
+    (_search(_MAP_MATMUL), _map_matmul),
     (_search(_MATMUL), _matmul),
     (_search(_CHANNELS), _channels),
     (_search(_BATCHNORM), _batchnorm),
