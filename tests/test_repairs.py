@@ -106,6 +106,11 @@ def test_the_failing_line_is_found(error: str, number: int | None, line: str | N
             "ValueError: expected 4D input (got 2D input)",
             ["needs a 4-D input", "gets a 2-D one", "runs after `flatten(1)`"],
         ),
+        (  # ... and a Conv2d (shifted-digits)
+            "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
+            "input of size: [2, 32]",
+            ["needs a 4-D input", "gets a 2-D one", "runs after `flatten(1)`"],
+        ),
         (
             "AttributeError: module 'torch.nn' has no attribute 'Conv2D'",
             ["`torch.nn.Conv2D` does not exist", "nn.Conv2d"],

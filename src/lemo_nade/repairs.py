@@ -48,6 +48,7 @@ _NAME = re.compile(r"NameError: name '(\w+)' is not defined")
 _CANNOT_IMPORT = re.compile(r"cannot import name '(\w+)' from '([\w.]+)'")
 _BATCHNORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
 _FLAT_INPUT = re.compile(r"expected (\d)D input \(got (\d)D input\)")
+_CONV_INPUT = re.compile(r"or 4D \(batched\) input to \w+, but got input of size: \[([^\]]*)\]")
 _NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
 MAX_QUOTED_CHARS = 300
 
@@ -177,9 +178,17 @@ def _output(m: re.Match[str]) -> str:
 
 
 def _flat_input(m: re.Match[str]) -> str:
+    return _after_flatten(m.group(1), m.group(2))
+
+
+def _conv_input(m: re.Match[str]) -> str:
+    return _after_flatten("4", str(len(m.group(1).split(","))))
+
+
+def _after_flatten(needed: str, got: str) -> str:
     return (
-        f"A layer that needs a {m.group(1)}-D input [batch, channels, height, width] "
-        f"(a Conv2d, BatchNorm2d or pooling) gets a {m.group(2)}-D one: it runs after "
+        f"A layer that needs a {needed}-D input [batch, channels, height, width] "
+        f"(a Conv2d, BatchNorm2d or pooling) gets a {got}-D one: it runs after "
         "`flatten(1)` or the global pooling. Delete that line from `forward` (and the "
         "layer from `__init__`), or apply it before the pooling, where x is still 4-D."
     )
@@ -230,6 +239,7 @@ _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
     (_search(_BATCHNORM), _batchnorm),
     (_search(_OUTPUT), _output),
     (_search(_FLAT_INPUT), _flat_input),
+    (_search(_CONV_INPUT), _conv_input),
     (_search(_NAME), _name),
     (_search(_NN_ATTR), _nn_attr),
     (
