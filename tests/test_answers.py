@@ -118,6 +118,7 @@ MARKED = {
 
 
 DROPPED = "qwen_cifar_dropped.md"  # with the parent it edits, qwen_cifar_dropped.parent.py
+UNUSED = "qwen_cifar_unused_conv.md"  # the same parent; tests/test_small_models.py
 
 
 def fixture(name: str) -> str:
@@ -139,7 +140,7 @@ def top_level_is_definitions(code: str) -> bool:
 
 def test_every_fixture_is_small_and_listed() -> None:
     names = {p.name for p in ANSWERS.iterdir() if p.suffix in (".md", ".txt")} - {"README.md"}
-    assert names == set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED) | {DROPPED}
+    assert names == set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED) | {DROPPED, UNUSED}
     readme = fixture("README.md")
     for name in names:
         assert (ANSWERS / name).stat().st_size < 8192, name

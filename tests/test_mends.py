@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from lemo_nade.hints import CALLED, CREATED, write_kept_marks
-from lemo_nade.mends import mend, restore
+from lemo_nade.mends import created, drop_unused, mend, restore
 
 
 def net(init: str, forward: str = "return self.f(x)") -> str:
@@ -232,3 +232,16 @@ def test_a_dropped_forward_line_stays_out_when_its_layer_went_too() -> None:
     # nothing the parent had after it is left to place it before
     tail = net("self.f = nn.Conv2d(1, 8, 3)\n" + RES + POOL, "return self.f(x)")
     assert restore(tail, parent) == (tail, [])
+
+
+def test_new_layers_never_called_are_dropped_with_a_note_each() -> None:
+    code = net(
+        "self.f = nn.Identity()\nself.conv2 = nn.Conv2d(\n    8, 8, 3\n)\n" + RES,
+        "return self.res(self.f(x))",
+    )
+    dropped, notes = drop_unused(code, ["conv2"])
+    assert dropped == net("self.f = nn.Identity()\n" + RES, "return self.res(self.f(x))")
+    assert notes == ["mended: removed `self.conv2 = nn.Conv2d(`: forward never calls it"]
+    assert drop_unused(code, []) == (code, [])
+    assert drop_unused("class Net(:", ["conv2"]) == ("class Net(:", [])
+    assert created(code) == {"f", "conv2", "res"}

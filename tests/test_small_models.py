@@ -194,3 +194,30 @@ def test_the_parent_the_request_carries_is_what_a_dropped_layer_comes_back_from(
     assert taken.rejected is None and "put back `self.res = " in taken.notes
     orphan = proposal_from_answer(text, "stop", Usage(), call, replace(request, parent_code=""))
     assert "put back" not in orphan.notes
+
+
+def test_a_new_layer_never_called_is_removed_when_the_rest_is_a_change() -> None:
+    """The local 0.5B model's real answer (tests/answers/qwen_cifar_unused_conv.md), asked
+    for a conv layer and a skip connection: it wrote the skip connection (`self.res2`,
+    created and called) and a `self.conv2` forward never calls, through both repairs.
+    The skip connection is taken, the dead conv removed; without the skip connection
+    the answer would be its parent plus dead weights, and is sent back as before."""
+    answers = Path(__file__).parent / "answers"
+    text = (answers / "qwen_cifar_unused_conv.md").read_text()
+    parent = (answers / "qwen_cifar_dropped.parent.py").read_text()
+    task = resolve_dataset("digits", None)
+    request = ProposalRequest(4, task, parent, None, (("ACL", 1.0), ("ASC", 1.0)))
+    call = LLMCall(4, 1, Usage(calls=1), None, {})
+    taken = proposal_from_answer(text, "stop", Usage(), call, request)
+    assert taken.rejected is None, taken.rejected
+    assert "self.conv2" not in taken.code and "x = x + self.res2(x)" in taken.code
+    assert "mended: removed `self.conv2 = nn.Conv2d(32, 32, kernel_size=3, p...`" in taken.notes
+    only_dead = text.replace("        x = x + self.res2(x)\n", "").replace(
+        "        self.res2 = nn.Sequential(nn.Conv2d(32, 32, kernel_size=3, padding=1), "
+        "nn.BatchNorm2d(32), nn.ReLU())  # skip connection with priority 1\n",
+        "",
+    )
+    assert only_dead != text
+    sent_back = proposal_from_answer(only_dead, "stop", Usage(), call, request)
+    assert sent_back.code == "" and sent_back.rejected is not None
+    assert "`self.conv2`" in sent_back.rejected

@@ -18,6 +18,8 @@ Slips of the local 0.5B model, each of which cost attempts on the CIFAR-10 subse
 - **A parent's line dropped while still needed** (:func:`restore`): the model wrote its
   one new line over a line of its parent that the rest of its code still relies on.
   The parent's own line is put back; nothing new is written.
+- **A new layer never called** (:func:`drop_unused`, when the rest of the answer still
+  changes the model): it is removed, as it changes nothing but the weight count.
 
 Each mend is a note starting with :data:`MENDED`; the mended code is built, measured and
 judged like any other. Pure: no torch.
@@ -175,6 +177,33 @@ def _put_back_calls(code: str, parent: str) -> tuple[str, list[str]]:
         lines[index:index] = [text]
     mended = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
     return (mended, notes) if inserts and parses(mended) is not None else (code, [])
+
+
+def drop_unused(code: str, names: list[str]) -> tuple[str, list[str]]:
+    """``code`` without ``__init__``'s ``self.<name> = ...`` statements for ``names`` (new
+    layers nothing reads: they add weights and change nothing), and a note for each.
+    Asked for a conv layer and a skip connection, the 0.5B model wrote the skip connection
+    and a ``self.conv2`` that forward never calls, through both repairs (CIFAR-10)."""
+    tree = parses(code)
+    init = _method(tree, "__init__") if tree is not None else None
+    if init is None:
+        return code, []
+    src, cuts, notes = Source(code), [], []
+    for stmt in init.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
+        if isinstance(target, ast.Attribute) and target.attr in names:
+            cuts.append(src.cut(stmt))
+            first = src.segment(stmt).splitlines()[0]
+            notes.append(f"{MENDED}removed `{_short(first)}`: forward never calls it")
+    mended = src.apply(cuts) if cuts else code
+    return (mended, notes) if cuts and parses(mended) is not None else (code, [])
+
+
+def created(code: str) -> set[str]:
+    """The ``self.<name>`` attributes ``class Net`` assigns (empty when it does not parse)."""
+    tree = parses(code)
+    net = net_class(tree) if tree is not None else None
+    return {a.attr for a in self_attributes(net) if not isinstance(a.ctx, ast.Load)}
 
 
 def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:

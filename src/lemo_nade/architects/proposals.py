@@ -8,7 +8,9 @@ Pure: no network, no torch.
 
 from __future__ import annotations
 
-from lemo_nade import answers, hints, prompts, repairs
+from dataclasses import replace
+
+from lemo_nade import answers, hints, mends, prompts, repairs
 from lemo_nade.architects import stream
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.usage import LLMCall, Usage
@@ -22,7 +24,8 @@ def proposal_from_answer(
     reason for the repair. An answer that repeats the current model unchanged is sent
     back with the first instruction spelled out (a 0.5B model at temperature 0 answered
     four iterations in a row with its parent's code); so is one that creates layers forward
-    never applies, naming them, and one stopped mid-loop (:mod:`.stream`). An answer
+    never applies, naming them, unless they are new and the rest of it still changes the
+    model (then they are removed), and one stopped mid-loop (:mod:`.stream`). An answer
     that repeats an earlier attempt is not built again. Replayed answers come through
     here too, so a replay decides the same way."""
     if finish == stream.LOOP:
@@ -48,6 +51,7 @@ def proposal_from_answer(
                 code="", answer=text, rejected=prompts.repeated_text(attempt, error),
                 usage=usage, calls=(call,),
             )  # fmt: skip
+    candidate = _without_new_unused(candidate, request.parent_code or "")
     unused = _new_unused(candidate.code, request.parent_code or "")
     if unused:
         return Proposal(
@@ -64,3 +68,17 @@ def _new_unused(code: str, parent_code: str) -> list[str]:
     unused (an inherited dead layer is not this answer's fault)."""
     inherited = set(hints.unused_layers(parent_code)) if parent_code else set()
     return [name for name in hints.unused_layers(code) if name not in inherited]
+
+
+def _without_new_unused(candidate: answers.Candidate, parent_code: str) -> answers.Candidate:
+    """``candidate`` without the layers it adds and never applies (:func:`mends.drop_unused`),
+    when what remains is not its parent: the answer's other edits are taken, and the
+    compliance check then says which instructions it did not follow. Unchanged when a
+    parent's layer went unused (forward was rewritten) or nothing else would remain."""
+    unused = _new_unused(candidate.code, parent_code)
+    if not unused or not parent_code or set(unused) & mends.created(parent_code):
+        return candidate
+    code, notes = mends.drop_unused(candidate.code, unused)
+    if not notes or answers.same_code(code, parent_code) or _new_unused(code, parent_code):
+        return candidate
+    return replace(candidate, code=code, note="; ".join(filter(None, [candidate.note, *notes])))
