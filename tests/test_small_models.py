@@ -54,6 +54,9 @@ def test_a_retry_after_an_unchanged_answer_is_sampled_warmer() -> None:
     after_failure = replace(first, last_error="the code creates layers that forward never uses")
     assert temperature(after_failure, 0.0, 0.7) == 0.7
     assert temperature(replace(broken, last_error="x"), 0.0, 0.7) == 0.0  # its repairs not
+    # a question an earlier iteration asked (same parent, same instructions) likewise
+    assert temperature(replace(first, asked_before=True), 0.0, 0.7) == 0.7
+    assert temperature(replace(broken, asked_before=True), 0.0, 0.7) == 0.0
 
 
 def test_each_call_has_its_own_seed() -> None:

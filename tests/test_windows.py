@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lemo_nade.history import asked, lineage_order
+from lemo_nade.config import build_config
+from lemo_nade.datasets import resolve_dataset
+from lemo_nade.history import asked, lineage_order, was_asked
 from lemo_nade.records import Verdict
+from lemo_nade.search import Progress, Search
 from test_report import record
 
 RESOLVED = (("ADL", 1.0), ("ACL", 1.0), ("ASC", 0.6), ("AMK", 0.6), ("AR", 0.4))
@@ -86,3 +89,24 @@ def test_the_memory_moves_the_window_and_the_paper_loop_ignores_it() -> None:
     assert asked([parent], parent, 2, memory=True) == RESOLVED[:2]
     remembered = asked(records, parent, 2, memory=True)
     assert "ADL" not in [code for code, _ in remembered]
+
+
+def test_a_window_that_comes_round_again_was_asked_before() -> None:
+    records = parent_and(0.4, 0.4, 0.4)  # 5 instructions, windows of 2: round again
+    parent = records[0]
+    assert was_asked(records, parent, RESOLVED[:2])
+    assert was_asked(records, parent, (RESOLVED[4], RESOLVED[0]))
+    assert not was_asked(records, parent, RESOLVED[1:3])
+    assert not was_asked(records, records[1], RESOLVED[:2])  # another parent
+
+
+def test_the_loop_marks_a_request_the_window_brought_round_again() -> None:
+    config = build_config({}, {"search": "discover", "max_instructions": 2})
+    task = resolve_dataset("digits", None)
+    search = Search(config, task, None, None, None, Progress())  # type: ignore[arg-type]
+    records = parent_and(0.4, 0.4)
+    request, parent_idx = search.request(3, records)
+    assert parent_idx == 0 and request.instructions == (RESOLVED[4], RESOLVED[0])
+    assert not request.asked_before
+    request, _ = search.request(6, parent_and(*[0.4] * 5))  # 5 windows of 2 in 5: round
+    assert request.instructions == RESOLVED[:2] and request.asked_before

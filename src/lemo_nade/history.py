@@ -131,6 +131,17 @@ LOSING_TRIES = 2  # lineage memory: children that followed an instruction before
 LOSING_RATE = 4  # ... and it is asked last when fewer than 1 in this many of them won
 
 
+def was_asked(
+    records: Sequence[IterationRecord],
+    parent: IterationRecord,
+    instructions: Sequence[tuple[str, float]],
+) -> bool:
+    """Whether an earlier iteration asked ``parent`` for exactly ``instructions`` (the
+    window came round again: at temperature 0 an LLM gives the same answer)."""
+    wanted = tuple(instructions)
+    return any(r.parent_idx == parent.idx and r.prompt_instructions == wanted for r in records)
+
+
 def _beat(child: IterationRecord, parent: IterationRecord) -> bool:
     """Whether ``child`` trained and ranks above ``parent`` by CM (Eq. 1)."""
     ok = child.status is Status.OK and child.cm is not None and parent.cm is not None

@@ -217,6 +217,7 @@ class ProposalRequest:
     failed_code: str | None = None  # the code that produced ``last_error``, when it failed
     attempt: int = 0  # 0, then 1..max_repairs when repairing inside this iteration
     history: tuple[tuple[str, str], ...] = ()  # this iteration's earlier (answer, error) pairs
+    asked_before: bool = False  # an earlier iteration asked this parent the same instructions
 
 
 @dataclass(frozen=True)

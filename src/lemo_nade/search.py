@@ -35,6 +35,7 @@ from lemo_nade.history import (
     budget_usage,
     elapsed_s,
     moved_on,
+    was_asked,
 )
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.score import combined_effectiveness
@@ -219,16 +220,18 @@ class Search:
         )
         last = records[-1] if records else None
         failed = last if last is not None and last.evaluation.status is not Status.OK else None
+        instructions = (
+            asked(records, parent, self.config.max_instructions, self.config.lineage_memory)
+            if parent
+            else ()
+        )
         request = ProposalRequest(
             iteration=idx,
             task=self.task,
             parent_code=parent.code if parent else None,
             parent_metrics=parent.evaluation.metrics if parent else None,
-            instructions=(
-                asked(records, parent, self.config.max_instructions, self.config.lineage_memory)
-                if parent
-                else ()
-            ),
+            instructions=instructions,
+            asked_before=parent is not None and was_asked(records, parent, instructions),
             last_error=failed.evaluation.error if failed else None,
             parent_state=parent.state if parent else None,
             seed=self.config.seed,

@@ -15,9 +15,13 @@ def temperature(request: ProposalRequest, base: float, retry: float) -> float:
     answer back repeated it word for word until the iteration failed. The same for the
     first answer of an iteration that follows a failed one (``last_error``): from the same
     parent with the same instructions and the same error, the prompt is the one that
-    failed before, and at 0 the model failed four iterations in a row the same way."""
+    failed before, and at 0 the model failed four iterations in a row the same way. And
+    for the first answer to a question an earlier iteration asked (``asked_before``: the
+    same parent and instructions, the window having come round again): at 0 it was that
+    iteration's answer, a duplicate, on 4 of 10 CIFAR-10 iterations."""
     last_error = request.history[-1][1] if request.history else ""
-    if prompts.stuck(last_error) or (request.attempt == 0 and request.last_error):
+    first = request.attempt == 0 and (request.last_error or request.asked_before)
+    if prompts.stuck(last_error) or first:
         return max(base, retry)
     return base
 
