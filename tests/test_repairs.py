@@ -146,3 +146,21 @@ def test_the_repair_prompt_quotes_the_line_and_the_fix() -> None:
     assert "The failing line (line 11):" in text and "return self.fc(x.flatten(1))" in text
     assert "nn.Linear(64, ...)" in text and "the complete `class Net`" in text
     assert "failing line" not in prompts.repair_prompt("NaN", "")  # nothing to quote
+
+
+def test_the_quoted_line_is_the_tracebacks_own() -> None:
+    """The line the traceback quotes is the one that failed, even where the code the
+    model is shown again (read from its answer) has the lines in other places: a line
+    put back from the parent shifted them, and the prompt quoted the next line instead
+    (shifted-digits, the local model)."""
+    error = (
+        "forward on a dummy batch failed:\n"
+        '  File "candidate.py", line 26, in forward\n'
+        "    x = self.hidden(x)\n"
+        "        ^^^^^^^^^^^^^^\n"
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (512x8 and 32x32)"
+    )
+    shifted = "\n".join(["pass"] * 25 + ["return self.classifier(x)"])
+    assert repairs.failing_line(error, shifted) == (26, "x = self.hidden(x)")
+    bare = error.replace("    x = self.hidden(x)\n        ^^^^^^^^^^^^^^\n", "")
+    assert repairs.failing_line(bare, shifted) == (26, "return self.classifier(x)")

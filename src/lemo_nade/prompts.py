@@ -284,7 +284,8 @@ def messages(request: ProposalRequest, initial_command: str) -> list[dict[str, s
         if stuck(error):  # left out: shown its own copy, the model copied it again
             continue
         chat.append({"role": "assistant", "content": answer})
-        chat.append({"role": "user", "content": repair_prompt(error, repairs.code_of(answer))})
+        code = repairs.code_of(answer, request.parent_code or "")
+        chat.append({"role": "user", "content": repair_prompt(error, code)})
     if request.history and stuck(request.history[-1][1]):
         chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + STUCK_NOTE}
     return chat

@@ -31,6 +31,7 @@ LAYERS = (
 )
 
 _CANDIDATE_LINE = re.compile(r'File "candidate\.py", line (\d+)')
+_FRAME = re.compile(r'File "candidate\.py", line (\d+)[^\n]*\n[ \t]+(\S[^\n]*)')
 _POLICY_LINE = re.compile(r"^\w+: line (\d+):", re.MULTILINE)
 _SYNTAX_LINE = re.compile(r"\bline (\d+)\b")
 _MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
@@ -58,13 +59,13 @@ def allowed_imports() -> str:
     return ", ".join(sorted(r for r in DEFAULT_POLICY.allowed_import_roots if r[0] != "_"))
 
 
-def code_of(answer: str) -> str:
-    """The code an answer held, tidied as it was checked and built (so that line numbers
-    in its error match), or "" when it held none."""
+def code_of(answer: str, parent: str = "") -> str:
+    """The code an answer to a request with ``parent`` held, read as it was checked and
+    built (so that line numbers in its error match), or "" when it held none."""
     if not answer:
         return ""
     try:
-        return answers.read_answer(answer).code
+        return answers.read_answer(answer, parent=parent).code
     except answers.ExtractionError:
         return ""
 
@@ -88,8 +89,13 @@ def advice(error: str, code: str) -> list[str]:
 
 
 def failing_line(error: str, code: str) -> tuple[int, str] | None:
-    """The line of ``code`` the error points at: the innermost candidate frame of a
-    traceback, the policy's ``rule: line N:``, or a syntax error's line."""
+    """The line the error points at: the innermost candidate frame of a traceback, with
+    the source line the traceback itself quotes (the code the model sees again is read
+    from its answer, where a mend made from the parent may not be); else that line of
+    ``code``, the policy's ``rule: line N:``, or a syntax error's line."""
+    frames = list(_FRAME.finditer(error))
+    if frames and not frames[-1].group(2).startswith(("File ", "^", "~")):
+        return int(frames[-1].group(1)), frames[-1].group(2).strip()[:MAX_QUOTED_CHARS]
     numbers = [int(n) for n in _CANDIDATE_LINE.findall(error)]
     if not numbers:
         numbers = [int(n) for n in _POLICY_LINE.findall(error)]

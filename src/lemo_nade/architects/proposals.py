@@ -32,27 +32,26 @@ def proposal_from_answer(
         rejected = prompts.looped_text(text)
         return Proposal(code="", answer=text, rejected=rejected, usage=usage, calls=(call,))
     previous = request.history[-1][0] if request.history else ""
+    parent = request.parent_code or ""
     try:
-        candidate = answers.read_answer(
-            text, finish, repairs.code_of(previous), request.parent_code or ""
-        )
+        candidate = answers.read_answer(text, finish, repairs.code_of(previous, parent), parent)
     except answers.ExtractionError as exc:
         return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
-    if request.parent_code and answers.same_code(candidate.code, request.parent_code):
+    if parent and answers.same_code(candidate.code, parent):
         return Proposal(
             code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
             calls=(call,),
         )  # fmt: skip
     for attempt, (earlier, error) in enumerate(request.history):
         if not error.startswith(prompts.REPEATED) and answers.same_code(
-            candidate.code, repairs.code_of(earlier)
+            candidate.code, repairs.code_of(earlier, parent)
         ):  # it would fail the same way: not built again
             return Proposal(
                 code="", answer=text, rejected=prompts.repeated_text(attempt, error),
                 usage=usage, calls=(call,),
             )  # fmt: skip
-    candidate = _without_new_unused(candidate, request.parent_code or "")
-    unused = _new_unused(candidate.code, request.parent_code or "")
+    candidate = _without_new_unused(candidate, parent)
+    unused = _new_unused(candidate.code, parent)
     if unused:
         return Proposal(
             code="", answer=text, rejected=prompts.unused_text(unused, text), usage=usage,
