@@ -178,7 +178,9 @@ def lineage_order(
     end, in their own order: at least ``LOSING_TRIES`` trained children followed one
     (the compliance verdict) and fewer than one in ``LOSING_RATE`` of them beat their
     parent by CM. In the 8-seed CIFAR-10 bench, children that added a dense layer beat
-    their parent 3 times in 36, a weight-init change 0 in 11, a conv block 22 in 94."""
+    their parent 3 times in 36, a weight-init change 0 in 11, a conv block 22 in 94.
+    Asking them last measured no better (README, "Does the search discover?"): off by
+    default (``lineage_memory``)."""
     tries: dict[str, int] = {}
     wins: dict[str, int] = {}
     by_idx = {r.idx: r for r in records}
