@@ -9,8 +9,8 @@ from dataclasses import replace
 
 from lemo_nade.config import build_config
 from lemo_nade.datasets import resolve_dataset
-from lemo_nade.history import asked, lineage_order, was_asked
-from lemo_nade.records import Verdict
+from lemo_nade.history import asked, best_of, lineage_order, open_best, was_asked
+from lemo_nade.records import Evaluation, Status, Verdict
 from lemo_nade.search import Progress, Search
 from test_report import record
 
@@ -110,3 +110,22 @@ def test_the_loop_marks_a_request_the_window_brought_round_again() -> None:
     assert not request.asked_before
     request, _ = search.request(6, parent_and(*[0.4] * 5))  # 5 windows of 2 in 5: round
     assert request.instructions == RESOLVED[:2] and request.asked_before
+
+
+def test_a_best_whose_children_were_all_duplicates_is_passed_over() -> None:
+    def duplicate(idx: int, parent: int):  # type: ignore[no-untyped-def]
+        spent = Evaluation(Status.DUPLICATE, error="the code is a model this run already trained")
+        return replace(record(idx, parent, None), evaluation=spent)
+
+    records = [record(0, None, 0.5), record(1, 0, 0.6), record(2, 1, 0.55)]
+    assert open_best(records) == best_of(records) == records[1]
+    records.append(duplicate(3, 1))
+    assert best_of(records) == records[1]  # still the run's best
+    assert open_best(records) == records[2]  # the next best is the parent
+    records += [duplicate(4, 2), duplicate(5, 0)]
+    assert open_best(records) == records[1]  # all spent: the best again
+    config = build_config({}, {"search": "discover", "pass_spent": True})
+    search = Search(config, resolve_dataset("digits", None), None, None, None, Progress())  # type: ignore[arg-type]
+    assert search.request(6, records[:4])[1] == 2
+    plain = Search(build_config({}, {}), search.task, None, None, None, Progress())  # type: ignore[arg-type]
+    assert plain.request(6, records[:4])[1] == 1

@@ -125,18 +125,10 @@ class FinalProtocol(_Frozen):
 
 DEFAULT_SEARCH: Literal["discover"] = "discover"
 SEARCHES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "parent": "last",
-        "max_instructions": 0,
-        "retrain_duplicates": True,
-        "lineage_memory": False,
-    },
-    "discover": {
-        "parent": "best",
-        "max_instructions": 2,
-        "retrain_duplicates": False,
-        "lineage_memory": False,
-    },
+    "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True}
+    | {"lineage_memory": False, "pass_spent": False},
+    "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False}
+    | {"lineage_memory": False, "pass_spent": False},
 }
 
 
@@ -157,14 +149,19 @@ class RunConfig(_Frozen):
     priorities: Priorities
     thresholds: Thresholds = Thresholds()
     weights: Weights = Weights()
-    # `search` is a preset for `parent`, `retrain_duplicates` and `max_instructions`
-    # (explicit keys override it): "paper" = Algorithm 1 as written; "discover" (the
-    # default, measured better: README "Does the search discover?") = its departures.
+    # `search` is a preset for `parent`, `retrain_duplicates`, `max_instructions`,
+    # `lineage_memory` and `pass_spent` (explicit keys override it): "paper" = Algorithm 1
+    # as written; "discover" (the default, measured better: README "Does the search
+    # discover?") = its departures.
     search: Literal["paper", "discover"] = DEFAULT_SEARCH
     parent: Literal["last", "best"] = SEARCHES[DEFAULT_SEARCH]["parent"]
     retrain_duplicates: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["retrain_duplicates"],
         description="train a model the run already trained",
+    )
+    pass_spent: bool = Field(
+        SEARCHES[DEFAULT_SEARCH]["pass_spent"],
+        description="parent = best: pass over a candidate whose children were all duplicates",
     )
     lineage_memory: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["lineage_memory"],
@@ -266,8 +263,8 @@ class RunConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _from_search(cls, data: Any) -> Any:
-        """``search`` supplies ``parent``, ``max_instructions`` and ``retrain_duplicates``;
-        explicitly given keys override it."""
+        """``search`` supplies the keys of its :data:`SEARCHES` preset; explicitly given
+        keys override it."""
         if not isinstance(data, dict) or data.get("search", DEFAULT_SEARCH) not in SEARCHES:
             return data
         return {**SEARCHES[data.get("search", DEFAULT_SEARCH)], **data}

@@ -35,6 +35,7 @@ from lemo_nade.history import (
     budget_usage,
     elapsed_s,
     moved_on,
+    open_best,
     was_asked,
 )
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
@@ -215,9 +216,8 @@ class Search:
     ) -> tuple[ProposalRequest, int | None]:
         """Algorithm 1, line 8's command: the parent's instructions, plus the last error."""
         good = [r for r in records if r.evaluation.status is Status.OK]
-        parent = (best_of(records) if self.config.parent == "best" else None) or (
-            good[-1] if good else None
-        )
+        best = open_best(records) if self.config.pass_spent else best_of(records)
+        parent = (best if self.config.parent == "best" else None) or (good[-1] if good else None)
         last = records[-1] if records else None
         failed = last if last is not None and last.evaluation.status is not Status.OK else None
         instructions = (
