@@ -32,6 +32,7 @@ import textwrap
 
 from lemo_nade.hints.source import (
     argument,
+    assigned,
     attribute_assignment,
     int_literal,
     layer_kind,
@@ -202,8 +203,7 @@ def drop_unused(code: str, names: list[str]) -> tuple[str, list[str]]:
 def created(code: str) -> set[str]:
     """The ``self.<name>`` attributes ``class Net`` assigns (empty when it does not parse)."""
     tree = parses(code)
-    net = net_class(tree) if tree is not None else None
-    return {a.attr for a in self_attributes(net) if not isinstance(a.ctx, ast.Load)}
+    return assigned(net_class(tree) if tree is not None else None)
 
 
 def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:

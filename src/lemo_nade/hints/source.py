@@ -156,10 +156,15 @@ def uncreated(net: ast.ClassDef) -> list[str]:
     """The ``self.<name>`` the class reads and never assigns (nor defines as a method), in
     the order first read: a layer forward calls that ``__init__`` lost."""
     attrs = self_attributes(net)
-    stored = {a.attr for a in attrs if not isinstance(a.ctx, ast.Load)}
+    stored = assigned(net)
     methods = {f.name for f in net.body if isinstance(f, ast.FunctionDef)}
     read = dict.fromkeys(a.attr for a in attrs if isinstance(a.ctx, ast.Load))
     return [name for name in read if name not in stored and name not in methods]
+
+
+def assigned(net: ast.ClassDef | None) -> set[str]:
+    """The ``self.<name>`` attributes the class assigns anywhere."""
+    return {a.attr for a in self_attributes(net) if not isinstance(a.ctx, ast.Load)}
 
 
 def self_attributes(node: ast.AST | None) -> list[ast.Attribute]:
