@@ -44,13 +44,13 @@ from lemo_nade.hints.source import (
 from lemo_nade.tidy import Cut, Source, parses
 
 # layers that keep the number of channels (or features) of their input
-_PASS = frozenset({
+PASS_THROUGH = frozenset({
     "ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "ELU", "Mish", "Sigmoid", "Tanh",
     "Hardswish", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "Dropout", "Dropout2d", "Identity",
 })  # fmt: skip
 # layer -> (argument read, its keyword, argument written or None, its keyword, space)
-_SIZES = {
+SIZES = {
     "Conv2d": (0, "in_channels", 1, "out_channels", "maps"),
     "BatchNorm2d": (0, "num_features", None, "", "maps"),
     "Linear": (0, "in_features", 1, "out_features", "vector"),
@@ -85,12 +85,12 @@ def _chain(layers: list[ast.expr], src: Source, notes: list[str]) -> list[Cut]:
     width: dict[str, int | None] = {"maps": None, "vector": None}
     for layer in layers:
         kind = layer_kind(layer) if isinstance(layer, ast.Call) else ""
-        if kind in _PASS:
+        if kind in PASS_THROUGH:
             continue
-        if kind not in _SIZES or not isinstance(layer, ast.Call):
+        if kind not in SIZES or not isinstance(layer, ast.Call):
             width = {"maps": None, "vector": None}  # unknown: the chain is broken here
             continue
-        read_at, read_kw, write_at, write_kw, space = _SIZES[kind]
+        read_at, read_kw, write_at, write_kw, space = SIZES[kind]
         read = argument(layer, read_at, read_kw)
         expected, got = width[space], int_literal(read)
         if read is not None and expected is not None and got is not None and got != expected:
@@ -122,8 +122,8 @@ def _put_back_created(code: str, parent: str) -> tuple[str, list[str]]:
     """Each ``self.x = ...`` line of the parent's ``__init__``, at the end of
     ``__init__``, when ``code`` still reads ``self.x`` and no longer creates it."""
     tree, old = parses(code), parses(parent) if parent else None
-    init = _method(tree, "__init__") if tree is not None else None
-    parent_init = _method(old, "__init__") if old is not None else None
+    init = method(tree, "__init__") if tree is not None else None
+    parent_init = method(old, "__init__") if old is not None else None
     if tree is None or init is None or parent_init is None:
         return code, []
     net = net_class(tree)
@@ -151,8 +151,8 @@ def _put_back_calls(code: str, parent: str) -> tuple[str, list[str]]:
     creates and no longer calls, before the first statement that followed it in the
     parent and is still there (the model wrote its new line in its place)."""
     tree, old = parses(code), parses(parent) if parent else None
-    forward = _method(tree, "forward") if tree is not None else None
-    parent_forward = _method(old, "forward") if old is not None else None
+    forward = method(tree, "forward") if tree is not None else None
+    parent_forward = method(old, "forward") if old is not None else None
     if forward is None or parent_forward is None:
         return code, []
     dead = set(unused_layers(code)) - set(unused_layers(parent))
@@ -186,7 +186,7 @@ def drop_unused(code: str, names: list[str]) -> tuple[str, list[str]]:
     Asked for a conv layer and a skip connection, the 0.5B model wrote the skip connection
     and a ``self.conv2`` that forward never calls, through both repairs (CIFAR-10)."""
     tree = parses(code)
-    init = _method(tree, "__init__") if tree is not None else None
+    init = method(tree, "__init__") if tree is not None else None
     if init is None:
         return code, []
     src, cuts, notes = Source(code), [], []
@@ -206,7 +206,7 @@ def created(code: str) -> set[str]:
     return assigned(net_class(tree) if tree is not None else None)
 
 
-def _method(tree: ast.Module, name: str) -> ast.FunctionDef | None:
+def method(tree: ast.Module, name: str) -> ast.FunctionDef | None:
     """``class Net``'s method ``name``, or None."""
     net = net_class(tree)
     body = net.body if net is not None else []

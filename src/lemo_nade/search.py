@@ -39,6 +39,7 @@ from lemo_nade.history import (
     was_asked,
 )
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
+from lemo_nade.resize import resized
 from lemo_nade.score import combined_effectiveness
 from lemo_nade.stops import Stop, StopReason
 from lemo_nade.store import RunStore
@@ -264,6 +265,9 @@ class Search:
                 return Tried(tuple(attempts), tuple(calls), last, stop)
             self.progress.on_evaluating(request.iteration, proposal)
             evaluation = self.evaluate_proposal(proposal, records)
+            proposal, evaluation = resized(
+                proposal, evaluation, lambda p: self.evaluate_proposal(p, records)
+            )
             cut = self.not_the_candidates_fault(request.iteration, evaluation, records)
             if cut is not None:
                 return Tried(stop=cut)

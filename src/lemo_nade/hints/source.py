@@ -120,7 +120,7 @@ def read(code: str) -> Model | None:
         if not isinstance(stmt, ast.Assign) or not isinstance(stmt.value, ast.Call):
             continue
         target = stmt.targets[0]
-        if not (isinstance(target, ast.Attribute) and _is_self_attr(target)):
+        if not (isinstance(target, ast.Attribute) and is_self_attr(target)):
             continue
         owner, call = target.attr, stmt.value
         assigned[owner] = stmt.end_lineno or stmt.lineno
@@ -170,7 +170,7 @@ def assigned(net: ast.ClassDef | None) -> set[str]:
 def self_attributes(node: ast.AST | None) -> list[ast.Attribute]:
     """Every ``self.<name>`` under ``node``, read or assigned (none for None)."""
     nodes = ast.walk(node) if node is not None else iter(())
-    return [n for n in nodes if isinstance(n, ast.Attribute) and _is_self_attr(n)]
+    return [n for n in nodes if isinstance(n, ast.Attribute) and is_self_attr(n)]
 
 
 def attribute_assignment(text: str) -> ast.Assign | None:
@@ -190,7 +190,7 @@ def attribute_assignment(text: str) -> ast.Assign | None:
     return node
 
 
-def _is_self_attr(node: ast.Attribute) -> bool:
+def is_self_attr(node: ast.Attribute) -> bool:
     return isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
