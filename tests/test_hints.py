@@ -139,6 +139,29 @@ def test_a_second_skip_connection_gets_a_name_of_its_own() -> None:
     assert verdict.verdict == FOLLOWED, (verdict.reason, twice)
 
 
+def test_a_conv_block_for_a_one_line_sequential_is_the_whole_new_line() -> None:
+    """A mark cannot go inside a one-line ``nn.Sequential``: placed after the line, the
+    local model kept it there as a comment and answered its parent unchanged (4 of 10
+    iterations of a shifted-digits run). The edit gives the line as it must read."""
+    once = carry_out(SEQUENTIAL, hints.edit(SEQUENTIAL, "ASC"))  # type: ignore[arg-type]
+    assert "self.res = nn.Sequential(nn.Conv2d(16, 16" in once  # the skip block: one line
+    edit = hints.edit(once, "ACL")
+    assert edit is not None
+    block = "nn.Conv2d(16, 16, kernel_size=3, padding=1), nn.BatchNorm2d(16), nn.ReLU()"
+    new = f"self.res = nn.Sequential({block}, {block})"
+    assert edit.text == (
+        f"add `{block}` at the end of `self.res`, after `nn.ReLU()`: make its line `{new}` "
+        "(same 16 channels in and out, so nothing else changes)"
+    )
+    assert [m.text for m in edit.marks] == [f"change the next line to: {new}"]
+    child = carry_out(once, edit)
+    assert new in child
+    with torch.no_grad():
+        assert module(child)(torch.zeros(2, 1, 8, 8)).shape == (2, 3), child
+    (verdict,) = judge([("ACL", 1.0)], facts(once), facts(child))
+    assert verdict.verdict == FOLLOWED, (verdict.reason, child)
+
+
 def test_edits_quote_the_parents_own_lines() -> None:
     assert hints.hint(SEQUENTIAL, "ACL") == (
         "right after `nn.ReLU()`, the last layer of `self.features`, add "

@@ -63,9 +63,16 @@ def _insert_after(model: Model, layer: Layer, new_layers: str, attr: str, use: s
     if not layer.in_sequential:
         return _new_attribute(model, layer.owner, attr, f"nn.Sequential({new_layers})", use, False)
     end = [x for x in model.layers if x.owner == layer.owner][-1]
-    last = f"the last layer of `self.{layer.owner}`"
+    line = model.statements.get(layer.owner, "")
+    if "\n" not in line and line.endswith(")"):  # one line: no place inside for a mark
+        new = f"{line[:-1].rstrip().rstrip(',')}, {new_layers})"
+        return Edit(
+            f"add `{new_layers}` at the end of `self.{layer.owner}`, after {_at(end)}: make "
+            f"its line `{new}`",
+            (Mark(end.line, True, f"change the next line to: {new}"),),
+        )
     return Edit(
-        f"right after {_at(end)}, {last}, add `{new_layers},`",
+        f"right after {_at(end)}, the last layer of `self.{layer.owner}`, add `{new_layers},`",
         (Mark(end.end, False, f"add here: {new_layers},"),),
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CONV, LINEAR = "Conv2d", "Linear"
 DROPOUTS = frozenset({"Dropout", "Dropout2d", "Dropout1d"})
@@ -84,6 +84,7 @@ class Model:
     weight_decay_line: int | None
     inits: frozenset[str]  # nn.init functions called anywhere
     read_attrs: frozenset[str] = frozenset()  # the ``self.<name>`` class Net reads anywhere
+    statements: dict[str, str] = field(default_factory=dict)  # attribute -> its assignment
 
     def of(self, *kinds: str) -> list[Layer]:
         """The layers of these kinds that forward uses, in the order it applies them (a
@@ -116,6 +117,7 @@ def read(code: str) -> Model | None:
     init = methods["__init__"]
     layers: list[Layer] = []
     assigned: dict[str, int] = {}
+    statements: dict[str, str] = {}
     for stmt in init.body:
         if not isinstance(stmt, ast.Assign) or not isinstance(stmt.value, ast.Call):
             continue
@@ -124,6 +126,7 @@ def read(code: str) -> Model | None:
             continue
         owner, call = target.attr, stmt.value
         assigned[owner] = stmt.end_lineno or stmt.lineno
+        statements[owner] = ast.get_source_segment(code, stmt) or ast.unparse(stmt)
         inner = call.args if layer_kind(call) == "Sequential" else [call]
         for node in inner:
             if isinstance(node, ast.Call) and layer_kind(node):
@@ -143,8 +146,9 @@ def read(code: str) -> Model | None:
     init_end = init.body[-1].end_lineno or init.body[-1].lineno
     read_attrs = frozenset(n.attr for n in self_attributes(net) if isinstance(n.ctx, ast.Load))
     return Model(
-        layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree), read_attrs
-    )
+        layers, assigned, init_end, forward, net.lineno, wd, wd_line, _inits(tree), read_attrs,
+        statements,
+    )  # fmt: skip
 
 
 def net_class(tree: ast.Module) -> ast.ClassDef | None:
