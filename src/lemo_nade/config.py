@@ -1,5 +1,6 @@
 """Run configuration: frozen, validated (pydantic v2), loadable from TOML, with the
-paper's Table 4 priority settings and its appendix thresholds as defaults.
+paper's Table 4 priority settings and its appendix thresholds as defaults
+(:mod:`lemo_nade.presets`).
 
 Pure: no torch. Precedence: defaults < ``--setting`` < TOML file < command-line flags.
 """
@@ -23,30 +24,19 @@ from pydantic import (
 )
 
 from lemo_nade.datasets import canonical
+from lemo_nade.presets import (
+    DEFAULT_SEARCH,
+    DEFAULT_SETTING,
+    PAPER_THRESHOLDS,
+    SEARCHES,
+    SETTINGS,
+)
 from lemo_nade.prompts import DEFAULT_INITIAL_COMMAND
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-# Paper, Table 4: user-defined priorities for the five experiment settings.
-SETTINGS: dict[int, dict[str, float]] = {
-    1: {"PA1": 0.4, "PA2": 0.6, "PE1": 0.0, "PE2": 0.0, "PF": 0.0},
-    2: {"PA1": 0.3, "PA2": 0.3, "PE1": 0.2, "PE2": 0.2, "PF": 0.0},
-    3: {"PA1": 0.0, "PA2": 1.0, "PE1": 0.0, "PE2": 0.0, "PF": 0.0},
-    4: {"PA1": 0.0, "PA2": 0.0, "PE1": 0.5, "PE2": 0.5, "PF": 0.0},
-    5: {"PA1": 0.3, "PA2": 0.4, "PE1": 0.0, "PE2": 0.0, "PF": 0.3},
-}
-DEFAULT_SETTING = 1
-
-# Paper appendix: the thresholds of the configurations behind Figs. 3-5, one per dataset
-# (TA1, TA2 fractions; TE1, TE2 kWh; TF FPS). A dataset not listed gets CIFAR-10's.
-PAPER_THRESHOLDS: dict[str, dict[str, float]] = {
-    "cifar10": {"TA1": 0.95, "TA2": 0.92, "TE1": 1e-3, "TE2": 1e-5, "TF": 20000.0},
-    "cifar100": {"TA1": 0.90, "TA2": 0.85, "TE1": 1e-2, "TE2": 1e-4, "TF": 20000.0},
-    "imagenet16-120": {"TA1": 0.70, "TA2": 0.65, "TE1": 1e-3, "TE2": 1e-5, "TF": 22000.0},
-}
 
 
 class ConfigError(ValueError):
@@ -121,15 +111,6 @@ class FinalProtocol(_Frozen):
         40, ge=0, le=100_000, description="epochs without a lower val loss before stopping; 0 off"
     )
     augment: bool = Field(True, description="random crop + flip (paper Sec. 4.1: both phases)")
-
-
-DEFAULT_SEARCH: Literal["discover"] = "discover"
-SEARCHES: dict[str, dict[str, Any]] = {
-    "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True}
-    | {"lineage_memory": False, "pass_spent": False},
-    "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False}
-    | {"lineage_memory": False, "pass_spent": False},
-}
 
 
 class RunConfig(_Frozen):
