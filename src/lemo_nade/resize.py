@@ -55,7 +55,7 @@ def resized(
     fails on a size, up to :data:`MAX_ROUNDS` times; kept only when it then trains, or
     fails in training (else the answer as written goes back with its own error: a
     resize that ends as a duplicate or another build error is not the model's answer).
-    The wall time of every try is counted."""
+    A kept evaluation's wall time is that of every try."""
     tried, spent = (proposal, evaluation), evaluation.wall_time_s
     for _ in range(MAX_ROUNDS):
         if evaluation.status is not Status.FAILED_SHAPE:
