@@ -11,7 +11,7 @@ import torch
 
 from fake_llm import serve
 from lemo_nade.config import build_config
-from lemo_nade.engine.worker import short_error
+from lemo_nade.engine.worker import load_candidate, short_error
 from lemo_nade.records import Evaluation, Proposal, Status
 from lemo_nade.resize import MAX_ROUNDS, resize, resized
 from lemo_nade.runs import create_run
@@ -23,12 +23,12 @@ SHAPE = "forward on a dummy batch failed:\n"
 
 
 def shape_check(code: str, shape: tuple[int, ...]) -> str | None:
-    """The worker's shape check, in this process (the fixtures are the tests' own code):
-    None when ``Net()`` gives [2, 10], else the error as the worker writes it."""
-    namespace: dict[str, object] = {}
+    """The worker's shape check, in this process (the fixtures are the tests' own code),
+    loading the code as the worker does: None when ``Net()`` gives [2, 10], else the
+    error as the worker writes it."""
     try:
-        exec(compile(code, "candidate.py", "exec"), namespace)
-        out = namespace["Net"]().eval()(torch.zeros(2, *shape))  # type: ignore[operator]
+        net = load_candidate(code)["Net"]()
+        out = net.eval()(torch.zeros(2, *shape))
     except Exception as exc:
         return SHAPE + short_error(exc)
     return None if tuple(out.shape) == (2, 10) else f"output {tuple(out.shape)}"
@@ -101,12 +101,11 @@ def vector_error(code: str, line: str, declared: int = 8, out: int = 10) -> str:
 
 def test_the_error_and_the_code_agree_on_what_the_worker_says() -> None:
     code = NET.format(layers="self.head = nn.Linear(8, 10)", forward="return self.head(x)")
-    assert shape_check(code, (1, 8, 8)) == vector_error(code, "return self.head(x)").replace(
-        "\n    return self.head(x)", ""
-    )  # linecache has no candidate.py here: the worker's sandbox quotes the line too
-    assert resize(code, vector_error(code, "return self.head(x)"))[0] == code.replace(
-        "Linear(8, 10)", "Linear(16, 10)"
+    error = vector_error(code, "return self.head(x)")
+    assert shape_check(code, (1, 8, 8)) == error.replace(
+        "    return self.head(x)\n", "    return self.head(x)\n           ^^^^^^^^^^^^\n"
     )
+    assert resize(code, error)[0] == code.replace("Linear(8, 10)", "Linear(16, 10)")
 
 
 @pytest.mark.parametrize(
