@@ -72,6 +72,27 @@ def test_a_classifier_behind_a_wider_dense_layer_reads_its_width() -> None:
     assert mended == code.replace("nn.Linear(32, 10)", "nn.Linear(64, 10)").rstrip() + "\n"
 
 
+def test_a_dense_layer_above_the_flatten_line_is_moved_below_it() -> None:
+    code = (ANSWERS / "qwen_digits_dense_above_flatten.py").read_text()
+    error = shape_check(code, (1, 16, 16))
+    assert error is not None and "(512x8 and 32x32)" in error
+    mended, notes = resize(code, error)
+    assert notes == [
+        "mended: moved `x = self.hidden(x)` below `x = self.pool(x).flatten(1)`: a Linear "
+        "takes the flat [batch, features] tensor, and there it got a feature map"
+    ]
+    assert shape_check(mended, (1, 16, 16)) is None
+    forward = mended.split("def forward")[1].splitlines()
+    assert [line.strip() for line in forward[-3:]] == [
+        "x = self.pool(x).flatten(1)  # [batch, 32]",
+        "x = self.hidden(x)  # right before self.classifier(x) add self.hidden(x)",
+        "return self.classifier(x)  # [batch, 10] raw logits",
+    ]
+    # with no line below it that flattens, nothing is moved
+    unflat = code.replace("x = self.pool(x).flatten(1)", "x = self.pool(x)")
+    assert resize(unflat, shape_check(unflat, (1, 16, 16)) or "") == (unflat, [])
+
+
 NET = """import torch
 from torch import nn
 

@@ -18,6 +18,10 @@ after them still read 32, or a new ``Linear(32, 64)`` in front of a classifier t
   the same for the first ``Conv2d``;
 - ``running_mean should contain DECLARED elements not GOT``: for a ``BatchNorm``.
 
+And a ``Linear`` given a feature map (``mat1 and mat2 ...`` with more rows than the batch
+of 2) by forward's ``x = self.x(x)`` above the line that flattens is moved below that
+line (:func:`_below_flatten`).
+
 A skip connection (``x + self.x(x)``) must give back what it reads, so there every size
 in the block becomes GOT, and only when each of them is DECLARED or GOT already.
 Only integer literals change, only when exactly one layer on the line fits the error.
@@ -46,6 +50,8 @@ MAX_ROUNDS = 6  # resizes, at most, one answer gets (each one shape check, ~0.1 
 _VECTOR = re.compile(r"mat1 and mat2 shapes cannot be multiplied \(2x(\d+) and (\d+)x\d+\)")
 _MAPS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
 _NORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
+# a Linear given a feature map: more rows than the batch of 2 (the last dimension was taken)
+_ON_MAP = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((?!2x)\d+x\d+ and \d+x\d+\)")
 
 
 def resized(
@@ -79,12 +85,14 @@ def resize(code: str, error: str) -> tuple[str, list[str]]:
     found = _mismatch(error)
     tree = parses(code)
     line = failing_line(error, code)
-    if found is None or tree is None or line is None:
+    stmt = _statement(tree, line[0]) if tree is not None and line is not None else None
+    if stmt is None or tree is None:
+        return code, []
+    if _ON_MAP.search(error):
+        return _below_flatten(code, tree, stmt)
+    if found is None:
         return code, []
     kinds, declared, got = found
-    stmt = _statement(tree, line[0])
-    if stmt is None:
-        return code, []
     layers = _init_layers(tree)
     fits: dict[str, bool] = {}  # the layers on the line that fit -> called as a skip
     for name, skip in _self_calls(stmt):
@@ -108,6 +116,33 @@ def resize(code: str, error: str) -> tuple[str, list[str]]:
     else:
         return code, []
     mended = src.apply(cuts)
+    return (mended, [MENDED + note]) if parses(mended) is not None else (code, [])
+
+
+def _below_flatten(code: str, tree: ast.Module, stmt: ast.stmt) -> tuple[str, list[str]]:
+    """``code`` with forward's one-line ``x = self.x(x)``, where ``self.x`` starts with a
+    ``Linear`` and got a feature map, moved to right after the next line that flattens:
+    the 0.5B model put the dense layer it was asked for above
+    ``x = self.pool(x).flatten(1)``."""
+    forward = method(tree, "forward")
+    body = forward.body if forward is not None else []
+    calls = _self_calls(stmt)
+    sized = _sized(_init_layers(tree).get(calls[0][0])) if len(calls) == 1 else []
+    if stmt not in body or not sized or layer_kind(sized[0]) != "Linear" or calls[0][1]:
+        return code, []
+    flat = next((s for s in body[body.index(stmt) + 1 :] if "flatten(" in ast.unparse(s)), None)
+    if flat is None or stmt.end_lineno != stmt.lineno or flat.end_lineno != flat.lineno:
+        return code, []
+    lines = code.splitlines()
+    moved, after = lines[stmt.lineno - 1], flat.lineno - 1
+    indent = " " * flat.col_offset
+    out = lines[: stmt.lineno - 1] + lines[stmt.lineno : after + 1]
+    out += [indent + moved.strip(), *lines[after + 1 :]]
+    mended = "\n".join(out).rstrip() + "\n"
+    note = (
+        f"moved `{ast.unparse(stmt)}` below `{ast.unparse(flat)}`: a Linear takes the flat "
+        "[batch, features] tensor, and there it got a feature map"
+    )
     return (mended, [MENDED + note]) if parses(mended) is not None else (code, [])
 
 
