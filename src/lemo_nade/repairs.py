@@ -34,20 +34,20 @@ _CANDIDATE_LINE = re.compile(r'File "candidate\.py", line (\d+)')
 _FRAME = re.compile(r'File "candidate\.py", line (\d+)[^\n]*\n[ \t]+(\S[^\n]*)')
 _POLICY_LINE = re.compile(r"^\w+: line (\d+):", re.MULTILINE)
 _SYNTAX_LINE = re.compile(r"\bline (\d+)\b")
-_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
 # the shape check's batch is 2: more rows mean the Linear got a feature map, not a vector
-_MAP_MATMUL = re.compile(
+MAP_MATMUL = re.compile(
     r"forward on a dummy batch failed:.*?mat1 and mat2 shapes cannot be multiplied "
     r"\((?!2x)(\d+)x(\d+) and (\d+)x(\d+)\)",
     re.DOTALL,
 )
-_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
 _OUTPUT = re.compile(
     r"Net output for an input of shape (\[[^\]]*\]) is (.+?); expected (\[[^\]]*\])"
 )
 _NAME = re.compile(r"NameError: name '(\w+)' is not defined")
 _CANNOT_IMPORT = re.compile(r"cannot import name '(\w+)' from '([\w.]+)'")
-_BATCHNORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
+BATCHNORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
 _FLAT_INPUT = re.compile(r"expected (\d)D input \(got (\d)D input\)")
 _CONV_INPUT = re.compile(r"or 4D \(batched\) input to \w+, but got input of size: \[([^\]]*)\]")
 _NN_ATTR = re.compile(r"module '(torch(?:\.\w+)*)' has no attribute '(\w+)'")
@@ -239,10 +239,10 @@ def _policy_line(_: object) -> str:
 _FIXES: tuple[tuple[Callable[[str], Any], Callable[[Any], str]], ...] = (
     (_search(_CANNOT_IMPORT), _cannot_import),
     (_contains("ImportError", "ModuleNotFoundError", "import of "), _imports),
-    (_search(_MAP_MATMUL), _map_matmul),
-    (_search(_MATMUL), _matmul),
-    (_search(_CHANNELS), _channels),
-    (_search(_BATCHNORM), _batchnorm),
+    (_search(MAP_MATMUL), _map_matmul),
+    (_search(MATMUL), _matmul),
+    (_search(CHANNELS), _channels),
+    (_search(BATCHNORM), _batchnorm),
     (_search(_OUTPUT), _output),
     (_search(_FLAT_INPUT), _flat_input),
     (_search(_CONV_INPUT), _conv_input),

@@ -34,7 +34,6 @@ which is then checked and sandboxed again.
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -42,16 +41,10 @@ from lemo_nade.hints.source import argument, int_literal, is_self_attr, layer_ki
 from lemo_nade.mends import MENDED, PASS_THROUGH, SIZES, method
 from lemo_nade.prompts import REPAIRABLE
 from lemo_nade.records import Evaluation, Proposal, Status
-from lemo_nade.repairs import failing_line
+from lemo_nade.repairs import BATCHNORM, CHANNELS, MATMUL, failing_line
 from lemo_nade.tidy import Cut, Source, parses
 
 MAX_ROUNDS = 6  # resizes, at most, one answer gets (each one shape check, ~0.1 s)
-
-_VECTOR = re.compile(r"mat1 and mat2 shapes cannot be multiplied \(2x(\d+) and (\d+)x\d+\)")
-_MAPS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
-_NORM = re.compile(r"running_mean should contain (\d+) elements not (\d+)")
-# a Linear given a feature map: more rows than the batch of 2 (the last dimension was taken)
-_ON_MAP = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((?!2x)\d+x\d+ and \d+x\d+\)")
 
 
 def resized(
@@ -88,7 +81,8 @@ def resize(code: str, error: str) -> tuple[str, list[str]]:
     stmt = _statement(tree, line[0]) if tree is not None and line is not None else None
     if stmt is None or tree is None:
         return code, []
-    if _ON_MAP.search(error):
+    matmul = MATMUL.search(error)
+    if matmul and matmul.group(1) != "2":  # more rows than the batch of 2: a feature map
         return _below_flatten(code, tree, stmt)
     if found is None:
         return code, []
@@ -148,11 +142,11 @@ def _below_flatten(code: str, tree: ast.Module, stmt: ast.stmt) -> tuple[str, li
 
 def _mismatch(error: str) -> tuple[frozenset[str], int, int] | None:
     """(layer kinds the error is about, the size declared, the size got)."""
-    if m := _VECTOR.search(error):
-        return frozenset({"Linear"}), int(m.group(2)), int(m.group(1))
-    if m := _MAPS.search(error):
+    if (m := MATMUL.search(error)) and m.group(1) == "2":  # a batch of 2: a vector
+        return frozenset({"Linear"}), int(m.group(3)), int(m.group(2))
+    if m := CHANNELS.search(error):
         return frozenset({"Conv2d"}), int(m.group(1)), int(m.group(2))
-    if m := _NORM.search(error):
+    if m := BATCHNORM.search(error):
         return frozenset({"BatchNorm2d", "BatchNorm1d"}), int(m.group(1)), int(m.group(2))
     return None
 
