@@ -24,7 +24,10 @@ from test_report import CHAIN, make_run, record
 from test_ui import HOSTILE, hostile_record, make_sweep
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -66,6 +69,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server.server_close()
 
 
+def waiting(driver: Any, seconds: float, poll: float = 0.5) -> Any:
+    """A wait that reads again when the page re-renders the element it was reading: the
+    table is rebuilt when an iteration commits, between finding a row and reading it."""
+    return WebDriverWait(
+        driver, seconds, poll_frequency=poll, ignored_exceptions=(StaleElementReferenceException,)
+    )
+
+
 def rows(driver: Any) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, "#iterations tbody tr"))
 
@@ -75,7 +86,7 @@ def test_run_page_renders_updates_live_and_shows_hostile_text_as_text(
 ) -> None:
     base, run_dir = served
     browser.get(f"{base}/run?run=0/run-a")
-    wait = WebDriverWait(browser, 10)
+    wait = waiting(browser, 10)
     wait.until(lambda d: len(rows(d)) == 6)
     cells = [td.text for td in rows(browser)[3].find_elements(By.TAG_NAME, "td")]
     assert cells[0] == "★ 3" and cells[2] == "ok" and cells[4] == "90.00%"
@@ -106,7 +117,7 @@ def test_run_page_renders_updates_live_and_shows_hostile_text_as_text(
     with RunStore.open(run_dir, writer=True) as store:
         store.record_iteration(record(6, 3, 0.95, params=15000))
         start = time.monotonic()
-        WebDriverWait(browser, 5, poll_frequency=0.1).until(lambda d: len(rows(d)) == 7)
+        waiting(browser, 5, 0.1).until(lambda d: len(rows(d)) == 7)
     assert time.monotonic() - start < 5
     assert browser.execute_script("return window.notReloaded === true;")
     assert rows(browser)[6].find_elements(By.TAG_NAME, "td")[0].text == "★ 6"
@@ -119,7 +130,7 @@ def test_run_page_renders_updates_live_and_shows_hostile_text_as_text(
 def test_runs_list_links_to_the_run(browser: Any, served: tuple[str, Path]) -> None:
     base, _ = served
     browser.get(base + "/")
-    wait = WebDriverWait(browser, 10)
+    wait = waiting(browser, 10)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"))
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr td")]
     assert cells[:2] == ["run-a", "finished"] and "6 / 6" in cells
@@ -132,7 +143,7 @@ def test_sweep_page_shows_the_paper_table_and_a_plot(browser: Any, tmp_path: Pat
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/sweep?sweep=0/")
-        wait = WebDriverWait(browser, 10)
+        wait = waiting(browser, 10)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#paper tbody tr"))
         done, pending = browser.find_elements(By.CSS_SELECTOR, "#paper tbody tr")
         heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#paper thead th")]
@@ -166,7 +177,7 @@ def test_a_long_run_shows_its_latest_page_and_follows_it(browser: Any, tmp_path:
     first = lambda d: rows(d)[0].get_attribute("data-iteration")  # noqa: E731
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/run?run=0/long")
-        wait = WebDriverWait(browser, 10)
+        wait = waiting(browser, 10)
         wait.until(lambda d: len(rows(d)) == 50)
         assert first(browser) == "200"
         assert "201–250 of 250" in browser.find_element(By.ID, "pager").text
@@ -186,7 +197,7 @@ def test_a_long_run_shows_its_latest_page_and_follows_it(browser: Any, tmp_path:
             "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", dot
         )
         wait.until(lambda d: first(d) == "0")
-        assert "selected" in (rows(browser)[10].get_attribute("class") or "")
+        wait.until(lambda d: "selected" in (rows(d)[10].get_attribute("class") or ""))
         # 502 accuracy points: no dot each; the pointer picks the nearest, a click selects it
         (hit,) = browser.find_elements(By.CSS_SELECTOR, "#plots svg .hit")
         ActionChains(browser).move_to_element(hit).perform()
