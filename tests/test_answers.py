@@ -119,6 +119,7 @@ MARKED = {
 
 DROPPED = "qwen_cifar_dropped.md"  # with the parent it edits, qwen_cifar_dropped.parent.py
 UNUSED = "qwen_cifar_unused_conv.md"  # the same parent; tests/test_small_models.py
+UNCLOSED = "qwen_digits_unclosed.md"  # with its parent, qwen_digits_unclosed.parent.py
 
 
 def fixture(name: str) -> str:
@@ -140,7 +141,8 @@ def top_level_is_definitions(code: str) -> bool:
 
 def test_every_fixture_is_small_and_listed() -> None:
     names = {p.name for p in ANSWERS.iterdir() if p.suffix in (".md", ".txt")} - {"README.md"}
-    assert names == set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED) | {DROPPED, UNUSED}
+    listed = set(CASES) | set(REFUSED) | set(REJECTED) | set(MARKED)
+    assert names == listed | {DROPPED, UNUSED, UNCLOSED}
     readme = fixture("README.md")
     for name in names:
         assert (ANSWERS / name).stat().st_size < 8192, name
@@ -195,6 +197,22 @@ def test_a_parents_layer_the_answer_still_calls_is_put_back() -> None:
         "mended: put back `self.res = nn.Sequential(nn.Conv2d(32, 32, kern...` from the "
         "parent: the code reads `self.res` and no longer creates it" in candidate.note
     )
+    assert check(candidate.code) is None
+
+
+def test_a_call_left_open_is_closed_where_the_indentation_returns() -> None:
+    """The model wrote a TODO comment over the last line of `self.features`, its `)`
+    included (tests/answers/qwen_digits_unclosed.md): a syntax error in all three
+    attempts of a real iteration, the repairs keeping the comment."""
+    assert net_output(fixture(UNCLOSED), (1, 16, 16)) is None  # '(' was never closed
+    candidate = read_answer(
+        fixture(UNCLOSED), "stop", parent=fixture("qwen_digits_unclosed.parent.py")
+    )
+    assert net_output(candidate.code, (1, 16, 16)) == [2, 10]
+    assert candidate.note.startswith(
+        "mended: closed `self.features = nn.Sequential(`, left open, before `self.pool = "
+    )
+    assert "        )\n        self.pool = nn.AdaptiveAvgPool2d(1)" in candidate.code
     assert check(candidate.code) is None
 
 

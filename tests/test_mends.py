@@ -104,7 +104,25 @@ def test_assignments_pasted_into_a_call_go_or_move_out(
     assert got == ["mended: " + note for note in notes]
 
 
+@pytest.mark.parametrize(
+    ("inside", "closed"),
+    [
+        ("    nn.Conv2d(3, 8, 3),\n    # TODO: the last line, written over\n", ")\n"),
+        ("    nn.Conv2d(3, 8, 3), nn.ReLU(),\n\n", ")\n"),
+        ("    nn.Conv2d(3, 8, 3), nn.Sequential(nn.ReLU(),\n", "    )\n)\n"),  # two left open
+    ],
+)
+def test_a_call_left_open_is_closed_before_the_next_statement(inside: str, closed: str) -> None:
+    code, notes = mend(net("self.f = nn.Sequential(\n" + inside + "self.g = nn.Linear(8, 3)\n"))
+    assert code == net("self.f = nn.Sequential(\n" + inside + closed + "self.g = nn.Linear(8, 3)\n")
+    assert notes[-1] == (
+        "mended: closed `self.f = nn.Sequential(`, left open, before `self.g = nn.Linear(8, 3)`"
+    )
+
+
 def test_any_other_syntax_error_goes_back_to_the_model() -> None:
+    """Among them a call closed at another indentation than it opened at: which bracket
+    was left open is not plain."""
     broken = net("self.f = nn.Sequential(\n    nn.Conv2d(3, 8, 3\n)\n")
     assert mend(broken) == (broken, [])
 

@@ -15,6 +15,10 @@ Slips of the local 0.5B model, each of which cost attempts on the CIFAR-10 subse
 - **Assignments pasted into a call's arguments** (:func:`mend`: ``self.res =
   nn.Sequential(...)`` inside ``self.features = nn.Sequential(...)``, a syntax error):
   removed when the same statement is also written on its own line, else moved there.
+- **A call left open** (:func:`mend`: a TODO comment written over the last line of
+  ``self.features = nn.Sequential(...)``, its ``)`` included; in all three attempts of
+  an iteration on ``shifted-digits``): closed before the next line of code back at the
+  opening line's indentation.
 - **A parent's line dropped while still needed** (:func:`restore`): the model wrote its
   one new line over a line of its parent that the rest of its code still relies on.
   The parent's own line is put back; nothing new is written.
@@ -64,7 +68,9 @@ MENDED = "mended: "  # how each note on a mend starts (bench/llm.py counts them)
 def mend(code: str) -> tuple[str, list[str]]:
     """``code`` with its slips mended, and a note for each; unchanged with no notes when
     there were none (or when mending would not leave code that parses)."""
-    code, notes = _pasted_assignment(code)
+    code, notes = _closed_calls(code)
+    code, pasted = _pasted_assignment(code)
+    notes += pasted
     tree = parses(code)
     if tree is None:
         return code, notes
@@ -252,6 +258,52 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
         out.insert(at, text)
     mended = "\n".join(out) + ("\n" if code.endswith("\n") else "")
     return (mended, notes) if parses(mended) is not None else (code, [])
+
+
+def _closed_calls(code: str) -> tuple[str, list[str]]:
+    """Calls left open (a syntax error each) closed: the ``)`` goes right before the next
+    line of code back at the opening line's indentation. The 0.5B model wrote a TODO
+    comment over the last line of ``self.features = nn.Sequential(...)``, closing
+    parenthesis included, and its repairs kept the comment and the error."""
+    lines, notes = code.splitlines(), list[str]()
+    while len(notes) < _MAX_PASTED and (at := _never_closed("\n".join(lines))) is not None:
+        indent = _indent(lines[at])
+        close = next((k for k in range(at + 1, len(lines)) if _at_or_left(lines[k], indent)), None)
+        if close is None or not _code(lines[close]):
+            return code, []
+        notes.append(f"{MENDED}closed `{_short(lines[at].strip())}`, left open, before "
+                     f"`{_short(lines[close].strip())}`")  # fmt: skip
+        lines.insert(close, " " * indent + ")")
+    mended = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
+    return (mended, notes) if notes and parses(mended) is not None else (code, [])
+
+
+def _never_closed(code: str) -> int | None:
+    """The index of the line of the syntax error "'(' was never closed"."""
+    try:
+        ast.parse(code)
+    except SyntaxError as exc:
+        if "was never closed" in (exc.msg or "") and exc.lineno:
+            return exc.lineno - 1
+    except (ValueError, RecursionError, MemoryError):
+        pass
+    return None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _at_or_left(line: str, indent: int) -> bool:
+    """Whether ``line`` holds something (not a comment) at ``indent`` or less."""
+    text = line.strip()
+    return bool(text) and not text.startswith("#") and _indent(line) <= indent
+
+
+def _code(line: str) -> bool:
+    """Whether ``line`` starts a statement; not a closing bracket (the call is closed
+    there, only not at the indentation it opened at: what was left open is not plain)."""
+    return line.strip()[0] not in ")]}"
 
 
 def _text(lines: list[str], kept: list[int]) -> str:
