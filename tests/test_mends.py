@@ -120,6 +120,15 @@ def test_a_call_left_open_is_closed_before_the_next_statement(inside: str, close
     )
 
 
+def test_a_list_left_open_in_a_call_is_closed_bracket_by_bracket() -> None:
+    left = net("self.f = nn.ModuleList([\n    nn.Conv2d(3, 8, 3),\nself.g = nn.Linear(8, 3)\n")
+    code, notes = mend(left)
+    assert code == net(
+        "self.f = nn.ModuleList([\n    nn.Conv2d(3, 8, 3),\n]\n)\nself.g = nn.Linear(8, 3)\n"
+    )
+    assert len(notes) == 2 and all(n.startswith("mended: closed `self.f = nn.Mod") for n in notes)
+
+
 def test_any_other_syntax_error_goes_back_to_the_model() -> None:
     """Among them a call closed at another indentation than it opened at: which bracket
     was left open is not plain."""

@@ -62,6 +62,7 @@ SIZES = {
 }
 _NOUN = {"maps": "channels", "vector": "features"}
 _MAX_PASTED = 8  # assignments pasted into calls, at most, taken out of one answer
+_CLOSING = {"(": ")", "[": "]", "{": "}"}  # what closes the bracket a syntax error names
 MENDED = "mended: "  # how each note on a mend starts (bench/llm.py counts them)
 
 
@@ -225,7 +226,10 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
     else moved to a line of its own right after the statement it was pasted into."""
     lines, kept = code.splitlines(), list(range(len(code.splitlines())))
     pulled: list[tuple[int, ast.Assign]] = []  # (index in ``lines``, the statement)
-    while len(pulled) < _MAX_PASTED and (at := _assignment_in_call(_text(lines, kept))):
+    while len(pulled) < _MAX_PASTED and (
+        error := _error_line(_text(lines, kept), "cannot contain assignment")
+    ):
+        at = error[0]
         node = attribute_assignment(lines[kept[at]]) if at < len(kept) else None
         if node is None:
             return code, []
@@ -261,33 +265,24 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
 
 
 def _closed_calls(code: str) -> tuple[str, list[str]]:
-    """Calls left open (a syntax error each) closed: the ``)`` goes right before the next
-    line of code back at the opening line's indentation. The 0.5B model wrote a TODO
+    """Calls (or lists, dicts) left open, a syntax error each, closed: the ``)`` goes right
+    before the next line of code back at the opening line's indentation. The 0.5B model wrote a TODO
     comment over the last line of ``self.features = nn.Sequential(...)``, closing
     parenthesis included, and its repairs kept the comment and the error."""
-    lines, notes = code.splitlines(), list[str]()
-    while len(notes) < _MAX_PASTED and (at := _never_closed("\n".join(lines))) is not None:
+    lines, notes, ours = code.splitlines(), list[str](), list[int]()  # ours: lines added
+    while len(notes) < _MAX_PASTED and (error := _error_line("\n".join(lines), "was never closed")):
+        at, bracket = error[0], _CLOSING.get(error[1][1:2], ")")
         indent = _indent(lines[at])
-        close = next((k for k in range(at + 1, len(lines)) if _at_or_left(lines[k], indent)), None)
+        after = (k for k in range(at + 1, len(lines)) if k not in ours)
+        close = next((k for k in after if _at_or_left(lines[k], indent)), None)
         if close is None or not _code(lines[close]):
             return code, []
         notes.append(f"{MENDED}closed `{_short(lines[at].strip())}`, left open, before "
                      f"`{_short(lines[close].strip())}`")  # fmt: skip
-        lines.insert(close, " " * indent + ")")
+        lines.insert(close, " " * indent + bracket)
+        ours = [k + (k >= close) for k in ours] + [close]
     mended = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
     return (mended, notes) if notes and parses(mended) is not None else (code, [])
-
-
-def _never_closed(code: str) -> int | None:
-    """The index of the line of the syntax error "'(' was never closed"."""
-    try:
-        ast.parse(code)
-    except SyntaxError as exc:
-        if "was never closed" in (exc.msg or "") and exc.lineno:
-            return exc.lineno - 1
-    except (ValueError, RecursionError, MemoryError):
-        pass
-    return None
 
 
 def _indent(line: str) -> int:
@@ -310,14 +305,15 @@ def _text(lines: list[str], kept: list[int]) -> str:
     return "\n".join(lines[k] for k in kept)
 
 
-def _assignment_in_call(code: str) -> int | None:
-    """The index of the line of the syntax error "expression cannot contain assignment"
-    (never 0: line 1 is never inside a call)."""
+def _error_line(code: str, message: str) -> tuple[int, str] | None:
+    """The index of the line of ``code``'s syntax error, and the error, when the error
+    says ``message`` ("cannot contain assignment": never line 0, which is never inside
+    a call; "was never closed")."""
     try:
         ast.parse(code)
     except SyntaxError as exc:
-        if "cannot contain assignment" in (exc.msg or "") and exc.lineno:
-            return exc.lineno - 1
+        if message in (exc.msg or "") and exc.lineno:
+            return exc.lineno - 1, exc.msg
     except (ValueError, RecursionError, MemoryError):
         pass
     return None
