@@ -181,6 +181,16 @@ def test_short_error_shows_candidate_frames_only() -> None:
     assert "test_engine_train" not in text
 
 
+def test_short_error_names_a_librarys_file_without_this_machines_path() -> None:
+    namespace = load_candidate("from torch import nn\n\nclass Net(nn.Module):\n    pass\n")
+    with pytest.raises(NotImplementedError) as info:
+        namespace["Net"]()(torch.zeros(2, 3))  # no forward: it fails in torch's frames
+    text = short_error(info.value)
+    assert 'File "torch/nn/modules/module.py", line ' in text, text
+    assert str(Path(torch.__file__).parent.parent) not in text  # no site-packages path
+    assert text.endswith('is missing the required "forward" function')
+
+
 def test_worker_main_writes_the_result_file(tmp_path: Path) -> None:
     request, result = tmp_path / "request.json", tmp_path / "result.json"
     request.write_text(json.dumps(_job(_net("raise ValueError('x')")).to_dict()))

@@ -310,13 +310,24 @@ def _stage(status: Status, doing: str) -> Iterator[None]:
 
 
 def short_error(exc: BaseException) -> str:
-    """The candidate's own frames (or the innermost two) and the exception line(s)."""
+    """The candidate's own frames (or the innermost two) and the exception line(s). A
+    library's frame names its file from the package on (``torch/nn/modules/module.py``):
+    the error goes into the next prompt, maybe to a hosted model, and a path on this
+    machine says nothing to it (a ``Net`` without ``forward`` fails in torch's frames)."""
     frames = traceback.extract_tb(exc.__traceback__)
     shown = [f for f in frames if f.filename == CANDIDATE_FILE] or frames[-2:]
+    for frame in shown:
+        frame.filename = _package_path(frame.filename)
     text = "".join(traceback.format_list(shown))
     text += "".join(traceback.format_exception_only(type(exc), exc))
     lines = text.rstrip().splitlines()[-ERROR_LINES:]
     return "\n".join(lines)[-ERROR_CHARS:]
+
+
+def _package_path(filename: str) -> str:
+    """``filename`` from its package on, when it is an installed one, else its name."""
+    _, packages, inside = filename.rpartition("-packages" + os.sep)
+    return inside if packages else os.path.basename(filename)
 
 
 if __name__ == "__main__":
