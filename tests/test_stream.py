@@ -5,7 +5,6 @@ for an endpoint that cannot stream. Through the real SDK against the scripted se
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from fake_llm import FakeLLM, serve
 from lemo_nade import prompts
 from lemo_nade.architects.stream import LOOP, looping
-from lemo_nade.records import ProposalRequest, Status, TaskSpec
+from lemo_nade.records import Status
 from lemo_nade.store import RunStore
 from test_llm import GOOD, answer, config
 
@@ -78,34 +77,11 @@ def test_a_looping_answer_is_stopped_sent_back_and_retried_warmer(
     first, second = (r["body"] for r in fake.chat_requests())
     assert first["stream"] is True and first["stream_options"] == {"include_usage": True}
     assert second["temperature"] == 0.7  # retry_temperature: at 0 it would loop again
-    assert len(second["messages"]) == len(first["messages"])  # the loop is not replayed
-    assert second["messages"][-1]["content"].startswith(first["messages"][-1]["content"])
-    assert second["messages"][-1]["content"].endswith(  # no parent: a first model's size
-        "\n\nYour last answer wrote `from torch.nn import functional as F` again and again "
-        "and was stopped. Write each line once: the whole file is about 40 lines, the code "
-        "above with the changes."
-    )
     recorded = seen["calls"][0]["response"]
     assert recorded["finish_reason"] == LOOP
     assert len(recorded["text"]) < len(looped) / 4  # stopped reading, not cut at the end
     assert record.code == GOOD and record.usage is not None
     assert record.usage.completion_tokens > 0 and record.usage.prompt_tokens > 0
-
-
-def test_the_retry_after_a_loop_says_what_looped_and_how_long_the_file_is() -> None:
-    request = ProposalRequest(3, TaskSpec("tiny", (1, 8, 8), 3), GOOD, None, (("ACL", 1.0),))
-    looped = "```python\n" + "        x = x + self.res2(x)\n" * 40
-    retry = replace(request, attempt=1, history=((looped, prompts.looped_text(looped)),))
-    chat = prompts.messages(retry, "")
-    assert chat[:-1] == prompts.messages(request, "")[:-1]  # the looped exchange left out
-    lines = len(GOOD.splitlines()) + 4
-    assert chat[-1]["content"].endswith(
-        f"\n\nYour last answer wrote `x = x + self.res2(x)` again and again and was stopped. "
-        f"Write each line once: the whole file is about {lines} lines, the code above with "
-        "the changes."
-    )
-    unchanged = replace(request, attempt=1, history=((GOOD, prompts.unchanged_text(request)),))
-    assert prompts.messages(unchanged, "")[-1]["content"].endswith(prompts.STUCK_NOTE)
 
 
 @pytest.mark.usefixtures("shared_sandbox")

@@ -166,18 +166,13 @@ LOOPED = "the answer repeated itself"
 def looped_text(answer: str) -> str:
     """Why an answer stopped mid-loop (:mod:`lemo_nade.architects.stream`) is sent back,
     quoting the line it kept writing."""
-    line = _repeated_line(answer)
-    quoted = f" (`{line}` again and again)" if line else ""
+    tail = [line.strip() for line in answer[-400:].splitlines()[1:] if line.strip()]
+    line = max(tail, key=tail.count) if tail else ""
+    quoted = f" (`{line[:80]}` again and again)" if line else ""
     return (
         f"{LOOPED}{quoted} and was stopped; reply with the complete code once, in one "
         "```python block, each line written once"
     )
-
-
-def _repeated_line(answer: str) -> str:
-    """The line a looping answer wrote most often near its end (80 characters at most)."""
-    tail = [line.strip() for line in answer[-400:].splitlines()[1:] if line.strip()]
-    return max(tail, key=tail.count)[:80] if tail else ""
 
 
 UNUSED = "the code creates layers that forward never uses"
@@ -292,8 +287,7 @@ def messages(request: ProposalRequest, initial_command: str) -> list[dict[str, s
         code = repairs.code_of(answer, request.parent_code or "")
         chat.append({"role": "user", "content": repair_prompt(error, code)})
     if request.history and stuck(request.history[-1][1]):
-        note = stuck_note(*request.history[-1], request.parent_code or "")
-        chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + note}
+        chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + STUCK_NOTE}
     return chat
 
 
@@ -301,23 +295,6 @@ STUCK_NOTE = (
     "Your last answer returned the code without the change. This time, make the change: "
     "the new code must differ from the code above."
 )
-
-
-def stuck_note(answer: str, error: str, parent_code: str) -> str:
-    """What the retry after an exchange left out (:func:`stuck`) adds to the prompt. After
-    a loop, the line the answer repeated and about how long the file is, not
-    :data:`STUCK_NOTE`, which says the code was unchanged (it was not). Measured on the
-    0.5B model's looped CIFAR-10 requests sampled again at 0.7: it looped again in 7 of
-    20 retries with this note and 9 of 21 with :data:`STUCK_NOTE` (no measurable
-    difference; README, "How a small local model does")."""
-    if not error.startswith(LOOPED):
-        return STUCK_NOTE
-    lines = len(parent_code.splitlines()) + 4 if parent_code else 40
-    return (
-        f"Your last answer wrote `{_repeated_line(answer)}` again and again and was stopped. "
-        f"Write each line once: the whole file is about {lines} lines, the code above with "
-        "the changes."
-    )
 
 
 def stuck(error: str) -> bool:
