@@ -265,10 +265,10 @@ def _pasted_assignment(code: str) -> tuple[str, list[str]]:
 
 
 def _closed_calls(code: str) -> tuple[str, list[str]]:
-    """Calls (or lists, dicts) left open, a syntax error each, closed: the ``)`` goes right
-    before the next line of code back at the opening line's indentation. The 0.5B model wrote a TODO
-    comment over the last line of ``self.features = nn.Sequential(...)``, closing
-    parenthesis included, and its repairs kept the comment and the error."""
+    """Calls (or lists, dicts) left open, a syntax error each, closed: the ``)`` goes
+    right before the next line of code back at the opening line's indentation. The 0.5B
+    model wrote a TODO comment over the last line of ``self.features =
+    nn.Sequential(...)``, closing parenthesis included, and its repairs kept it."""
     lines, notes, ours = code.splitlines(), list[str](), list[int]()  # ours: lines added
     while len(notes) < _MAX_PASTED and (error := _error_line("\n".join(lines), "was never closed")):
         at, bracket = error[0], _CLOSING.get(error[1][1:2], ")")
