@@ -61,7 +61,7 @@ SIZES = {
     "BatchNorm1d": (0, "num_features", None, "", "vector"),
 }
 _NOUN = {"maps": "channels", "vector": "features"}
-_MAX_PASTED = 8  # assignments pasted into calls, at most, taken out of one answer
+_MAX_PASTED = 8  # slips of one kind (pasted assignments, open calls) mended in one answer
 _CLOSING = {"(": ")", "[": "]", "{": "}"}  # what closes the bracket a syntax error names
 MENDED = "mended: "  # how each note on a mend starts (bench/llm.py counts them)
 

@@ -41,7 +41,7 @@ from lemo_nade.hints.source import argument, int_literal, is_self_attr, layer_ki
 from lemo_nade.mends import MENDED, PASS_THROUGH, SIZES, method
 from lemo_nade.prompts import REPAIRABLE
 from lemo_nade.records import Evaluation, Proposal, Status
-from lemo_nade.repairs import BATCHNORM, CHANNELS, MATMUL, failing_line
+from lemo_nade.repairs import BATCHNORM, CHANNELS, MAP_MATMUL, MATMUL, failing_line
 from lemo_nade.tidy import Cut, Source, parses
 
 MAX_ROUNDS = 6  # resizes, at most, one answer gets (each one shape check, ~0.1 s)
@@ -81,8 +81,7 @@ def resize(code: str, error: str) -> tuple[str, list[str]]:
     stmt = _statement(tree, line[0]) if tree is not None and line is not None else None
     if stmt is None or tree is None:
         return code, []
-    matmul = MATMUL.search(error)
-    if matmul and matmul.group(1) != "2":  # more rows than the batch of 2: a feature map
+    if MAP_MATMUL.search(error):  # a Linear given a feature map
         return _below_flatten(code, tree, stmt)
     if found is None:
         return code, []
