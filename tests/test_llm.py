@@ -177,6 +177,37 @@ def test_unusable_answers_are_recorded_then_repaired(
     assert "could not be used" in repair
 
 
+def test_with_resample_a_failed_answer_is_asked_afresh_and_replays_the_same(
+    tmp_path: Path,
+) -> None:
+    """``retry_with = "resample"`` (the discover search's default): after a failure the
+    same chat again, warmer and with another seed; no repair turn. A replay of the run
+    builds the same prompts (``prompt_matches``) and the same candidates."""
+    with serve() as fake:
+        fake.script = [("answer", answer(SHAPE_BUG)), ("answer", answer(GOOD))]
+        (rec,) = search(fake, tmp_path, retry_with="resample").records
+        first, second = (r["body"] for r in fake.chat_requests())
+    assert [a.status.value for a in rec.attempts] == ["failed_shape", "ok"]
+    assert rec.code == GOOD
+    assert second["messages"] == first["messages"]  # asked afresh: no repair turn
+    assert (first["temperature"], second["temperature"]) == (0.0, 0.7)
+    assert second["seed"] != first["seed"]
+    out = runner.invoke(
+        app, ["run", "--llm", f"replay:{rec_dir(tmp_path)}", "--runs-dir", str(tmp_path / "re")]
+    )
+    assert out.exit_code == 0, out.output
+    (replay_dir,) = (tmp_path / "re").iterdir()
+    with RunStore.open(replay_dir) as st:
+        (replayed,) = st.iterations()
+    assert replayed.code == GOOD
+    assert [c.payload["prompt_matches"] for c in replayed.calls] == [True, True]
+
+
+def rec_dir(tmp_path: Path) -> Path:
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    return run_dir
+
+
 def test_429_then_success_is_retried_by_the_sdk(fake: FakeLLM, tmp_path: Path) -> None:
     fake.script = [("status", 429), ("answer", answer(GOOD))]
     (rec,) = search(fake, tmp_path).records

@@ -50,6 +50,8 @@ def test_a_retry_after_an_unchanged_answer_is_sampled_warmer() -> None:
         history=(("```python\nx(\n```", "SyntaxError: '(' was never closed"),),
     )  # fmt: skip
     assert temperature(broken, 0.0, 0.7) == 0.0  # a repair of an error stays deterministic
+    assert temperature(broken, 0.0, 0.7, resample=True) == 0.7  # the first prompt again
+    assert temperature(first, 0.0, 0.7, resample=True) == 0.0  # the first answer stays at 0
     # after a failed iteration the same prompt comes again: its first answer is warmer
     after_failure = replace(first, last_error="the code creates layers that forward never uses")
     assert temperature(after_failure, 0.0, 0.7) == 0.7

@@ -230,6 +230,11 @@ class RunConfig(_Frozen):
     )
     llm_retries: int = Field(4, ge=0, le=20, description="on 429, 5xx, timeouts (backoff)")
     max_repairs: int = Field(2, ge=0, le=20, description="fix attempts inside an iteration")
+    retry_with: Literal["resample", "repair"] = Field(
+        SEARCHES[DEFAULT_SEARCH]["retry_with"],
+        description="after a failed attempt: the same prompt answered afresh at "
+        "retry_temperature (resample), or the error sent back to fix (repair)",
+    )
     initial_command: str = Field(DEFAULT_INITIAL_COMMAND, min_length=1)
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="USD per 1M tokens (input, output), by model"

@@ -155,10 +155,11 @@ class OpenAIArchitect:
     def propose(self, request: ProposalRequest) -> Proposal:
         openai = self._openai
         cfg = self.config
-        chat = prompts.messages(request, cfg.initial_command)
+        resample = cfg.retry_with == "resample"
+        chat = prompts.messages(request, cfg.initial_command, resample)
         params: dict[str, Any] = {
             "model": self.model,
-            "temperature": temperature(request, cfg.temperature, cfg.retry_temperature),
+            "temperature": temperature(request, cfg.temperature, cfg.retry_temperature, resample),
             "seed": call_seed(request),
             "max_tokens": cfg.llm_max_tokens,
         }
@@ -214,7 +215,8 @@ class OpenAIArchitect:
             except self._openai.BadRequestError as exc:
                 if not context.too_long(str(exc)):
                     raise
-            chat = prompts.messages(shorter, self.config.initial_command)
+            resample = self.config.retry_with == "resample"
+            chat = prompts.messages(shorter, self.config.initial_command, resample)
         return chat, self._ask(chat, params)
 
     def _ask(self, chat: list[dict[str, str]], params: dict[str, Any]) -> stream.Answer:

@@ -30,10 +30,13 @@ if TYPE_CHECKING:
 
 
 class ReplayArchitect:
-    def __init__(self, run_dir: Path, calls: list[LLMCall], initial_command: str) -> None:
+    def __init__(
+        self, run_dir: Path, calls: list[LLMCall], initial_command: str, resample: bool = False
+    ) -> None:
         self.name = f"replay:{run_dir}"
         self.run_dir = run_dir
         self.initial_command = initial_command
+        self.resample = resample
         self._calls = {(c.iteration, c.attempt): c for c in calls}
         self._last = max(c.iteration for c in calls)
 
@@ -45,7 +48,7 @@ class ReplayArchitect:
                 f"attempt {request.attempt} (it ends at iteration {self._last}); "
                 "the replay stops here"
             )
-        messages = prompts.messages(request, self.initial_command)
+        messages = prompts.messages(request, self.initial_command, self.resample)
         usage = replace(recorded.usage or Usage(), cost_usd=0.0, latency_s=0.0, replayed=True)
         payload = {
             **recorded.payload,
@@ -91,4 +94,5 @@ def create_replay(arg: str, **options: Any) -> Architect:
             "deterministic: rerun it with the same config instead)"
         )
     config: RunConfig = options.get("config") or build_config({})
-    return ReplayArchitect(run_dir, calls, config.initial_command)
+    resample = config.retry_with == "resample"
+    return ReplayArchitect(run_dir, calls, config.initial_command, resample)
