@@ -36,8 +36,10 @@ def test_defaults_are_the_papers() -> None:
     # and the search that measured better; the paper's loop is one key away
     assert cfg.dataset == "shifted-digits" and cfg.llm == "offline"
     assert (cfg.search, cfg.parent, cfg.max_instructions) == ("discover", "best", 2)
+    assert cfg.retry_with == "resample"
     paper = build_config({"search": "paper"})
     assert (paper.parent, paper.max_instructions, paper.retrain_duplicates) == ("last", 0, True)
+    assert paper.retry_with == "repair"  # the error goes back, as the paper's LLMs got it
 
 
 @pytest.mark.parametrize("setting", [1, 2, 3, 4, 5])
