@@ -246,6 +246,11 @@ class RunConfig(_Frozen):
         None, gt=0, description="device kWh of all candidates, whole run"
     )
 
+    @property
+    def resamples(self) -> bool:
+        """Whether an attempt after a failed one asks the iteration's question afresh."""
+        return self.retry_with == "resample"
+
     @model_validator(mode="before")
     @classmethod
     def _from_search(cls, data: Any) -> Any:

@@ -155,11 +155,12 @@ class OpenAIArchitect:
     def propose(self, request: ProposalRequest) -> Proposal:
         openai = self._openai
         cfg = self.config
-        resample = cfg.retry_with == "resample"
-        chat = prompts.messages(request, cfg.initial_command, resample)
+        chat = prompts.messages(request, cfg.initial_command, cfg.resamples)
         params: dict[str, Any] = {
             "model": self.model,
-            "temperature": temperature(request, cfg.temperature, cfg.retry_temperature, resample),
+            "temperature": temperature(
+                request, cfg.temperature, cfg.retry_temperature, cfg.resamples
+            ),
             "seed": call_seed(request),
             "max_tokens": cfg.llm_max_tokens,
         }
@@ -215,8 +216,7 @@ class OpenAIArchitect:
             except self._openai.BadRequestError as exc:
                 if not context.too_long(str(exc)):
                     raise
-            resample = self.config.retry_with == "resample"
-            chat = prompts.messages(shorter, self.config.initial_command, resample)
+            chat = prompts.messages(shorter, self.config.initial_command, self.config.resamples)
         return chat, self._ask(chat, params)
 
     def _ask(self, chat: list[dict[str, str]], params: dict[str, Any]) -> stream.Answer:

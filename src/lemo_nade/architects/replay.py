@@ -94,5 +94,4 @@ def create_replay(arg: str, **options: Any) -> Architect:
             "deterministic: rerun it with the same config instead)"
         )
     config: RunConfig = options.get("config") or build_config({})
-    resample = config.retry_with == "resample"
-    return ReplayArchitect(run_dir, calls, config.initial_command, resample)
+    return ReplayArchitect(run_dir, calls, config.initial_command, config.resamples)
