@@ -13,9 +13,8 @@ from lemo_nade.config import (
     build_config,
     config_from_json,
     config_json,
-    load_toml,
-    parse_set,
 )
+from lemo_nade.config_files import load_toml, parse_set
 from lemo_nade.records import EvalJob
 
 

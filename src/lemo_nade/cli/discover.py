@@ -12,7 +12,8 @@ import typer
 
 from lemo_nade import rules
 from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, line, out, say_error
-from lemo_nade.config import ConfigError, RunConfig, build_config, load_toml, parse_set
+from lemo_nade.config import ConfigError, RunConfig, build_config
+from lemo_nade.config_files import load_toml, parse_set
 
 if TYPE_CHECKING:
     from lemo_nade.reporting.data import RunData

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lemo_nade.cli.app import app, err, friendly, line, out
-from lemo_nade.config import ConfigError, parse_set
+from lemo_nade.config import ConfigError
+from lemo_nade.config_files import parse_set
 from lemo_nade.text import one_line
 
 if TYPE_CHECKING:

@@ -37,10 +37,9 @@ from lemo_nade.config import (
     RunConfig,
     build_config,
     config_from_json,
-    load_toml,
     one_line,
-    read_toml,
 )
+from lemo_nade.config_files import load_toml, read_toml
 from lemo_nade.files import atomic_write as write_atomic
 from lemo_nade.store import DB_NAME, RunStore, StoreError
 from lemo_nade.sweeps.executors import Executor, RunOutcome, RunTask
