@@ -23,12 +23,14 @@ def test_a_store_from_before_failure_energy_gains_it_and_keeps_its_rows(
     conn = sqlite3.connect(tmp_path / "r" / "run.sqlite")  # back to what schema 2 wrote
     conn.execute("ALTER TABLE iterations DROP COLUMN failure_kwh")
     conn.execute("ALTER TABLE iterations DROP COLUMN compliance_json")
+    conn.execute("ALTER TABLE iterations DROP COLUMN epochs")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
-    with RunStore.open(tmp_path / "r", writer=True) as st:  # migrations 3 and 4 run
+    with RunStore.open(tmp_path / "r", writer=True) as st:  # migrations 3 to 5 run
         (first,) = st.iterations()
         assert first.evaluation.failure_kwh is None and first.idx == 0
+        assert first.epochs is None and not first.promoted  # schema 5: a search candidate
         failed = make_record(1, ok=False)
         st.record_iteration(
             replace(failed, evaluation=replace(failed.evaluation, failure_kwh=2.5e-6))

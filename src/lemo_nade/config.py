@@ -126,9 +126,9 @@ class RunConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     weights: Weights = Weights()
     # `search` is a preset for `parent`, `retrain_duplicates`, `max_instructions`,
-    # `lineage_memory` and `pass_spent` (explicit keys override it): "paper" = Algorithm 1
-    # as written; "discover" (the default, measured better: README "Does the search
-    # discover?") = its departures.
+    # `lineage_memory`, `pass_spent`, `retry_with` and `promote` (explicit keys override
+    # it): "paper" = Algorithm 1 as written; "discover" (the default, measured better:
+    # README "Does the search discover?") = its departures.
     search: Literal["paper", "discover"] = DEFAULT_SEARCH
     parent: Literal["last", "best"] = SEARCHES[DEFAULT_SEARCH]["parent"]
     retrain_duplicates: bool = Field(
@@ -142,6 +142,16 @@ class RunConfig(_Frozen):
     lineage_memory: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["lineage_memory"],
         description="ask last for instructions whose children in this run mostly lost",
+    )
+    promote: int = Field(
+        SEARCHES[DEFAULT_SEARCH]["promote"],
+        ge=0,
+        le=100,
+        description="after the search, train this many of its best candidates again for "
+        "promote_epochs; the run's best is chosen among all",
+    )
+    promote_epochs: int | None = Field(
+        None, ge=1, le=100_000, description="a promotion's epochs; default twice epochs"
     )
     max_params: int = Field(25_000_000, ge=1000, description="offline architect's size cap")
     max_hours: float | None = Field(None, gt=0)
@@ -240,6 +250,11 @@ class RunConfig(_Frozen):
     max_energy_kwh: float | None = Field(
         None, gt=0, description="device kWh of all candidates, whole run"
     )
+
+    @property
+    def promotion_epochs(self) -> int:
+        """The epochs a promoted candidate trains for: ``promote_epochs``, else 2x ``epochs``."""
+        return self.promote_epochs or 2 * self.epochs
 
     @property
     def resamples(self) -> bool:

@@ -61,10 +61,17 @@ class IterationRecord:
     usage: Usage | None = None  # summed over the attempts; None when no LLM was used
     attempts: tuple[Attempt, ...] = ()  # empty in runs recorded before repairs existed
     calls: tuple[LLMCall, ...] = ()  # the LLM exchanges, for replay
+    epochs: int | None = None  # a promotion's epochs (``promote``); None: the run's ``epochs``
 
     @property
     def status(self) -> Status:
         return self.evaluation.status
+
+    @property
+    def promoted(self) -> bool:
+        """Whether this is a promotion: candidate ``parent_idx`` trained again for
+        ``epochs`` after the search (:mod:`lemo_nade.promotion`), not a search candidate."""
+        return self.epochs is not None
 
 
 def best_of(records: Sequence[IterationRecord]) -> IterationRecord | None:
@@ -209,3 +216,9 @@ def lineage_order(
     }
     kept = [item for item in resolved if item[0] not in losing]
     return (*kept, *(item for item in resolved if item[0] in losing))
+
+
+def trained_before(code: str, records: Sequence[IterationRecord]) -> IterationRecord | None:
+    """The earlier candidate of this run that trained with exactly this code, if any: the
+    same model, split, seed and protocol give the same result, so it is not trained again."""
+    return next((r for r in records if r.status is Status.OK and r.code == code), None)

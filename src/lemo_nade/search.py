@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lemo_nade import compliance, prompts, rules, runs, sandbox
+from lemo_nade import compliance, promotion, prompts, rules, runs, sandbox
 from lemo_nade.architects import Architect, ArchitectUnavailable
 from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.datasets import resolve_dataset
@@ -36,12 +36,13 @@ from lemo_nade.history import (
     elapsed_s,
     moved_on,
     open_best,
+    trained_before,
     was_asked,
 )
 from lemo_nade.records import EvalJob, Evaluation, Proposal, ProposalRequest, Status, TaskSpec
 from lemo_nade.resize import resized
 from lemo_nade.score import combined_effectiveness
-from lemo_nade.stops import Stop, StopReason
+from lemo_nade.stops import Stop, StopReason, data_error
 from lemo_nade.store import RunStore
 from lemo_nade.usage import LLMCall, sum_usage
 
@@ -55,6 +56,7 @@ class Progress:
     on_start: Callable[[int, ProposalRequest], None] = lambda idx, req: None
     on_evaluating: Callable[[int, Proposal], None] = lambda idx, proposal: None
     on_end: Callable[[IterationRecord, IterationRecord | None], None] = lambda rec, best: None
+    on_promote: Callable[[int, int, int], None] = lambda idx, candidate, epochs: None
 
 
 @dataclass(frozen=True)
@@ -150,47 +152,50 @@ class Judgement:
     cm: float | None = None
 
 
+@dataclass
 class Search:
     """Algorithm 1 over one run: the config, the task, the architect, the evaluator and
     the store; each iteration is committed to the store before the next begins."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        task: TaskSpec,
-        architect: Architect,
-        store: RunStore,
-        evaluate: Evaluator,
-        progress: Progress,
-    ) -> None:
-        self.config = config
-        self.task = task
-        self.architect = architect
-        self.store = store
-        self.evaluate = evaluate
-        self.progress = progress
+    config: RunConfig
+    task: TaskSpec
+    architect: Architect
+    store: RunStore
+    evaluate: Evaluator
+    progress: Progress
 
     def run(self, records: list[IterationRecord]) -> Stop:
-        """Iterate after the committed ``records`` until the run must stop."""
+        """Iterate after the committed ``records`` until the search is over, then promote
+        its best candidates (:mod:`lemo_nade.promotion`) unless a budget is spent."""
         records = list(records)
         while True:
-            stop = self.termination(records)
-            if stop is None:
+            over = self.termination(records)
+            if over is None:
                 record, stop = self.iterate(len(records), records)
-                if record is not None:
-                    records.append(record)
+            elif self.termination(records, promoting=True) is None and (
+                todo := promotion.pending(records, self.config.promote)
+            ):
+                record, stop = self.promote(len(records), todo[0], records)
+            else:
+                return over
+            if record is not None:
+                records.append(record)
             if stop is not None:
                 return stop
 
-    def termination(self, records: list[IterationRecord]) -> Stop | None:
-        """Termination condition (Algorithm 1, line 21): whichever budget ends first."""
+    def termination(self, records: list[IterationRecord], promoting: bool = False) -> Stop | None:
+        """Termination condition (Algorithm 1, line 21): ``iterations`` search candidates
+        or whichever budget ends first. While not ``promoting``, the search also ends
+        when the time left in ``max_hours`` is what the promotions need."""
         cfg = self.config
-        if len(records) >= cfg.iterations:
+        if not promoting and len(promotion.searched(records)) >= cfg.iterations:
             return Stop(StopReason.ITERATIONS)
         for key, used in budget_usage(records).items():  # max_hours first, as before
             limit = getattr(cfg, key)
             if limit is not None and used >= limit:
                 return Stop(StopReason(key))
+        if not promoting and promotion.time_to_promote(cfg, records):
+            return Stop(StopReason.MAX_HOURS)
         return None
 
     def iterate(
@@ -212,10 +217,41 @@ class Search:
         self.progress.on_end(record, best_of([*records, record]))
         return record, tried.stop
 
+    def promote(
+        self, idx: int, candidate: IterationRecord, records: list[IterationRecord]
+    ) -> tuple[IterationRecord | None, Stop | None]:
+        """Train ``candidate``'s code again for ``promote_epochs``, as an iteration of its
+        own (judged and recorded like any candidate); a stop when the time budget cut it."""
+        started, epochs = time.time(), self.config.promotion_epochs
+        self.progress.on_promote(idx, candidate.idx, epochs)
+        factor = epochs / self.config.epochs
+        job = replace(runs.search_job(self.config, candidate.code), epochs=epochs)
+        limit = self.timeout_s(records, factor)
+        evaluation = self.evaluate(job, limit, self.config.memory_limit_mb)
+        cut = self.not_the_candidates_fault(idx, evaluation, records, factor)
+        if cut is not None:
+            return None, cut
+        proposal = Proposal(candidate.code, candidate.state, promotion.notes(candidate, epochs))
+        tried = Tried((Attempt.of(0, proposal, evaluation),), (), (proposal, evaluation))
+        request = ProposalRequest(
+            iteration=idx,
+            task=self.task,
+            parent_code=candidate.code,
+            parent_metrics=candidate.evaluation.metrics,
+            instructions=(),
+            seed=self.config.seed,
+        )
+        judged = self.judge(evaluation)
+        record = self.record(request, candidate.idx, started, tried, judged, epochs)
+        self.progress.on_end(record, best_of([*records, record]))
+        return record, None
+
     def request(
         self, idx: int, records: list[IterationRecord]
     ) -> tuple[ProposalRequest, int | None]:
-        """Algorithm 1, line 8's command: the parent's instructions, plus the last error."""
+        """Algorithm 1, line 8's command: the parent's instructions, plus the last error.
+        Only the search's own candidates count, never a promotion."""
+        records = promotion.searched(records)
         good = [r for r in records if r.evaluation.status is Status.OK]
         best = open_best(records) if self.config.pass_spent else best_of(records)
         parent = (best if self.config.parent == "best" else None) or (good[-1] if good else None)
@@ -284,14 +320,14 @@ class Search:
         return Tried(tuple(attempts), tuple(calls), last, request=request)
 
     def not_the_candidates_fault(
-        self, idx: int, evaluation: Evaluation, records: list[IterationRecord]
+        self, idx: int, evaluation: Evaluation, records: list[IterationRecord], factor: float = 1.0
     ) -> Stop | None:
         """A stop, with nothing recorded, when the candidate did nothing wrong: the
         sandbox could not load the data, or the time left in ``max_hours`` (not the
         candidate's own limit) ran out while it trained; a resume runs it again."""
         if evaluation.status is Status.FAILED_DATA:
-            return Stop(StopReason.DATA_ERROR, _data_error(evaluation.error))
-        if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records):
+            return Stop(StopReason.DATA_ERROR, data_error(evaluation.error))
+        if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records, factor):
             self.store.add_event(
                 "budget_cut", {"iteration": idx, "wall_time_s": evaluation.wall_time_s}
             )
@@ -317,6 +353,7 @@ class Search:
         started: float,
         tried: Tried,
         judged: Judgement,
+        epochs: int | None = None,
     ) -> IterationRecord:
         """Commit the iteration: its last attempt is its result, all attempts are kept;
         a measured child carries whether it followed the request's instructions."""
@@ -340,6 +377,7 @@ class Search:
             usage=sum_usage(a.usage for a in tried.attempts),
             attempts=tried.attempts,
             calls=tried.calls,
+            epochs=epochs,
         )
         self.store.record_iteration(record)
         return record
@@ -348,7 +386,7 @@ class Search:
         if proposal.rejected is not None:
             return Evaluation(Status.FAILED_EXTRACT, error=proposal.rejected)
         twin = (
-            _trained_before(proposal.code, records) if not self.config.retrain_duplicates else None
+            trained_before(proposal.code, records) if not self.config.retrain_duplicates else None
         )
         if twin is not None:
             a2 = twin.evaluation.metrics.A2 if twin.evaluation.metrics else None
@@ -356,32 +394,15 @@ class Search:
         job = runs.search_job(self.config, proposal.code)
         return self.evaluate(job, self.timeout_s(records), self.config.memory_limit_mb)
 
-    def cut_by_time_budget(self, records: list[IterationRecord]) -> bool:
+    def cut_by_time_budget(self, records: list[IterationRecord], factor: float = 1.0) -> bool:
         """Whether the candidate limit was the time left in ``max_hours``, not its own."""
-        return self.timeout_s(records) < self.config.candidate_timeout_s
+        return self.timeout_s(records, factor) < self.config.candidate_timeout_s * factor
 
-    def timeout_s(self, records: list[IterationRecord]) -> float:
-        """The candidate limit, shortened so a time budget is not overrun by much."""
-        limit = self.config.candidate_timeout_s
+    def timeout_s(self, records: list[IterationRecord], factor: float = 1.0) -> float:
+        """The candidate limit (x ``factor`` for a promotion's longer training), shortened
+        so a time budget is not overrun by much."""
+        limit = self.config.candidate_timeout_s * factor
         if self.config.max_hours is not None:
             left = self.config.max_hours * 3600 - elapsed_s(records)
             limit = max(1.0, min(limit, left))
         return limit
-
-
-def _data_error(error: str) -> str:
-    """The DatasetError's own message from the child's error text, as one line (a
-    library's message inside it may span lines: pickle's "...was encountered,\nbut no
-    persistent_load..." once left only its last line, without the file's name)."""
-    text = error.strip()
-    if "DatasetError: " in text:
-        text = text.rsplit("DatasetError: ", 1)[1]
-    elif text:
-        text = text.splitlines()[-1]
-    return " ".join(text.split()) or "the dataset could not be loaded"
-
-
-def _trained_before(code: str, records: list[IterationRecord]) -> IterationRecord | None:
-    """The earlier candidate of this run that trained with exactly this code, if any: the
-    same model, split, seed and protocol give the same result, so it is not trained again."""
-    return next((r for r in records if r.status is Status.OK and r.code == code), None)

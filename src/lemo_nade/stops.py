@@ -50,3 +50,15 @@ class Stop:
     def external(self) -> bool:
         """Whether the run stopped for something outside its candidates (LLM, data)."""
         return self.reason in _WITH_DETAIL
+
+
+def data_error(error: str) -> str:
+    """The DatasetError's own message from the child's error text, as one line (a
+    library's message inside it may span lines: pickle's "...was encountered,\nbut no
+    persistent_load..." once left only its last line, without the file's name)."""
+    text = error.strip()
+    if "DatasetError: " in text:
+        text = text.rsplit("DatasetError: ", 1)[1]
+    elif text:
+        text = text.splitlines()[-1]
+    return " ".join(text.split()) or "the dataset could not be loaded"

@@ -7,7 +7,7 @@ a metric that reads back as ``null`` is NaN again, except the fields that may be
 ``metrics_json`` for SQL queries; records are decoded from ``metrics_json``.
 ``compliance_json`` holds the candidate's instruction verdicts as ``[code, verdict,
 reason]`` lists; NULL (read as none) where there are none, and in iterations recorded
-before schema 4.
+before schema 4. ``epochs`` is a promotion's epochs, NULL for the search's candidates.
 
 Pure: no torch import.
 """
@@ -81,6 +81,7 @@ ITERATION_COLUMNS: tuple[Column[IterationRecord], ...] = (
     Column("usage_json", lambda r: dumps(usage_dict(r.usage))),
     Column("failure_kwh", lambda r: finite(r.evaluation.failure_kwh)),
     Column("compliance_json", lambda r: _compliance_json(r.evaluation.compliance)),
+    Column("epochs", lambda r: r.epochs),
 )
 
 ATTEMPT_COLUMNS: tuple[Column[Attempt], ...] = (
@@ -158,6 +159,7 @@ def decode_iteration(row: Mapping[str, Any]) -> IterationRecord:
         resolved_instructions=_pairs(row["resolved_instructions_json"]),
         cm=row["cm"],
         usage=Usage.from_dict(json.loads(row["usage_json"])),
+        epochs=row["epochs"],
     )
 
 

@@ -90,6 +90,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE iterations ADD COLUMN compliance_json TEXT
     """,
+    # 5: the epochs of a promotion (a best candidate trained again for longer after the
+    # search: lemo_nade.promotion); NULL for the search's own candidates.
+    """
+    ALTER TABLE iterations ADD COLUMN epochs INTEGER
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,75 @@
+"""Promotion: after the search, its best candidates are trained again for longer.
+
+At a search fidelity a CPU can afford (8 epochs on 100 images per class), the best of
+many candidates is partly the luckiest, and the candidates it beat by a point or two
+might overtake it with more training: successive halving's last rung. With ``promote``
+set (2 in ``search = "discover"``, 0 in ``search = "paper"``), the run ends by training
+its ``promote`` best candidates by CM (Eq. 1; distinct code, best first) again from
+scratch for ``promote_epochs`` (default twice ``epochs``), each on the same split with
+the same seed. A promotion is an iteration record of its own: the candidate's code,
+``parent_idx`` the candidate, ``epochs`` set. The run's best (``history.best_of``) is
+chosen among all records, so it may be a promoted one; the search's own choices (the
+parent, the instruction window, duplicates) see only :func:`searched` candidates.
+
+When: ``iterations`` counts the search's candidates, and the promotions follow them.
+With ``max_hours`` the search stops early enough to leave what the promotions are
+estimated to need (:func:`reserve_s`: each chosen candidate's own evaluation time, scaled
+by ``promote_epochs / epochs``). A budget that is spent (the hours, energy, tokens or
+cost) stops the run without them; ``lemo-nade resume`` with a larger budget runs them.
+
+Pure: no torch import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lemo_nade.config import RunConfig
+from lemo_nade.history import IterationRecord, elapsed_s
+
+
+def searched(records: Sequence[IterationRecord]) -> list[IterationRecord]:
+    """The search's own candidates: every record but the promotions."""
+    return [r for r in records if not r.promoted]
+
+
+def chosen(records: Sequence[IterationRecord], n: int) -> list[IterationRecord]:
+    """The ``n`` best search candidates by CM, best first (the earlier wins a tie, as in
+    ``best_of``), one per distinct code."""
+    ranked = sorted(
+        (r for r in searched(records) if r.cm is not None),
+        key=lambda r: (-r.cm, r.idx),  # type: ignore[operator]
+    )
+    out: list[IterationRecord] = []
+    for rec in ranked:
+        if len(out) == n:
+            break
+        if all(rec.code != o.code for o in out):
+            out.append(rec)
+    return out
+
+
+def pending(records: Sequence[IterationRecord], n: int) -> list[IterationRecord]:
+    """The chosen candidates not promoted yet, best first."""
+    done = {r.parent_idx for r in records if r.promoted}
+    return [r for r in chosen(records, n) if r.idx not in done]
+
+
+def reserve_s(config: RunConfig, records: Sequence[IterationRecord]) -> float:
+    """Seconds all of the run's promotions are estimated to take, the ones already done
+    included (so the estimate does not shrink while they run and the search stays over):
+    each chosen candidate's evaluation time x ``promote_epochs / epochs``."""
+    factor = config.promotion_epochs / config.epochs
+    return sum(r.evaluation.wall_time_s * factor for r in chosen(records, config.promote))
+
+
+def time_to_promote(config: RunConfig, records: Sequence[IterationRecord]) -> bool:
+    """Whether the search must stop now to leave ``max_hours`` time for the promotions."""
+    if not config.promote or config.max_hours is None:
+        return False
+    return elapsed_s(records) + reserve_s(config, records) >= config.max_hours * 3600
+
+
+def notes(candidate: IterationRecord, epochs: int) -> str:
+    """What a promotion record says it is (shown with the run's iterations)."""
+    return f"promotion: candidate {candidate.idx} trained again for {epochs} epochs"
