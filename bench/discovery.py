@@ -40,8 +40,9 @@ from lemo_nade.store import RunStore
 from lemo_nade.sweeps.plan import RUNS_DIR, read_plan
 from machine import conditions, describe
 
-FIGURES = ("best_A2", "gain", "last_A2", "drop_from_best", "best_CM", "duplicates", "seconds",
-           "kwh", "hypervolume", "hypervolume_energy", "cm_dA2", "E1_x", "E2_x", "F_x")  # fmt: skip
+FIGURES = ("best_A2", "gain", "last_A2", "drop_from_best", "last_search_A2", "promoted",
+           "best_CM", "duplicates", "seconds", "kwh", "hypervolume", "hypervolume_energy",
+           "cm_dA2", "E1_x", "E2_x", "F_x")  # fmt: skip
 COMPARED = ("best_A2", "best_CM", "last_A2", "E1_x", "E2_x", "F_x")
 LOWER = ("E1_x", "E2_x")
 
@@ -168,11 +169,13 @@ def _cell(s: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The per-arm table (mean ± std over seeds; accuracy in points) and the paired tests."""
-    head = ("| arm | best A2 (%) | gain over first (pts) | last A2 (%) | best CM | duplicates "
-            "| s per run | HV params | HV energy |\n" + "|---" * 9 + "|")  # fmt: skip
+    head = ("| arm | best A2 (%) | gain over first (pts) | last A2 (%) | last searched A2 (%) "
+            "| best CM | duplicates | s per run | HV params | HV energy |\n"
+            + "|---" * 10 + "|")  # fmt: skip
     rows = [
         f"| {arm} | {_cell(a['best_A2'], 100)} | {_cell(a['gain'], 100)} | "
-        f"{_cell(a['last_A2'], 100)} | {_cell(a['best_CM'], 1, 3)} | "
+        f"{_cell(a['last_A2'], 100)} | {_cell(a['last_search_A2'], 100)} | "
+        f"{_cell(a['best_CM'], 1, 3)} | "
         f"{_cell(a['duplicates'], 1, 1)} | {_cell(a['seconds'], 1, 0)} | "
         f"{_cell(a['hypervolume'], 1, 2)} | {_cell(a['hypervolume_energy'], 1, 2)} |"
         for arm, a in report["arms"].items()

@@ -42,7 +42,9 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
             best = max(best, r.evaluation.metrics.A2)
         if best >= 0:
             curve.append((r.finished_at - start, best))
-    codes = [hashlib.sha256(r.code.encode()).hexdigest() for r in ok]
+    searched = [r.evaluation.metrics.A2 for r in ok if not r.promoted]  # type: ignore[union-attr]
+    # a promotion trains a candidate's code again on purpose, at more epochs: no duplicate
+    codes = [hashlib.sha256(r.code.encode()).hexdigest() for r in ok if not r.promoted]
     cms = [r.cm for r in ok if r.cm is not None]
     return {
         "candidates": len(records),
@@ -52,6 +54,9 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
         "gain": (max(a2) - a2[0]) if a2 else None,
         "last_A2": a2[-1] if a2 else None,
         "drop_from_best": (max(a2) - a2[-1]) if a2 else None,
+        # the search's own last candidate (before any promotion) and the best promoted
+        "last_search_A2": searched[-1] if searched else None,
+        "promoted": len(a2) - len(searched),
         "best_CM": max(cms) if cms else None,
         "duplicates": len(codes) - len(set(codes)),
         "seconds": (records[-1].finished_at - start) if records else 0.0,

@@ -108,3 +108,18 @@ def test_efficiency_is_the_best_within_two_points_of_the_first_model() -> None:
     assert figures["E2_x"] == pytest.approx(0.2) and figures["F_x"] == pytest.approx(4.0)
     assert figures["cm_dA2"] == pytest.approx(-0.015)
     assert efficiency([])["F_x"] is None
+
+
+def test_a_promotion_is_no_duplicate_and_the_last_searched_candidate_is_kept_apart() -> None:
+    from dataclasses import replace
+
+    from discovery_stats import run_figures
+    from test_report import record
+
+    first, child = record(0, None, 0.40), record(1, 0, 0.44)
+    twin = replace(record(2, 0, 0.30), code=first.code)  # the paper's search retrains it
+    promoted = replace(record(3, 1, 0.47), code=child.code, epochs=16)
+    figures = run_figures([first, child, twin, promoted])
+    assert figures["duplicates"] == 1  # the twin, not the promotion
+    assert (figures["best_A2"], figures["last_A2"]) == (0.47, 0.47)
+    assert (figures["last_search_A2"], figures["promoted"]) == (0.30, 1)

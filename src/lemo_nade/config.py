@@ -261,6 +261,15 @@ class RunConfig(_Frozen):
         """Whether an attempt after a failed one asks the iteration's question afresh."""
         return self.retry_with == "resample"
 
+    @model_validator(mode="after")
+    def _promotion_trains_longer(self) -> RunConfig:
+        if self.promote_epochs is not None and self.promote_epochs <= self.epochs:
+            raise ValueError(
+                f"promote_epochs must be more than epochs ({self.epochs}): a promotion "
+                f"trains a candidate longer than the search did (got {self.promote_epochs})"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _from_search(cls, data: Any) -> Any:

@@ -53,7 +53,8 @@ def extend_config(
     config: RunConfig, extend: dict[str, Any], done: int, store: RunStore
 ) -> RunConfig:
     """``config`` with new length/budget values (keys in :data:`EXTENDABLE`), validated,
-    stored and recorded; ``done`` is how many iterations the run already has."""
+    stored and recorded; ``done`` is how many search candidates the run already has (its
+    promotions are not counted by ``iterations``)."""
     unknown = sorted(set(extend) - set(EXTENDABLE))
     if unknown:
         raise ConfigError(

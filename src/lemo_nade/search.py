@@ -99,7 +99,8 @@ def run_search(
         config = config_from_json(store.config_json())
         records = store.iterations()
         if extend:
-            config = runs.extend_config(config, extend, len(records), store)
+            searched = len(promotion.searched(records))
+            config = runs.extend_config(config, extend, searched, store)
         task = resolve_dataset(config.dataset, config.data_dir)
         architect = runs.architect_for(config, check=True)
         if records:
@@ -224,11 +225,10 @@ class Search:
         own (judged and recorded like any candidate); a stop when the time budget cut it."""
         started, epochs = time.time(), self.config.promotion_epochs
         self.progress.on_promote(idx, candidate.idx, epochs)
-        factor = epochs / self.config.epochs
         job = replace(runs.search_job(self.config, candidate.code), epochs=epochs)
-        limit = self.timeout_s(records, factor)
+        limit, capped = promotion.time_limit(self.config, records, candidate)
         evaluation = self.evaluate(job, limit, self.config.memory_limit_mb)
-        cut = self.not_the_candidates_fault(idx, evaluation, records, factor)
+        cut = self.not_the_candidates_fault(idx, evaluation, capped)
         if cut is not None:
             return None, cut
         proposal = Proposal(candidate.code, candidate.state, promotion.notes(candidate, epochs))
@@ -304,7 +304,8 @@ class Search:
             proposal, evaluation = resized(
                 proposal, evaluation, lambda p: self.evaluate_proposal(p, records)
             )
-            cut = self.not_the_candidates_fault(request.iteration, evaluation, records)
+            capped = self.cut_by_time_budget(records)
+            cut = self.not_the_candidates_fault(request.iteration, evaluation, capped)
             if cut is not None:
                 return Tried(stop=cut)
             last = (proposal, evaluation)
@@ -320,14 +321,14 @@ class Search:
         return Tried(tuple(attempts), tuple(calls), last, request=request)
 
     def not_the_candidates_fault(
-        self, idx: int, evaluation: Evaluation, records: list[IterationRecord], factor: float = 1.0
+        self, idx: int, evaluation: Evaluation, capped: bool
     ) -> Stop | None:
         """A stop, with nothing recorded, when the candidate did nothing wrong: the
         sandbox could not load the data, or the time left in ``max_hours`` (not the
         candidate's own limit) ran out while it trained; a resume runs it again."""
         if evaluation.status is Status.FAILED_DATA:
             return Stop(StopReason.DATA_ERROR, data_error(evaluation.error))
-        if evaluation.status is Status.TIMEOUT and self.cut_by_time_budget(records, factor):
+        if evaluation.status is Status.TIMEOUT and capped:
             self.store.add_event(
                 "budget_cut", {"iteration": idx, "wall_time_s": evaluation.wall_time_s}
             )
@@ -394,14 +395,13 @@ class Search:
         job = runs.search_job(self.config, proposal.code)
         return self.evaluate(job, self.timeout_s(records), self.config.memory_limit_mb)
 
-    def cut_by_time_budget(self, records: list[IterationRecord], factor: float = 1.0) -> bool:
+    def cut_by_time_budget(self, records: list[IterationRecord]) -> bool:
         """Whether the candidate limit was the time left in ``max_hours``, not its own."""
-        return self.timeout_s(records, factor) < self.config.candidate_timeout_s * factor
+        return self.timeout_s(records) < self.config.candidate_timeout_s
 
-    def timeout_s(self, records: list[IterationRecord], factor: float = 1.0) -> float:
-        """The candidate limit (x ``factor`` for a promotion's longer training), shortened
-        so a time budget is not overrun by much."""
-        limit = self.config.candidate_timeout_s * factor
+    def timeout_s(self, records: list[IterationRecord]) -> float:
+        """The candidate limit, shortened so a time budget is not overrun by much."""
+        limit = self.config.candidate_timeout_s
         if self.config.max_hours is not None:
             left = self.config.max_hours * 3600 - elapsed_s(records)
             limit = max(1.0, min(limit, left))

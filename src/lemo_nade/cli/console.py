@@ -30,6 +30,7 @@ from lemo_nade.config import RunConfig, config_from_json
 from lemo_nade.history import IterationRecord
 from lemo_nade.numbers import fmt
 from lemo_nade.records import Proposal, ProposalRequest
+from lemo_nade.reporting.data import instructions_text
 from lemo_nade.reporting.rows import iteration_row, iteration_rows, run_summary
 from lemo_nade.search import Progress as SearchProgress
 from lemo_nade.store import RunStore
@@ -46,7 +47,7 @@ class LiveProgress:
             config = config_from_json(store.config_json())
             done = len(store.iterations())
         self.console = console
-        self.total = config.iterations
+        self.total = config.iterations + config.promote
         # after the first trained candidate: thresholds its rules can never cross
         self.warn_thresholds: tuple[dict[str, float], dict[str, float]] | None = (
             (config.priorities.model_dump(), config.thresholds.model_dump()) if done == 0 else None
@@ -62,7 +63,10 @@ class LiveProgress:
         )
         self.task = self.bar.add_task("starting", total=self.total, completed=done)
         self.progress = SearchProgress(
-            on_start=self._start, on_evaluating=self._evaluating, on_end=self._end
+            on_start=self._start,
+            on_evaluating=self._evaluating,
+            on_end=self._end,
+            on_promote=self._promote,
         )
 
     def __enter__(self) -> LiveProgress:
@@ -81,6 +85,10 @@ class LiveProgress:
         todo = " ".join(code for code, _ in request.instructions) or "initial model"
         self.bar.update(self.task, description=f"iteration {idx}: proposing ({todo})")
 
+    def _promote(self, idx: int, candidate: int, epochs: int) -> None:
+        text = f"iteration {idx}: training candidate {candidate} again for {epochs} epochs"
+        self.bar.update(self.task, description=text)
+
     def _evaluating(self, idx: int, proposal: Proposal) -> None:
         self.bar.update(self.task, description=f"iteration {idx}: training and measuring")
 
@@ -93,6 +101,7 @@ class LiveProgress:
                 f"F {fmt(row['F'], ',.0f', DASH)}  CM {fmt(row['CM'], '.3f', DASH)}",
                 (" ★ best" if row["best"] else "", "bold green"),
                 f"  followed {row['instructions_followed']}" if row["compliance"] else "",
+                f"  {instructions_text(record)}" if record.promoted else "",
                 f"  next: {' '.join(row['instructions_out']) or DASH}",
             )
         else:
@@ -118,7 +127,7 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
         left = name in ("status", "followed")
         table.add_column(name, justify="left" if left else "right", no_wrap=True)
     table.add_column("instructions in", overflow="fold")
-    for row in iteration_rows(records):
+    for record, row in zip(records, iteration_rows(records), strict=True):
         table.add_row(
             ("★ " if row["best"] else "") + str(row["iteration"]),
             fmt(row["parent"], "", DASH),
@@ -134,8 +143,7 @@ def print_table(console: Console, records: list[IterationRecord]) -> None:
             Text(plain(row["energy_source"] or DASH)),
             fmt(row["CM"], ".3f", DASH),
             row["instructions_followed"] or DASH,
-            " ".join(row["instructions_in"])
-            or ("(initial)" if row["parent"] is None else "(none: explore)"),
+            instructions_text(record),
             style="bold green" if row["best"] else None,
         )
     console.print(table)

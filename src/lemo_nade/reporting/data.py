@@ -231,7 +231,9 @@ def pareto_iterations(records: Sequence[IterationRecord]) -> list[int]:
 
 
 def instructions_text(rec: IterationRecord) -> str:
-    """The instructions that produced a candidate, as codes."""
+    """The instructions that produced a candidate, as codes; a promotion says so."""
+    if rec.promoted:
+        return f"(promotion: {rec.epochs} epochs)"
     if rec.prompt_instructions:
         return " ".join(code for code, _ in rec.prompt_instructions)
     return "(initial)" if rec.parent_idx is None else "(none: explore)"

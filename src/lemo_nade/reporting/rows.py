@@ -56,6 +56,8 @@ def iteration_row(rec: IterationRecord, best_idx: int | None = None) -> dict[str
     row = {
         "iteration": rec.idx,
         "parent": rec.parent_idx,
+        # a promotion (the parent trained again after the search): its epochs; else None
+        "promotion_epochs": rec.epochs,
         "status": rec.evaluation.status.value,
         "best": rec.idx == best_idx,
         **_metric_cells(m, _PAPER_COLUMNS),
@@ -87,7 +89,9 @@ def iteration_rows(records: list[IterationRecord]) -> list[dict[str, Any]]:
 
 def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
     """LLM accounting for a run, and the invalid-candidate rate over all attempts (the
-    paper's measure: about 15% of GPT-4 Turbo's and 25% of Gemini's answers failed)."""
+    paper's measure: about 15% of GPT-4 Turbo's and 25% of Gemini's answers failed).
+    Promotions are no answers: they do not count."""
+    records = [r for r in records if not r.promoted]
     usage = sum_usage(r.usage for r in records) or Usage()  # no LLM: all zero
     # a run recorded before repairs existed has no attempts: its records count as one each
     statuses = [s for r in records for s in ([a.status for a in r.attempts] or [r.status])]
