@@ -14,7 +14,6 @@ Pure: no torch, no network.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import statistics
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lemo_nade.history import IterationRecord
+from lemo_nade.programs import key
 from lemo_nade.records import Status
 
 # two-sided 95% Student t critical values by degrees of freedom (1..30); above: 1.96
@@ -43,8 +43,9 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
         if best >= 0:
             curve.append((r.finished_at - start, best))
     searched = [r.evaluation.metrics.A2 for r in ok if not r.promoted]  # type: ignore[union-attr]
-    # a promotion trains a candidate's code again on purpose, at more epochs: no duplicate
-    codes = [hashlib.sha256(r.code.encode()).hexdigest() for r in ok if not r.promoted]
+    # the same program (comments and names aside) trained twice; a promotion trains a
+    # candidate again on purpose, at more epochs: no duplicate
+    codes = [key(r.code) for r in ok if not r.promoted]
     cms = [r.cm for r in ok if r.cm is not None]
     return {
         "candidates": len(records),

@@ -20,7 +20,9 @@ VERDICTS = ("followed", "not_followed", "unknown")
 
 def summarise(records: Sequence[IterationRecord]) -> dict[str, Any]:
     """Valid rates per attempt and per iteration, repairs, failure kinds, tokens, time,
-    the normaliser's removals and instruction following, for one run."""
+    the normaliser's removals and instruction following, for one run: the LLM's
+    iterations only (a promotion after the search asks the LLM nothing)."""
+    records = [r for r in records if not r.promoted]
     attempts = [a for r in records for a in (r.attempts or ())]
     ok_iterations = [r for r in records if r.status is Status.OK]
     latencies = [a.usage.latency_s for a in attempts if a.usage is not None]

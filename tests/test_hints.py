@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from lemo_nade import hints, prompts
-from lemo_nade.answers import read_answer, same_code
+from lemo_nade.answers import read_answer
 from lemo_nade.compliance import FOLLOWED, judge
+from lemo_nade.programs import same_program
 from lemo_nade.records import ProposalRequest, TaskSpec
 from test_compliance import facts, module
 
@@ -225,7 +226,7 @@ def test_the_parent_shown_is_marked_where_each_edit_goes(source: str) -> None:
     for code in ADD + REMOVE:
         edit = hints.edit(source, code)
         shown = hints.marked(source, [code])
-        assert same_code(shown, source)
+        assert same_program(shown, source)
         if edit is None:
             assert shown == source
             continue

@@ -117,26 +117,6 @@ def read_answer(
     return Candidate(completed, "; ".join(notes + removed + added))
 
 
-def same_code(a: str, b: str) -> bool:
-    """Whether two sources are the same program (comments, layout and type annotations of
-    functions aside: the 0.5B model's 'change' was once dropping ``-> None``, and the
-    parent was trained again)."""
-    try:
-        return _program(a) == _program(b)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return a.split() == b.split()
-
-
-def _program(code: str) -> str:
-    tree = ast.parse(code)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            node.returns = None
-        elif isinstance(node, ast.arg):
-            node.annotation = None
-    return ast.dump(tree)
-
-
 SPLICED = "the answer held only import lines: used with the repaired attempt's code"
 
 

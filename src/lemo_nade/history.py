@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lemo_nade.programs import same_program
 from lemo_nade.records import Evaluation, Proposal, ProposalRequest, Status
 from lemo_nade.usage import LLMCall, Usage, sum_usage
 
@@ -219,6 +220,7 @@ def lineage_order(
 
 
 def trained_before(code: str, records: Sequence[IterationRecord]) -> IterationRecord | None:
-    """The earlier candidate of this run that trained with exactly this code, if any: the
-    same model, split, seed and protocol give the same result, so it is not trained again."""
-    return next((r for r in records if r.status is Status.OK and r.code == code), None)
+    """The earlier candidate of this run that trained as this same program
+    (:func:`lemo_nade.programs.same_program`: comments and names aside), if any: the same
+    model, split, seed and protocol give the same result, so it is not trained again."""
+    return next((r for r in records if r.status is Status.OK and same_program(r.code, code)), None)

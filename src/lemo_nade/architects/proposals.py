@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from lemo_nade import answers, hints, mends, prompts, repairs
 from lemo_nade.architects import stream
+from lemo_nade.programs import same_program
 from lemo_nade.records import Proposal, ProposalRequest
 from lemo_nade.usage import LLMCall, Usage
 
@@ -37,13 +38,13 @@ def proposal_from_answer(
         candidate = answers.read_answer(text, finish, repairs.code_of(previous, parent), parent)
     except answers.ExtractionError as exc:
         return Proposal(code="", answer=text, rejected=str(exc), usage=usage, calls=(call,))
-    if parent and answers.same_code(candidate.code, parent):
+    if parent and same_program(candidate.code, parent):
         return Proposal(
             code="", answer=text, rejected=prompts.unchanged_text(request), usage=usage,
             calls=(call,),
         )  # fmt: skip
     for attempt, (earlier, error) in enumerate(request.history):
-        if not error.startswith(prompts.REPEATED) and answers.same_code(
+        if not error.startswith(prompts.REPEATED) and same_program(
             candidate.code, repairs.code_of(earlier, parent)
         ):  # it would fail the same way: not built again
             return Proposal(
@@ -78,6 +79,6 @@ def _without_new_unused(candidate: answers.Candidate, parent_code: str) -> answe
     if not unused or not parent_code or set(unused) & mends.created(parent_code):
         return candidate
     code, notes = mends.drop_unused(candidate.code, unused)
-    if not notes or answers.same_code(code, parent_code) or _new_unused(code, parent_code):
+    if not notes or same_program(code, parent_code) or _new_unused(code, parent_code):
         return candidate
     return replace(candidate, code=code, note="; ".join(filter(None, [candidate.note, *notes])))
