@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from lemo_nade import promotion, search
-from lemo_nade.config import ConfigError, build_config
+from lemo_nade.config import ConfigError, build_config, config_from_json
 from lemo_nade.history import IterationRecord, elapsed_s
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 from lemo_nade.reporting.data import instructions_text
-from lemo_nade.reporting.rows import iteration_rows, llm_summary
+from lemo_nade.reporting.rows import iteration_rows, llm_summary, run_summary
 from lemo_nade.search import Progress, run_search
 from lemo_nade.stops import Stop, StopReason
 from lemo_nade.store import RunStore
@@ -47,6 +47,8 @@ def test_the_best_candidates_train_again_for_longer_after_the_search(
     assert llm_summary(records)["attempts"] == 4  # promotions are no answers
     with RunStore.open(run_dir) as st:
         assert st.status() == ("finished", "iterations")
+        summary = run_summary(records, config_from_json(st.config_json()))
+    assert (summary["iterations"], summary["promotions"], summary["best_iteration"]) == (4, 2, 4)
 
 
 def test_without_promote_the_run_ends_with_its_search(

@@ -74,7 +74,7 @@ def record(
         parent_idx=parent,
         architect="offline",
         prompt_instructions=instructions,
-        code=f"class Net:  # candidate {idx}\n    pass\n",
+        code=f"class Net:  # candidate {idx}\n    idx = {idx}\n",
         state=None,
         notes=f"made {idx}",
         evaluation=evaluation,

@@ -39,7 +39,8 @@ class ScriptedArchitect:
         step = self.script.pop(0) if self.script else None
         if isinstance(step, Exception):
             raise step
-        code = f"# candidate {request.iteration}.{request.attempt}\nclass Net: ...\n"
+        made = (request.iteration, request.attempt)  # another program each time
+        code = f"# candidate {made[0]}.{made[1]}\nclass Net:\n    made = {made}\n"
         return step or Proposal(code=code, notes=f"made {request.iteration}", usage=self.usage)
 
 

@@ -137,10 +137,14 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
     times PUE (Eq. 2 applied to energies). It excludes the LLM's own energy, like the
     paper, each child's start-up and data loading, and candidates killed by a timeout.
     ``energy_estimated`` is true when any part of it is an estimate, not a sensor reading.
+    ``iterations`` counts the search's candidates, ``promotions`` the trainings after it
+    (their time and energy are the search's too).
     """
-    good = [r for r in records if r.evaluation.metrics is not None]
+    searched = [r for r in records if not r.promoted]
+    good = [r for r in searched if r.evaluation.metrics is not None]
     energy_kwh = sum(r.evaluation.spent_kwh for r in records)
-    sources = sorted({r.evaluation.metrics.energy_source for r in good if r.evaluation.metrics})
+    measured = [r.evaluation.metrics for r in records if r.evaluation.metrics is not None]
+    sources = sorted({m.energy_source for m in measured})
     best = best_of(records)
     bm = best.evaluation.metrics if best else None
     search_kwh_pue = energy_to_kwh_pue(energy_kwh, config.pue)
@@ -151,9 +155,10 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
     for r in records:
         statuses[r.evaluation.status.value] = statuses.get(r.evaluation.status.value, 0) + 1
     return {
-        "iterations": len(records),
+        "iterations": len(searched),
+        "promotions": len(records) - len(searched),
         "statuses": statuses,
-        "invalid_rate": (len(records) - len(good)) / len(records) if records else None,
+        "invalid_rate": (len(searched) - len(good)) / len(searched) if searched else None,
         "best_iteration": best.idx if best else None,
         "best_cm": jsonable(best.cm) if best else None,
         "best_validation_accuracy": jsonable(bm.A2) if bm else None,
