@@ -82,6 +82,7 @@ def test_an_untidy_answer_trains_in_a_real_run(tmp_path: Path) -> None:
     with serve() as fake:
         fake.script = [("answer", fixture("handmade_main_block.md"))]
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 1}
+        flags |= {"promote": 0}  # the answer's candidate alone
         run_dir = create_run(
             build_config({}, {**flags, "epochs": 1, "dataset": "digits"}), tmp_path / "runs"
         )

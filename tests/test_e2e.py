@@ -48,7 +48,11 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     doc = json.loads(shown.stdout)
     assert doc["status"] == "finished" and doc["stop_reason"] == "iterations"
     rows = doc["iterations"]
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]  # 3 searched, 2 promoted
+    assert [r["promotion_epochs"] for r in rows] == [None, None, None, 4, 4]  # 2 x --epochs
+    ranked = sorted(rows[:3], key=lambda r: (-r["CM"], r["iteration"]))
+    assert [r["parent"] for r in rows[3:]] == [r["iteration"] for r in ranked[:2]]
+    assert (doc["summary"]["iterations"], doc["summary"]["promotions"]) == (3, 2)
     assert all(r["status"] == "ok" for r in rows)
     assert all(0 < r["A2"] <= 1 and r["P"] > 0 and r["F"] > 0 for r in rows)
     assert all(r["energy_source"] == "estimate" for r in rows)
@@ -56,8 +60,9 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     assert best["best"] and doc["summary"]["best_iteration"] == best["iteration"]
     assert rows[0]["parent"] is None and rows[1]["parent"] == 0
     assert (run_dir / "candidates" / "002.py").read_text().count("class Net(nn.Module)") == 1
-    table = runner.invoke(app, ["show", str(run_dir)])
+    table = runner.invoke(app, ["show", str(run_dir)], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "ESTIMATE" in table.output
+    assert "(promotion: 4 epochs)" in table.output
 
 
 def test_the_first_model_shows_thresholds_its_rules_cannot_cross(tmp_path: Path) -> None:
@@ -133,6 +138,7 @@ def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path)
     from lemo_nade.config import build_config
 
     cfg = build_config({}, {"iterations": 3, "epochs": 1, "seed": 1, "max_repairs": 0}, {})
+    cfg = cfg.model_copy(update={"promote": 0})  # the search's three candidates alone
     run_dir = create_run(cfg, tmp_path)
     calls: list[EvalJob] = []
 
@@ -161,7 +167,8 @@ def test_a_failing_candidate_is_recorded_and_its_error_goes_back(tmp_path: Path)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_sigkill_mid_iteration_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = ["run", "--iterations", "4", "--epochs", "3", "--seed", "5", "--runs-dir", str(runs)]
+    args = ["run", "--iterations", "4", "--epochs", "3", "--seed", "5", "--set", "promote=0"]
+    args += ["--runs-dir", str(runs)]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lemo_nade", *args],
@@ -266,7 +273,9 @@ def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> Non
     from lemo_nade.config import build_config
     from lemo_nade.search import Progress
 
-    cfg = build_config({}, {"iterations": 2, "epochs": 1, "seed": 1, "max_repairs": 2}, {})
+    cfg = build_config(
+        {}, {"iterations": 2, "epochs": 1, "seed": 1, "max_repairs": 2, "promote": 0}, {}
+    )
     run_dir = create_run(cfg, tmp_path)
     calls: list[EvalJob] = []
 
@@ -290,7 +299,8 @@ def test_a_build_failure_is_repaired_inside_the_iteration(tmp_path: Path) -> Non
 
 def test_a_stopped_or_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = ["run", "--iterations", "3", *FAST, "--max-energy-kwh", "1e-12", "--runs-dir"]
+    args = ["run", "--iterations", "3", *FAST, "--set", "promote=0", "--max-energy-kwh", "1e-12"]
+    args += ["--runs-dir"]
     assert runner.invoke(app, [*args, str(runs)]).exit_code == 0
     run_dir = only_run_dir(runs)
     with RunStore.open(run_dir) as st:

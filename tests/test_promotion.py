@@ -133,7 +133,7 @@ def test_promote_epochs_must_train_longer_and_the_presets() -> None:
     assert build_config({"search": "paper"}).promote == 0
 
 
-def test_a_promotion_gets_its_own_limit_or_at_least_one_and_a_half_times_its_estimate() -> None:
+def test_a_promotion_gets_its_own_limit_or_at_least_three_times_its_estimate() -> None:
     from test_store import make_record
 
     cfg = build_config({"epochs": 1, "promote": 1, "max_hours": 1.0})  # limit 600 s x 2
@@ -142,7 +142,7 @@ def test_a_promotion_gets_its_own_limit_or_at_least_one_and_a_half_times_its_est
         candidate, evaluation=replace(candidate.evaluation, wall_time_s=100.0)
     )  # estimate: 200 s
     assert promotion.estimate_s(cfg, candidate) == 200.0
-    assert promotion.time_limit(cfg, [candidate], candidate) == (300.0, True)  # 100 s left
+    assert promotion.time_limit(cfg, [candidate], candidate) == (600.0, True)  # 100 s left
     early = replace(candidate, finished_at=100.0)  # 3500 s left: its own limit
     assert promotion.time_limit(cfg, [early], early) == (1200.0, False)
     endless = build_config({"epochs": 1, "promote": 1})

@@ -232,7 +232,7 @@ def test_a_run_trains_the_resized_answer_without_a_repair_prompt(
     with serve() as fake:
         fake.script = [("answer", f"```python\n{code}```")]
         flags = {"llm": "ollama:fake-model", "base_url": fake.base_url, "iterations": 1,
-                 "epochs": 1, "dataset": "digits"}  # fmt: skip
+                 "epochs": 1, "dataset": "digits", "promote": 0}  # fmt: skip
         run_dir = create_run(build_config({}, flags), tmp_path / "runs")
         (record,) = run_search(run_dir).records
         asked = len(fake.chat_requests())

@@ -26,6 +26,7 @@ def test_the_presets_and_explicit_keys() -> None:
     found = build_config({}, {"search": "discover"})
     assert build_config({}, {}) == found  # the default
     assert (found.parent, found.max_instructions, found.retrain_duplicates) == ("best", 2, False)
+    assert (found.promote, paper.promote) == (2, 0)
     mixed = build_config({"search": "discover"}, {"parent": "last"})
     assert (mixed.parent, mixed.max_instructions) == ("last", 2)
 
@@ -56,7 +57,7 @@ def test_a_model_already_trained_is_not_trained_again(
     wider = SMALL_CNN.replace("nn.Conv2d(1, 8,", "nn.Conv2d(1, 16,").replace("(8 *", "(16 *")
     architect = Repeats(SMALL_CNN, wider)
     monkeypatch.setattr(runs, "architect_for", lambda *a, **k: architect)
-    cfg = build_config({}, {"iterations": 2, "epochs": 1, "dataset": "digits"})
+    cfg = build_config({}, {"iterations": 2, "epochs": 1, "dataset": "digits", "promote": 0})
     run_dir = create_run(cfg, tmp_path / "runs")
     first, second = run_search(run_dir).records
     assert [a.status for a in second.attempts] == [Status.DUPLICATE, Status.OK]

@@ -40,6 +40,7 @@ TINY = """
 iterations = 2
 epochs = 1
 threads = 1
+promote = 0
 [axes]
 setting = [1, 4]
 """

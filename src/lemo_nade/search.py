@@ -5,6 +5,7 @@ the best good candidate: its code and resolved instructions, and the last error 
 previous candidate failed), let the architect propose code and evaluate it in the
 sandbox, repairing what never got to train (:meth:`Search.propose`), judge it (the next
 instructions, Algorithm 2 -> 3, and CM, Eq. 1) and commit it all in one transaction.
+After the search, its best candidates train again for longer (:mod:`.promotion`).
 Resuming is replaying the committed iterations: the loop keeps no state the store does
 not have, so a crash loses at most the iteration in flight.
 
