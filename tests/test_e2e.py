@@ -62,7 +62,9 @@ def test_run_then_show_json(tmp_path: Path) -> None:
     assert (run_dir / "candidates" / "002.py").read_text().count("class Net(nn.Module)") == 1
     table = runner.invoke(app, ["show", str(run_dir)], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "ESTIMATE" in table.output
-    assert "(promotion: 4 epochs)" in table.output
+    assert (
+        "(promotion: 4 epochs)" in table.output and "iterations: 3; promotions: 2;" in table.output
+    )
 
 
 def test_the_first_model_shows_thresholds_its_rules_cannot_cross(tmp_path: Path) -> None:

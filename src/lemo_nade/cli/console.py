@@ -196,7 +196,8 @@ def print_summary(
     console.print(
         text_line(
             f"status: {status} ({reason or DASH}); iterations: {s['iterations']}; "
-            f"invalid candidates: {fmt(s['invalid_rate'], '.0%', DASH)}"
+            + (f"promotions: {s['promotions']}; " if s["promotions"] else "")
+            + f"invalid candidates: {fmt(s['invalid_rate'], '.0%', DASH)}"
         )
     )
     console.print(
