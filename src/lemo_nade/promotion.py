@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from lemo_nade.config import RunConfig
 from lemo_nade.history import IterationRecord, elapsed_s
+from lemo_nade.records import Proposal, ProposalRequest, TaskSpec
 
 OVERRUN = 3.0  # a promotion's time limit, at least this many times its estimate
 
@@ -99,6 +100,20 @@ def time_limit(
     return limit, limit < own
 
 
-def notes(candidate: IterationRecord, epochs: int) -> str:
-    """What a promotion record says it is (shown with the run's iterations)."""
-    return f"promotion: candidate {candidate.idx} trained again for {epochs} epochs"
+def asked(
+    idx: int, task: TaskSpec, candidate: IterationRecord, config: RunConfig
+) -> tuple[ProposalRequest, Proposal]:
+    """A promotion as an iteration records it: a request with no instructions (the
+    architect is not asked) and the candidate's code, with notes saying what it is."""
+    request = ProposalRequest(
+        iteration=idx,
+        task=task,
+        parent_code=candidate.code,
+        parent_metrics=candidate.evaluation.metrics,
+        instructions=(),
+        seed=config.seed,
+    )
+    notes = (
+        f"promotion: candidate {candidate.idx} trained again for {config.promotion_epochs} epochs"
+    )
+    return request, Proposal(candidate.code, candidate.state, notes)

@@ -232,16 +232,8 @@ class Search:
         cut = self.not_the_candidates_fault(idx, evaluation, capped)
         if cut is not None:
             return None, cut
-        proposal = Proposal(candidate.code, candidate.state, promotion.notes(candidate, epochs))
+        request, proposal = promotion.asked(idx, self.task, candidate, self.config)
         tried = Tried((Attempt.of(0, proposal, evaluation),), (), (proposal, evaluation))
-        request = ProposalRequest(
-            iteration=idx,
-            task=self.task,
-            parent_code=candidate.code,
-            parent_metrics=candidate.evaluation.metrics,
-            instructions=(),
-            seed=self.config.seed,
-        )
         judged = self.judge(evaluation)
         record = self.record(request, candidate.idx, started, tried, judged, epochs)
         self.progress.on_end(record, best_of([*records, record]))
