@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from lemo_nade.history import IterationRecord
+from lemo_nade.history import IterationRecord, searched
 from lemo_nade.programs import key
 from lemo_nade.records import Status
 
@@ -42,10 +42,10 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
             best = max(best, r.evaluation.metrics.A2)
         if best >= 0:
             curve.append((r.finished_at - start, best))
-    searched = [r.evaluation.metrics.A2 for r in ok if not r.promoted]  # type: ignore[union-attr]
+    own = searched(ok)
     # the same program (comments and names aside) trained twice; a promotion trains a
     # candidate again on purpose, at more epochs: no duplicate
-    codes = [key(r.code) for r in ok if not r.promoted]
+    codes = [key(r.code) for r in own]
     cms = [r.cm for r in ok if r.cm is not None]
     return {
         "candidates": len(records),
@@ -55,9 +55,9 @@ def run_figures(records: Sequence[IterationRecord]) -> dict[str, Any]:
         "gain": (max(a2) - a2[0]) if a2 else None,
         "last_A2": a2[-1] if a2 else None,
         "drop_from_best": (max(a2) - a2[-1]) if a2 else None,
-        # the search's own last candidate (before any promotion) and the best promoted
-        "last_search_A2": searched[-1] if searched else None,
-        "promoted": len(a2) - len(searched),
+        # the search's own last candidate (before any promotion), and how many promotions
+        "last_search_A2": own[-1].evaluation.metrics.A2 if own else None,  # type: ignore[union-attr]
+        "promoted": len(ok) - len(own),
         "best_CM": max(cms) if cms else None,
         "duplicates": len(codes) - len(set(codes)),
         "seconds": (records[-1].finished_at - start) if records else 0.0,

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from lemo_nade.history import IterationRecord
+from lemo_nade.history import IterationRecord, searched
 from lemo_nade.mends import MENDED
 from lemo_nade.records import Status
 
@@ -22,7 +22,7 @@ def summarise(records: Sequence[IterationRecord]) -> dict[str, Any]:
     """Valid rates per attempt and per iteration, repairs, failure kinds, tokens, time,
     the normaliser's removals and instruction following, for one run: the LLM's
     iterations only (a promotion after the search asks the LLM nothing)."""
-    records = [r for r in records if not r.promoted]
+    records = searched(records)
     attempts = [a for r in records for a in (r.attempts or ())]
     ok_iterations = [r for r in records if r.status is Status.OK]
     latencies = [a.usage.latency_s for a in attempts if a.usage is not None]

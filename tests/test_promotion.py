@@ -10,7 +10,7 @@ import pytest
 
 from lemo_nade import promotion, search
 from lemo_nade.config import ConfigError, build_config, config_from_json
-from lemo_nade.history import IterationRecord, elapsed_s
+from lemo_nade.history import IterationRecord, elapsed_s, searched
 from lemo_nade.records import EvalJob, Evaluation, Metrics, Status
 from lemo_nade.reporting.data import instructions_text
 from lemo_nade.reporting.rows import iteration_rows, llm_summary, run_summary
@@ -102,11 +102,11 @@ def test_with_max_hours_the_search_stops_in_time_for_its_promotions(
     result = run_search(run_dir, evaluate=slow)
     records = result.records
     cfg = build_config({"iterations": 100, "epochs": 1, "promote": 2, "max_hours": 1.0})
-    searched = promotion.searched(records)
-    assert [r.promoted for r in records[-2:]] == [True, True] and len(records) == len(searched) + 2
-    assert promotion.reserve_s(cfg, searched) == 2 * 300.0 * 2  # two, each 300 s x 2 epochs/1
-    assert promotion.time_to_promote(cfg, searched)  # the search stopped when it had to
-    assert not promotion.time_to_promote(cfg, searched[:-1])  # and not before
+    own = searched(records)
+    assert [r.promoted for r in records[-2:]] == [True, True] and len(records) == len(own) + 2
+    assert promotion.reserve_s(cfg, own) == 2 * 300.0 * 2  # two, each 300 s x 2 epochs/1
+    assert promotion.time_to_promote(cfg, own)  # the search stopped when it had to
+    assert not promotion.time_to_promote(cfg, own[:-1])  # and not before
     assert elapsed_s(records) < 3600 and result.stop == Stop(StopReason.MAX_HOURS)
 
 
@@ -122,7 +122,7 @@ def test_the_chosen_are_the_best_by_cm_one_per_code_the_earlier_on_a_tie() -> No
     assert [r.idx for r in promotion.chosen(records, 3)] == [3, 2, 0]  # 1: the code of 3
     assert [r.idx for r in promotion.chosen(records[:3], 1)] == [1]  # the earlier of a tie
     assert [r.idx for r in promotion.pending(records, 2)] == [2]  # 3 was promoted (as 5)
-    assert promotion.searched(records) == records[:5]
+    assert searched(records) == records[:5]
 
 
 def test_promote_epochs_must_train_longer_and_the_presets() -> None:

@@ -75,6 +75,11 @@ class IterationRecord:
         return self.epochs is not None
 
 
+def searched(records: Sequence[IterationRecord]) -> list[IterationRecord]:
+    """The search's own candidates: every record but the promotions."""
+    return [r for r in records if not r.promoted]
+
+
 def best_of(records: Sequence[IterationRecord]) -> IterationRecord | None:
     """Highest CM among good candidates; the earliest wins a tie (Algorithm 1, ``CM > BCM``)."""
     best: IterationRecord | None = None

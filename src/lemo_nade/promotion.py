@@ -9,7 +9,8 @@ scratch for ``promote_epochs`` (default twice ``epochs``), each on the same spli
 the same seed. A promotion is an iteration record of its own: the candidate's code,
 ``parent_idx`` the candidate, ``epochs`` set. The run's best (``history.best_of``) is
 chosen among all records, so it may be a promoted one; the search's own choices (the
-parent, the instruction window, duplicates) see only :func:`searched` candidates.
+parent, the instruction window, duplicates) see only the search's candidates
+(``history.searched``).
 
 When: ``iterations`` counts the search's candidates, and the promotions follow them.
 With ``max_hours`` the search stops before a candidate that would leave less than the
@@ -26,15 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lemo_nade.config import RunConfig
-from lemo_nade.history import IterationRecord, elapsed_s
+from lemo_nade.history import IterationRecord, elapsed_s, searched
 from lemo_nade.records import Proposal, ProposalRequest, TaskSpec
 
 OVERRUN = 3.0  # a promotion's time limit, at least this many times its estimate
-
-
-def searched(records: Sequence[IterationRecord]) -> list[IterationRecord]:
-    """The search's own candidates: every record but the promotions."""
-    return [r for r in records if not r.promoted]
 
 
 def chosen(records: Sequence[IterationRecord], n: int) -> list[IterationRecord]:

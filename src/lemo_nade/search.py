@@ -37,6 +37,7 @@ from lemo_nade.history import (
     elapsed_s,
     moved_on,
     open_best,
+    searched,
     trained_before,
     was_asked,
 )
@@ -100,8 +101,7 @@ def run_search(
         config = config_from_json(store.config_json())
         records = store.iterations()
         if extend:
-            searched = len(promotion.searched(records))
-            config = runs.extend_config(config, extend, searched, store)
+            config = runs.extend_config(config, extend, len(searched(records)), store)
         task = resolve_dataset(config.dataset, config.data_dir)
         architect = runs.architect_for(config, check=True)
         if records:
@@ -190,7 +190,7 @@ class Search:
         or whichever budget ends first. While not ``promoting``, the search also ends
         when the time left in ``max_hours`` is what the promotions need."""
         cfg = self.config
-        if not promoting and len(promotion.searched(records)) >= cfg.iterations:
+        if not promoting and len(searched(records)) >= cfg.iterations:
             return Stop(StopReason.ITERATIONS)
         for key, used in budget_usage(records).items():  # max_hours first, as before
             limit = getattr(cfg, key)
@@ -244,7 +244,7 @@ class Search:
     ) -> tuple[ProposalRequest, int | None]:
         """Algorithm 1, line 8's command: the parent's instructions, plus the last error.
         Only the search's own candidates count, never a promotion."""
-        records = promotion.searched(records)
+        records = searched(records)
         good = [r for r in records if r.evaluation.status is Status.OK]
         best = open_best(records) if self.config.pass_spent else best_of(records)
         parent = (best if self.config.parent == "best" else None) or (good[-1] if good else None)

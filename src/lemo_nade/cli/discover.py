@@ -178,7 +178,7 @@ def resume_cmd(
 
 def _note_if_finished(run_dir: Path) -> None:
     """A run that ran all its iterations has nothing to resume: say how to extend it."""
-    from lemo_nade.promotion import searched
+    from lemo_nade.history import searched
     from lemo_nade.store import RunStore
 
     with RunStore.open(run_dir) as store:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lemo_nade import compliance
 from lemo_nade.config import RunConfig
-from lemo_nade.history import IterationRecord, best_of, elapsed_s
+from lemo_nade.history import IterationRecord, best_of, elapsed_s, searched
 from lemo_nade.numbers import jsonable
 from lemo_nade.records import Metrics, Status
 from lemo_nade.score import co2_lbs, energy_to_kwh_pue
@@ -91,7 +91,7 @@ def llm_summary(records: list[IterationRecord]) -> dict[str, Any]:
     """LLM accounting for a run, and the invalid-candidate rate over all attempts (the
     paper's measure: about 15% of GPT-4 Turbo's and 25% of Gemini's answers failed).
     Promotions are no answers: they do not count."""
-    records = [r for r in records if not r.promoted]
+    records = searched(records)
     usage = sum_usage(r.usage for r in records) or Usage()  # no LLM: all zero
     # a run recorded before repairs existed has no attempts: its records count as one each
     statuses = [s for r in records for s in ([a.status for a in r.attempts] or [r.status])]
@@ -140,8 +140,8 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
     ``iterations`` counts the search's candidates, ``promotions`` the trainings after it
     (their time and energy are the search's too).
     """
-    searched = [r for r in records if not r.promoted]
-    good = [r for r in searched if r.evaluation.metrics is not None]
+    own = searched(records)
+    good = [r for r in own if r.evaluation.metrics is not None]
     energy_kwh = sum(r.evaluation.spent_kwh for r in records)
     measured = [r.evaluation.metrics for r in records if r.evaluation.metrics is not None]
     sources = sorted({m.energy_source for m in measured})
@@ -155,10 +155,10 @@ def run_summary(records: list[IterationRecord], config: RunConfig) -> dict[str, 
     for r in records:
         statuses[r.evaluation.status.value] = statuses.get(r.evaluation.status.value, 0) + 1
     return {
-        "iterations": len(searched),
-        "promotions": len(records) - len(searched),
+        "iterations": len(own),
+        "promotions": len(records) - len(own),
         "statuses": statuses,
-        "invalid_rate": (len(searched) - len(good)) / len(searched) if searched else None,
+        "invalid_rate": (len(own) - len(good)) / len(own) if own else None,
         "best_iteration": best.idx if best else None,
         "best_cm": jsonable(best.cm) if best else None,
         "best_validation_accuracy": jsonable(bm.A2) if bm else None,
