@@ -126,9 +126,9 @@ class RunConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     weights: Weights = Weights()
     # `search` is a preset for `parent`, `retrain_duplicates`, `max_instructions`,
-    # `lineage_memory`, `pass_spent`, `retry_with` and `promote` (explicit keys override
-    # it): "paper" = Algorithm 1 as written; "discover" (the default, measured better:
-    # README "Does the search discover?") = its departures.
+    # `lineage_memory`, `pass_spent`, `retry_with`, `promote` and `pursue` (explicit keys
+    # override it): "paper" = Algorithm 1 as written; "discover" (the default, measured
+    # better: README "Does the search discover?") = its departures.
     search: Literal["paper", "discover"] = DEFAULT_SEARCH
     parent: Literal["last", "best"] = SEARCHES[DEFAULT_SEARCH]["parent"]
     retrain_duplicates: bool = Field(
@@ -142,6 +142,11 @@ class RunConfig(_Frozen):
     lineage_memory: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["lineage_memory"],
         description="ask last for instructions whose children in this run mostly lost",
+    )
+    pursue: bool = Field(
+        SEARCHES[DEFAULT_SEARCH]["pursue"],
+        description="energy and FPS rules fire while their priority is > 0, past a met "
+        "threshold (rules.pursued)",
     )
     promote: int = Field(
         SEARCHES[DEFAULT_SEARCH]["promote"],

@@ -28,7 +28,9 @@ PAPER_THRESHOLDS: dict[str, dict[str, float]] = {
 DEFAULT_SEARCH: Literal["discover"] = "discover"
 SEARCHES: dict[str, dict[str, Any]] = {
     "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True}
-    | {"lineage_memory": False, "pass_spent": False, "retry_with": "repair", "promote": 0},
+    | {"lineage_memory": False, "pass_spent": False, "retry_with": "repair", "promote": 0}
+    | {"pursue": False},
     "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False}
-    | {"lineage_memory": False, "pass_spent": False, "retry_with": "resample", "promote": 2},
+    | {"lineage_memory": False, "pass_spent": False, "retry_with": "resample", "promote": 2}
+    | {"pursue": False},
 }

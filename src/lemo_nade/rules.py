@@ -160,6 +160,30 @@ _LIMITS = (
     ("F", "TF", "PF", "below", "images/s"),
 )
 FAR = 10.0  # how far from the measured value a threshold is "out of reach"
+PURSUE_STEP = 0.9  # pursue: ask for 10 % less energy, or 1 / 0.9 of the FPS, than measured
+
+
+def pursued(metrics: Values, priorities: Values, thresholds: Values) -> dict[str, float]:
+    """``thresholds`` with each prioritised energy or FPS threshold that ``metrics``
+    already meet moved just past the measured value (``PURSUE_STEP``), so that its rule
+    fires: ``E1 > TE1`` becomes ``E1 > 0.9 E1``, ``F < TF`` becomes ``F < F / 0.9``.
+    Algorithm 2 stops asking for less energy or more speed once a threshold is met, while
+    CM (Eq. 1) rewards every further gain; with this the accuracy thresholds stay the
+    constraints the user set, and the costs the user prioritised are pursued as far as
+    the accuracy rules let them. Thresholds of unprioritised costs, of accuracy, and of
+    non-finite or non-positive measurements are returned unchanged."""
+    moved = dict(thresholds)
+    for metric, key, priority, fires, _unit in _LIMITS:
+        value, limit = metrics.get(metric), thresholds.get(key)
+        if not priorities.get(priority) or value is None or limit is None:
+            continue
+        if not (math.isfinite(value) and value > 0):
+            continue
+        if fires == "above":
+            moved[key] = min(limit, value * PURSUE_STEP)
+        else:
+            moved[key] = max(limit, value / PURSUE_STEP)
+    return moved
 
 
 def out_of_reach(

@@ -48,9 +48,12 @@ class LiveProgress:
             done = len(store.iterations())
         self.console = console
         self.total = config.iterations + config.promote
-        # after the first trained candidate: thresholds its rules can never cross
+        # after the first trained candidate: thresholds its rules can never cross (with
+        # `pursue`, a met energy or FPS threshold no longer stops its rule)
         self.warn_thresholds: tuple[dict[str, float], dict[str, float]] | None = (
-            (config.priorities.model_dump(), config.thresholds.model_dump()) if done == 0 else None
+            (config.priorities.model_dump(), config.thresholds.model_dump())
+            if done == 0 and not config.pursue
+            else None
         )
         self.bar = Progress(
             SpinnerColumn(),
