@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from discovery_stats import paired, run_figures, summary
+from discovery_stats import paired, ratios, run_figures, summary
 from lemo_nade.store import RunStore
 from lemo_nade.sweeps.plan import RUNS_DIR, read_plan
 from machine import conditions, describe
@@ -140,6 +140,7 @@ def analyse(arms_dir: Path, arms: list[str]) -> dict[str, Any]:
             finally:
                 store.close()
     seeds = sorted({s for per_arm in runs.values() for s in per_arm})
+    noise = {s: ratios([per[s] for per in runs.values() if s in per]) for s in seeds}
     arms_out = {
         arm: {f: summary([per.get(s, {}).get(f) for s in seeds]) for f in FIGURES}
         for arm, per in runs.items()
@@ -155,7 +156,9 @@ def analyse(arms_dir: Path, arms: list[str]) -> dict[str, Any]:
         }
         for other in arms[1:]
     }
-    return {"seeds": seeds, "runs": runs, "arms": arms_out, "first_vs": comparisons}
+    spread = {k: summary([noise[s][k] for s in seeds]) for k in next(iter(noise.values()), {})}
+    return {"seeds": seeds, "runs": runs, "arms": arms_out, "first_vs": comparisons,
+            "first_model_spread": spread}  # fmt: skip
 
 
 def _cell(s: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
@@ -206,8 +209,16 @@ def _efficiency_table(report: dict[str, Any]) -> list[str]:
         f"{_cell(a['E2_x'], 1, 2)} | {_cell(a['F_x'], 1, 2)} |"
         for arm, a in report["arms"].items()
     ]
-    note = "(E and FPS: the best among the candidates within 2 points of the first model's A2)"
-    return [head, *rows, note]
+    note = (
+        "(E and FPS: the best among the candidates within 2 points of the first model's A2, "
+        "over the median of the first model's own figure as the arms measured it)"
+    )
+    spread = report.get("first_model_spread", {})
+    noise = ", ".join(
+        f"{k.split('_')[1]} {_cell(v, 1, 2)}" for k, v in spread.items() if v["mean"] is not None
+    )
+    floor = f"(the same first model, measured once per arm, max / min over the arms: {noise})"
+    return [head, *rows, note, *([floor] if noise else [])]
 
 
 def _p(value: float | None) -> str:

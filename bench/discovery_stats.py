@@ -82,9 +82,10 @@ def efficiency(ok: Sequence[IterationRecord]) -> dict[str, float | None]:
     """What settings 2 (energy) and 5 (FPS) search for, against the run's first model:
     the best-CM candidate's accuracy change (``cm_dA2``), and among the candidates within
     ``WITHIN`` of the first model's accuracy the lowest training and inference energy and
-    the highest FPS, as ratios to the first model's (``E1_x``, ``E2_x``, ``F_x``)."""
+    the highest FPS (``E1_near``, ``E2_near``, ``F_near``), with the first model's own
+    (``first_E1`` ...). :func:`ratios` turns them into multiples of the first model's."""
     if not ok:
-        return {"cm_dA2": None, "E1_x": None, "E2_x": None, "F_x": None}
+        return dict.fromkeys(("cm_dA2", *NEAR, *(f"first_{k}" for k in COSTS)))
     ms = [r.evaluation.metrics for r in ok]
     first = ms[0]
     assert first is not None
@@ -92,10 +93,35 @@ def efficiency(ok: Sequence[IterationRecord]) -> dict[str, float | None]:
     near = [m for m in ms if m is not None and m.A2 >= first.A2 - WITHIN - 1e-9]
     return {
         "cm_dA2": best_cm.A2 - first.A2 if best_cm is not None else None,
-        "E1_x": min(m.E1 for m in near) / first.E1 if first.E1 > 0 else None,
-        "E2_x": min(m.E2 for m in near) / first.E2 if first.E2 > 0 else None,
-        "F_x": max(m.F for m in near) / first.F if first.F > 0 else None,
+        "E1_near": min(m.E1 for m in near),
+        "E2_near": min(m.E2 for m in near),
+        "F_near": max(m.F for m in near),
+        **{f"first_{k}": getattr(first, k) for k in COSTS},
     }
+
+
+COSTS = ("E1", "E2", "F")
+NEAR = tuple(f"{k}_near" for k in COSTS)
+
+
+def ratios(per_arm: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """One seed's runs, one per arm, each with :func:`efficiency`'s figures: each run's
+    ``E1_x``, ``E2_x``, ``F_x`` (its ``*_near`` over the first model's figure) are set
+    against the same denominator, the median of the first model's figure over the arms.
+    Every arm trains the same first model for a seed, but measures it in its own run; on
+    this machine its FPS came out 3,601 in one arm and 7,498 in another, so a ratio to
+    each arm's own measurement would compare the arms' luck with their first model.
+    Returns the spread of those measurements, max / min over the arms (``first_F_spread``
+    ...): the measurement noise that any difference between the arms must exceed."""
+    spread: dict[str, float | None] = {}
+    for k in COSTS:
+        firsts = [v for run in per_arm if (v := run.get(f"first_{k}")) and v > 0]
+        denom = statistics.median(firsts) if firsts else None
+        for run in per_arm:
+            near = run.get(f"{k}_near")
+            run[f"{k}_x"] = near / denom if denom and near is not None else None
+        spread[f"first_{k}_spread"] = max(firsts) / min(firsts) if len(firsts) > 1 else None
+    return spread
 
 
 def _params_of_best(ok: Sequence[IterationRecord]) -> int | None:

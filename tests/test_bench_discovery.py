@@ -105,9 +105,31 @@ def test_efficiency_is_the_best_within_two_points_of_the_first_model() -> None:
     lean = model(1, 0.485, 2e-7, 4000.0, 1.2)  # 1.5 points lost: counts
     leaner = model(2, 0.47, 1e-7, 9000.0, 0.9)  # 3 points lost: does not
     figures = efficiency([first, lean, leaner])
-    assert figures["E2_x"] == pytest.approx(0.2) and figures["F_x"] == pytest.approx(4.0)
+    assert (figures["E2_near"], figures["F_near"]) == (2e-7, 4000.0)
+    assert (figures["first_E2"], figures["first_F"]) == (1e-6, 1000.0)
     assert figures["cm_dA2"] == pytest.approx(-0.015)
-    assert efficiency([])["F_x"] is None
+    assert efficiency([])["F_near"] is None
+
+
+def test_ratios_share_one_first_model_figure_per_seed() -> None:
+    """The arms train the same first model but measure it apart: each arm's ratio uses
+    the median over the arms, so an arm's noisy first measurement does not scale its
+    result, and the spread of those measurements is the noise floor reported."""
+    from discovery_stats import ratios
+
+    def run(first_f: float, best_f: float) -> dict[str, float]:
+        return {"first_F": first_f, "F_near": best_f, "first_E1": 1.0, "E1_near": 0.5,
+                "first_E2": 2.0, "E2_near": 1.0}  # fmt: skip
+
+    fast, lucky, slow = run(4000.0, 40000.0), run(8000.0, 40000.0), run(5000.0, 20000.0)
+    spread = ratios([fast, lucky, slow])
+    assert fast["F_x"] == lucky["F_x"] == pytest.approx(8.0)  # same model, same multiple
+    assert slow["F_x"] == pytest.approx(4.0)
+    assert (fast["E1_x"], fast["E2_x"]) == (0.5, 0.5)
+    assert spread["first_F_spread"] == pytest.approx(2.0)
+    assert spread["first_E1_spread"] == 1.0
+    alone = run(4000.0, 40000.0)
+    assert ratios([alone])["first_F_spread"] is None and alone["F_x"] == pytest.approx(10.0)
 
 
 def test_a_promotion_is_no_duplicate_and_the_last_searched_candidate_is_kept_apart() -> None:
