@@ -110,3 +110,17 @@ def test_version() -> None:
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith(f"lemo-nade {__version__} (torch ")
+
+
+def test_rules_pursue_shows_what_a_run_with_pursue_asks() -> None:
+    """A model faster than TF: the paper's FPS rule is silent (and warned about); with
+    --pursue TF moves past the model and the rule's instructions come back."""
+    fast = '{"A1": 0.99, "A2": 0.97, "E1": 1e-4, "E2": 1e-6, "F": 50000}'
+    args = ["rules", "--setting", "5", "--metrics", fast]
+    plain = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert plain["resolved"] == [] and plain["thresholds"]["TF"] == 20000
+    doc = json.loads(runner.invoke(app, [*args, "--json", "--pursue"]).stdout)
+    assert doc["resolved"] == [["RSC", 0.3], ["AD", 0.3], ["RK", 0.3]]
+    assert doc["thresholds"]["TF"] == pytest.approx(50000 / 0.9) and doc["warnings"] == []
+    table = runner.invoke(app, [*args, "--pursue"]).stdout
+    assert "pursued: TF = 5.556e+04" in table and "line 28: F < TF" in table

@@ -68,11 +68,19 @@ def test_run_then_show_json(tmp_path: Path) -> None:
 
 
 def test_the_first_model_shows_thresholds_its_rules_cannot_cross(tmp_path: Path) -> None:
-    args = ["run", "--iterations", "1", "--epochs", "1", "--setting", "2"]
-    result = runner.invoke(app, [*args, "--runs-dir", str(tmp_path)])
+    """Without ``pursue`` (the paper's search) a met energy threshold stops its rule, and
+    the run says so; with it (the default) the rule fires anyway, and no warning."""
+    args = ["run", "--iterations", "1", "--epochs", "1", "--setting", "2", "--set", "promote=0"]
+    result = runner.invoke(app, [*args, "--set", "pursue=false", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "warning: TE1 = 0.001 kWh is " in result.output
     assert "--set thresholds.TE2=" in result.output
+    pursued = runner.invoke(app, [*args, "--runs-dir", str(tmp_path)])
+    assert pursued.exit_code == 0 and "warning" not in pursued.output, pursued.output
+    asked = pursued.output.split("next:")[1].splitlines()[0].split()
+    assert {"AD", "AWI"} <= set(asked)  # the energy rules' (TA out of reach: ACL beats RCL)
+    plain = result.output.split("next:")[1].splitlines()[0].split()
+    assert not {"AD", "AWI"} & set(plain)
 
 
 @pytest.mark.parametrize(

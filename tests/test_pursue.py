@@ -23,6 +23,7 @@ def test_a_met_fps_threshold_moves_past_the_model_and_its_rule_fires() -> None:
     }
     _, resolved = rules.instructions_for(metrics, SETTINGS[5], moved)
     assert resolved == [("RSC", 0.3), ("AD", 0.3), ("RK", 0.3)]
+    assert rules.instructions_for(metrics, SETTINGS[5], PAPER_THRESHOLDS, True)[1] == resolved
 
 
 def test_met_energy_thresholds_move_below_the_model() -> None:
@@ -55,8 +56,10 @@ def test_a_measurement_that_is_not_a_positive_number_moves_nothing(value: float)
 
 
 def test_the_presets() -> None:
+    assert build_config({}, {}).pursue is True  # the default search, "discover"
     assert build_config({}, {"search": "paper"}).pursue is False
     assert build_config({}, {"search": "paper", "pursue": True}).pursue is True
+    assert build_config({}, {"pursue": False}).pursue is False
 
 
 @pytest.mark.usefixtures("shared_sandbox")
@@ -68,7 +71,7 @@ def test_a_run_with_pursue_asks_for_speed_past_a_met_fps_threshold(tmp_path: Pat
 
     easy = {"TA1": 0.01, "TA2": 0.01, "TF": 1.0, "TE1": 1.0, "TE2": 1.0, "OT": 1.0, "UT": 1.0}
     base = {"iterations": 1, "epochs": 1, "dataset": "digits", "promote": 0, "setting": 5}
-    cfg = build_config({}, base | {"pursue": True, "thresholds": easy})
+    cfg = build_config({}, base | {"thresholds": easy})  # pursue: the default search's
     (record,) = run_search(create_run(cfg, tmp_path / "runs")).records
     assert record.evaluation.metrics is not None
     values = record.evaluation.metrics.for_rules()

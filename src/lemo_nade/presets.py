@@ -32,5 +32,5 @@ SEARCHES: dict[str, dict[str, Any]] = {
     | {"pursue": False},
     "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False}
     | {"lineage_memory": False, "pass_spent": False, "retry_with": "resample", "promote": 2}
-    | {"pursue": False},
+    | {"pursue": True},
 }

@@ -145,9 +145,12 @@ def resolve_conflict(cmd: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def instructions_for(
-    metrics: Values, priorities: Values, thresholds: Values
+    metrics: Values, priorities: Values, thresholds: Values, pursue: bool = False
 ) -> tuple[dict[str, float], list[tuple[str, float]]]:
-    """Algorithm 1, lines 14-15: NNGES then RESOLVE_CONFLICT. Returns (raw, resolved)."""
+    """Algorithm 1, lines 14-15: NNGES then RESOLVE_CONFLICT. Returns (raw, resolved).
+    With ``pursue``, against :func:`pursued` thresholds (a departure; off in the paper's)."""
+    if pursue:
+        thresholds = pursued(metrics, priorities, thresholds)
     raw = nnges(metrics, priorities, thresholds)
     return raw, resolve_conflict(raw)
 

@@ -334,10 +334,9 @@ class Search:
             return Judgement()
         values = evaluation.metrics.for_rules()
         cfg = self.config
-        priorities, thresholds = cfg.priorities.model_dump(), cfg.thresholds.model_dump()
-        if cfg.pursue:
-            thresholds = rules.pursued(values, priorities, thresholds)
-        raw, resolved = rules.instructions_for(values, priorities, thresholds)
+        raw, resolved = rules.instructions_for(
+            values, cfg.priorities.model_dump(), cfg.thresholds.model_dump(), cfg.pursue
+        )
         cm = combined_effectiveness(values, cfg.thresholds.model_dump(), cfg.weights.model_dump())
         return Judgement(raw, tuple(resolved), cm)
 

@@ -306,6 +306,14 @@ def rules_cmd(
     thresholds: Annotated[
         str | None, typer.Option(help='Override thresholds as JSON, e.g. {"TA1":0.9}.')
     ] = None,
+    pursue: Annotated[
+        bool,
+        typer.Option(
+            "--pursue",
+            help="Move each prioritised energy or FPS threshold the metrics meet just past "
+            "them, as a run with pursue = true does, so its rule fires.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what the expert system (Algorithms 2 and 3) instructs for given metrics."""
@@ -319,15 +327,20 @@ def rules_cmd(
     if unknown:
         raise ConfigError(f"metrics: unknown key {unknown[0]!r}; allowed: A1, A2, E1, E2, F")
     _check_metrics(values)
-    priority, threshold = cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+    priority, given = cfg.priorities.model_dump(), cfg.thresholds.model_dump()
+    threshold, warnings = given, rules.out_of_reach(values, priority, given)
+    if pursue:
+        threshold, warnings = rules.pursued(values, priority, given), []
     raw, resolved = rules.instructions_for(values, priority, threshold)
-    warnings = rules.out_of_reach(values, priority, threshold)
     if as_json:
         out_json = {"raw": raw, "resolved": resolved, "warnings": warnings}
-        sys.stdout.write(json.dumps(out_json) + "\n")
+        sys.stdout.write(json.dumps(out_json | {"thresholds": threshold}) + "\n")
         return
     from lemo_nade.cli.console import print_rules, print_warnings
 
+    if pursue:
+        moved = [f"{k} = {v:.4g}" for k, v in threshold.items() if v != given[k]]
+        out.print("pursued: " + (", ".join(moved) or "none (no prioritised cost is met)"))
     print_rules(out, raw, resolved, rules.fired_rules(values, threshold))
     print_warnings(out, warnings)
 
