@@ -18,8 +18,11 @@ Per arm it reports the best validation accuracy and best CM (mean, std, 95% t-in
 over seeds), the gain over the arm's own first model, the last candidate's accuracy (a
 search that collapses ends far below its best), duplicate trainings, seconds and kWh, and
 the Pareto hypervolumes of accuracy against log10 parameters and log10 training kWh
-(E1); between the first arm and each other one, the paired differences per seed with
-exact Wilcoxon and sign-test p-values. Writes OUT/discovery.md, OUT/discovery.json and
+(E1); for settings 2 and 5, the leanest and fastest candidates within 2 points of the
+first model's accuracy as multiples of the first model's figure (one figure per seed, the
+median over the arms, with the spread of its measurements: the noise floor); between the
+first arm and each other one, the paired differences per seed with exact Wilcoxon and
+sign-test p-values. Writes OUT/discovery.md, OUT/discovery.json and
 OUT/anytime.png (best-so-far accuracy against seconds, one line per run, coloured by arm).
 """
 
