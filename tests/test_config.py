@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,18 @@ def test_json_round_trip() -> None:
     cfg = build_config({"setting": 5, "seed": 7})
     assert config_from_json(config_json(cfg)) == cfg
     assert isinstance(cfg, RunConfig)
+
+
+def test_a_stored_config_goes_on_as_it_was_recorded() -> None:
+    """A run recorded before ``promote`` and ``pursue`` existed is resumed without them,
+    not with today's defaults of its search."""
+    stored = json.loads(config_json(build_config({"setting": 2})))
+    assert (stored["search"], stored["promote"], stored["pursue"]) == ("discover", 2, True)
+    old = config_from_json(json.dumps({k: v for k, v in stored.items()
+                                       if k not in ("promote", "pursue")}))  # fmt: skip
+    assert (old.search, old.promote, old.pursue) == ("discover", 0, False)
+    oldest = config_from_json(json.dumps({k: v for k, v in stored.items() if k != "search"}))
+    assert (oldest.search, oldest.parent) == ("paper", "best")  # its stored keys kept
 
 
 @pytest.mark.parametrize(

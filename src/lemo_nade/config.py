@@ -356,12 +356,18 @@ def config_json(config: RunConfig) -> str:
     return config.model_dump_json(indent=2)
 
 
+# What a stored config without the key ran with: a run resumed, replayed or reported goes
+# on as it was recorded, not as a later default would run it (a config stores every key).
+BEFORE_THE_KEY = {"search": "paper", "promote": 0, "pursue": False}
+
+
 def config_from_json(text: str) -> RunConfig:
-    """A stored config. One written before ``search`` existed ran the paper's loop."""
+    """A stored config; a key it lacks was written before the key existed
+    (:data:`BEFORE_THE_KEY`): the paper's loop, no promotion, Algorithm 2 as written."""
     try:
         data = json.loads(text)
     except ValueError:
         return RunConfig.model_validate_json(text)  # its ValidationError says what is wrong
     if isinstance(data, dict):
-        data.setdefault("search", "paper")
+        data = {**BEFORE_THE_KEY, **data}
     return RunConfig.model_validate(data)
