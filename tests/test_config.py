@@ -176,3 +176,21 @@ def test_the_final_retrain_augments_as_the_paper_does() -> None:
     assert final_job(job, **cfg.final.model_dump()).augment is True
     plain = build_config({"final": {"augment": False}}, {})
     assert final_job(job, **plain.final.model_dump()).augment is False
+
+
+def test_a_replay_of_an_older_recording_asks_as_it_did(tmp_path: Path) -> None:
+    """``--llm replay:RUN_DIR`` starts from the recorded config; keys the recording
+    predates take the values it ran with, or the replay would ask other instructions."""
+    import sqlite3
+
+    from lemo_nade.cli.discover import _replay_base
+    from lemo_nade.runs import create_run
+
+    run_dir = create_run(build_config({}, {"setting": 2}), tmp_path)
+    with sqlite3.connect(run_dir / "run.sqlite") as db:
+        (text,) = db.execute("SELECT config_json FROM runs").fetchone()
+        old = {k: v for k, v in json.loads(text).items() if k not in ("promote", "pursue")}
+        db.execute("UPDATE runs SET config_json = ?", (json.dumps(old),))
+    base = _replay_base(f"replay:{run_dir}")
+    assert (base["promote"], base["pursue"], base["setting"]) == (0, False, 2)
+    assert "llm" not in base

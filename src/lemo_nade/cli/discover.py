@@ -12,7 +12,7 @@ import typer
 
 from lemo_nade import rules
 from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, line, out, say_error
-from lemo_nade.config import ConfigError, RunConfig, build_config
+from lemo_nade.config import BEFORE_THE_KEY, ConfigError, RunConfig, build_config
 from lemo_nade.config_files import load_toml, parse_set
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _replay_base(llm: Any) -> dict[str, Any]:
     from lemo_nade.store import RunStore
 
     with RunStore.open(Path(llm.partition(":")[2])) as store:
-        base: dict[str, Any] = json.loads(store.config_json())
+        base: dict[str, Any] = {**BEFORE_THE_KEY, **json.loads(store.config_json())}
     base.pop("llm", None)
     return base
 
