@@ -8,7 +8,7 @@ that fired, exactly as Algorithm 2 adds them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 # Table 2, in the rule book's order. Algorithm 3's sort is stable, so this order
@@ -166,6 +166,19 @@ FAR = 10.0  # how far from the measured value a threshold is "out of reach"
 PURSUE_STEP = 0.9  # pursue: ask for 10 % less energy, or 1 / 0.9 of the FPS, than measured
 
 
+def _measured(
+    metrics: Values, priorities: Values, thresholds: Values
+) -> Iterator[tuple[str, str, str, str, str, float, float]]:
+    """The :data:`_LIMITS` whose priority is > 0, with a threshold given and a finite,
+    positive measurement: each entry with its (value, limit)."""
+    for metric, key, priority, fires, unit in _LIMITS:
+        value, limit = metrics.get(metric), thresholds.get(key)
+        if not priorities.get(priority) or value is None or limit is None:
+            continue
+        if math.isfinite(value) and value > 0:
+            yield metric, key, priority, fires, unit, value, limit
+
+
 def pursued(metrics: Values, priorities: Values, thresholds: Values) -> dict[str, float]:
     """``thresholds`` with each prioritised energy or FPS threshold that ``metrics``
     already meet moved just past the measured value (``PURSUE_STEP``), so that its rule
@@ -176,12 +189,9 @@ def pursued(metrics: Values, priorities: Values, thresholds: Values) -> dict[str
     the accuracy rules let them. Thresholds of unprioritised costs, of accuracy, and of
     non-finite or non-positive measurements are returned unchanged."""
     moved = dict(thresholds)
-    for metric, key, priority, fires, _unit in _LIMITS:
-        value, limit = metrics.get(metric), thresholds.get(key)
-        if not priorities.get(priority) or value is None or limit is None:
-            continue
-        if not (math.isfinite(value) and value > 0):
-            continue
+    for _metric, key, _priority, fires, _unit, value, limit in _measured(
+        metrics, priorities, thresholds
+    ):
         if fires == "above":
             moved[key] = min(limit, value * PURSUE_STEP)
         else:
@@ -198,11 +208,10 @@ def out_of_reach(
     candidate uses on a CPU at the bench's fidelity, so setting 2 searched as setting 1
     did). Empty when every prioritised rule can fire."""
     warnings = []
-    for metric, key, priority, fires, unit in _LIMITS:
-        value, limit = metrics.get(metric), thresholds.get(key)
-        if not priorities.get(priority) or value is None or limit is None:
-            continue
-        if not (math.isfinite(value) and value > 0 and math.isfinite(limit) and limit > 0):
+    for metric, key, priority, fires, unit, value, limit in _measured(
+        metrics, priorities, thresholds
+    ):
+        if not (math.isfinite(limit) and limit > 0):
             continue
         ratio = limit / value if fires == "above" else value / limit
         if ratio <= far:
