@@ -3,7 +3,8 @@
     python bench/discovery.py --arm offline --arm random [--arm reference:FILE] \\
         [--arm "paper llm=offline search=paper"] --seeds 5 [--setting 1] [--dataset cifar10 \\
         --data-dir ../shared/data/cifar-10-subset] [--iterations 8] [--epochs 3] \\
-        [--max-hours H] [--set KEY=VALUE ...] [--out bench-results/discovery] [--jobs 1]
+        [--first-seed 0] [--max-hours H] [--set KEY=VALUE ...] \\
+        [--out bench-results/discovery] [--jobs 1]
 
 An arm is an architect (``--arm random``: the run's ``llm``) or a label and config keys
 (``--arm "paper llm=offline search=paper"``). Every arm runs every seed with the same
@@ -81,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arm", action="append", required=True,
                         help="an architect (the run's llm), or 'LABEL KEY=VALUE ...'; repeatable; "
                         "the first is compared with each other one")  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds per arm")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST..FIRST+SEEDS-1: fresh seeds to replicate a result "
+                        "on, rather than adding seeds to the run that suggested it")  # fmt: skip
     parser.add_argument("--setting", type=int, default=1)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir")
@@ -116,8 +120,13 @@ def sweep_toml(args: argparse.Namespace, keys: dict[str, str]) -> str:
     sets = [s.partition("=")[::2] for s in args.set] + list(keys.items())
     values.update((k.strip(), _toml_value(v.strip())) for k, v in sets)  # an arm's key wins
     lines = ["[base]"] + [f"{k} = {v}" for k, v in values.items()]
-    lines += ["", "[axes]", f"seed = {json.dumps(list(range(args.seeds)))}"]
+    lines += ["", "[axes]", f"seed = {json.dumps(seeds(args))}"]
     return "\n".join(lines) + "\n"
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds every arm runs: ``--seeds`` of them from ``--first-seed``."""
+    return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def _toml_value(text: str) -> str:

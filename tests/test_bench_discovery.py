@@ -65,11 +65,25 @@ def test_an_arms_key_overrides_the_shared_one() -> None:
     from discovery import parse_arm, sweep_toml
 
     args = argparse.Namespace(dataset="shifted-digits", setting=1, iterations=10, epochs=20,
-                              data_dir=None, max_hours=None, set=["epochs=3"], seeds=2)  # fmt: skip
+                              data_dir=None, max_hours=None, set=["epochs=3"], seeds=2,
+                              first_seed=0)  # fmt: skip
     _, keys = parse_arm("reference llm=reference:m.py iterations=1")
     doc = tomllib.loads(sweep_toml(args, keys))
     assert doc["base"]["iterations"] == 1 and doc["base"]["epochs"] == 3
     assert doc["base"]["llm"] == "reference:m.py" and doc["axes"]["seed"] == [0, 1]
+
+
+def test_first_seed_gives_fresh_seeds_to_replicate_on() -> None:
+    """``--first-seed 8 --seeds 3``: every arm runs seeds 8, 9 and 10, none of 0-7."""
+    import tomllib
+
+    from discovery import _parser, parse_arm, sweep_toml
+
+    args = _parser().parse_args(["--arm", "random", "--seeds", "3", "--first-seed", "8"])
+    doc = tomllib.loads(sweep_toml(args, parse_arm("random")[1]))
+    assert doc["axes"]["seed"] == [8, 9, 10]
+    default = _parser().parse_args(["--arm", "x"])
+    assert tomllib.loads(sweep_toml(default, {}))["axes"]["seed"] == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow
