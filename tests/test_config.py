@@ -116,6 +116,27 @@ def test_a_stored_config_goes_on_as_it_was_recorded() -> None:
     assert (old.search, old.promote, old.pursue) == ("discover", 0, False)
     oldest = config_from_json(json.dumps({k: v for k, v in stored.items() if k != "search"}))
     assert (oldest.search, oldest.parent) == ("paper", "best")  # its stored keys kept
+    before = config_from_json(json.dumps({k: v for k, v in stored.items() if k != "retry_with"}))
+    assert (before.search, before.retry_with) == ("discover", "repair")  # as before 7d90d5f
+
+
+def test_every_key_a_search_preset_sets_has_a_value_for_older_configs() -> None:
+    """A key added to the presets later must say, in ``BEFORE_THE_KEY``, what a config
+    stored before it ran with; only the keys that came with ``search`` need not."""
+    from lemo_nade.config import BEFORE_THE_KEY
+    from lemo_nade.presets import SEARCHES
+
+    with_search = {"parent", "max_instructions", "retrain_duplicates"}
+    for preset in SEARCHES.values():
+        assert set(preset) - with_search <= set(BEFORE_THE_KEY)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", '"x"'])
+def test_a_stored_config_that_is_no_json_object_is_one_line(text: str) -> None:
+    from lemo_nade.config import ConfigError, recorded_keys
+
+    with pytest.raises(ConfigError, match="the stored config is not"):
+        recorded_keys(text)
 
 
 @pytest.mark.parametrize(
@@ -194,3 +215,16 @@ def test_a_replay_of_an_older_recording_asks_as_it_did(tmp_path: Path) -> None:
     base = _replay_base(f"replay:{run_dir}")
     assert (base["promote"], base["pursue"], base["setting"]) == (0, False, 2)
     assert "llm" not in base
+
+
+def test_a_replay_with_another_search_takes_that_search_preset(tmp_path: Path) -> None:
+    """``--set search=paper`` on a replay of a discover run: the paper's keys, not the
+    recording's discover keys under a "paper" label."""
+    from lemo_nade.cli.discover import _run_config
+    from lemo_nade.runs import create_run
+
+    run_dir = create_run(build_config({}, {"setting": 2}), tmp_path)
+    kept = _run_config(None, {"llm": f"replay:{run_dir}"}, [])
+    assert (kept.search, kept.parent, kept.promote, kept.setting) == ("discover", "best", 2, 2)
+    paper = _run_config(None, {"llm": f"replay:{run_dir}"}, ["search=paper"])
+    assert (paper.search, paper.parent, paper.promote, paper.setting) == ("paper", "last", 0, 2)

@@ -129,3 +129,21 @@ def test_a_best_whose_children_were_all_duplicates_is_passed_over() -> None:
     assert search.request(6, records[:4])[1] == 2
     plain = Search(build_config({}, {}), search.task, None, None, None, Progress())  # type: ignore[arg-type]
     assert plain.request(6, records[:4])[1] == 1
+
+
+def test_a_best_that_parent_patience_children_did_not_beat_is_passed_over() -> None:
+    """``parent_patience = 3``: after 3 trained children of the best that did not beat it
+    (a failed child does not count), the next best is the parent; 2 are not enough; 0
+    never passes over."""
+    records = [record(0, None, 0.5), record(1, 0, 0.6), record(2, 0, 0.55)]
+    records += [record(3, 1, 0.52), record(4, 1, None), record(5, 1, 0.54)]
+    assert open_best(records, False, 3) == records[1]  # 2 trained children that lost
+    records.append(record(6, 1, 0.4))
+    assert best_of(records) == records[1]  # still the run's best
+    assert open_best(records, False, 3) == records[2]  # passed over for the next best
+    assert open_best(records, False, 4) == open_best(records, False, 0) == records[1]
+    config = build_config({}, {"search": "discover", "parent_patience": 3})
+    search = Search(config, resolve_dataset("digits", None), None, None, None, Progress())  # type: ignore[arg-type]
+    assert search.request(7, records)[1] == 2
+    plain = Search(build_config({}, {}), search.task, None, None, None, Progress())  # type: ignore[arg-type]
+    assert plain.request(7, records)[1] == 1

@@ -126,9 +126,9 @@ class RunConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     weights: Weights = Weights()
     # `search` is a preset for `parent`, `retrain_duplicates`, `max_instructions`,
-    # `lineage_memory`, `pass_spent`, `retry_with`, `promote` and `pursue` (explicit keys
-    # override it): "paper" = Algorithm 1 as written; "discover" (the default, measured
-    # better: README "Does the search discover?") = its departures.
+    # `lineage_memory`, `pass_spent`, `parent_patience`, `retry_with`, `promote` and
+    # `pursue` (explicit keys override it): "paper" = Algorithm 1 as written; "discover"
+    # (the default, measured better: README "Does the search discover?") = its departures.
     search: Literal["paper", "discover"] = DEFAULT_SEARCH
     parent: Literal["last", "best"] = SEARCHES[DEFAULT_SEARCH]["parent"]
     retrain_duplicates: bool = Field(
@@ -138,6 +138,13 @@ class RunConfig(_Frozen):
     pass_spent: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["pass_spent"],
         description="parent = best: pass over a candidate whose children were all duplicates",
+    )
+    parent_patience: int = Field(
+        SEARCHES[DEFAULT_SEARCH]["parent_patience"],
+        ge=0,
+        le=100_000,
+        description="parent = best: pass over a candidate that this many trained children "
+        "did not beat by CM (0: never)",
     )
     lineage_memory: bool = Field(
         SEARCHES[DEFAULT_SEARCH]["lineage_memory"],
@@ -358,16 +365,36 @@ def config_json(config: RunConfig) -> str:
 
 # What a stored config without the key ran with: a run resumed, replayed or reported goes
 # on as it was recorded, not as a later default would run it (a config stores every key).
-BEFORE_THE_KEY = {"search": "paper", "promote": 0, "pursue": False}
+# Every key a search preset sets, but for the three that came with `search` itself, is
+# here (tests/test_config.py): before 7d90d5f a retry sent the error back (repair).
+BEFORE_THE_KEY = {
+    "search": "paper",
+    "lineage_memory": False,
+    "pass_spent": False,
+    "retry_with": "repair",
+    "promote": 0,
+    "pursue": False,
+    "parent_patience": 0,
+}
+
+
+def recorded_keys(text: str) -> dict[str, Any]:
+    """A stored config's keys; a key it lacks was written before the key existed
+    (:data:`BEFORE_THE_KEY`): the paper's loop, no promotion, Algorithm 2 as written.
+    ConfigError when the text is not a JSON object."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"the stored config is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the stored config is not a JSON object")
+    return {**BEFORE_THE_KEY, **data}
 
 
 def config_from_json(text: str) -> RunConfig:
-    """A stored config; a key it lacks was written before the key existed
-    (:data:`BEFORE_THE_KEY`): the paper's loop, no promotion, Algorithm 2 as written."""
+    """A stored config, read as :func:`recorded_keys` says."""
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = recorded_keys(text)
+    except ConfigError:
         return RunConfig.model_validate_json(text)  # its ValidationError says what is wrong
-    if isinstance(data, dict):
-        data = {**BEFORE_THE_KEY, **data}
     return RunConfig.model_validate(data)

@@ -29,8 +29,8 @@ DEFAULT_SEARCH: Literal["discover"] = "discover"
 SEARCHES: dict[str, dict[str, Any]] = {
     "paper": {"parent": "last", "max_instructions": 0, "retrain_duplicates": True}
     | {"lineage_memory": False, "pass_spent": False, "retry_with": "repair", "promote": 0}
-    | {"pursue": False},
+    | {"pursue": False, "parent_patience": 0},
     "discover": {"parent": "best", "max_instructions": 2, "retrain_duplicates": False}
     | {"lineage_memory": False, "pass_spent": False, "retry_with": "resample", "promote": 2}
-    | {"pursue": True},
+    | {"pursue": True, "parent_patience": 0},
 }

@@ -246,7 +246,7 @@ class Search:
         Only the search's own candidates count, never a promotion."""
         records = searched(records)
         good = [r for r in records if r.evaluation.status is Status.OK]
-        best = open_best(records) if self.config.pass_spent else best_of(records)
+        best = open_best(records, self.config.pass_spent, self.config.parent_patience)
         parent = (best if self.config.parent == "best" else None) or (good[-1] if good else None)
         last = records[-1] if records else None
         failed = last if last is not None and last.evaluation.status is not Status.OK else None

@@ -12,8 +12,9 @@ import typer
 
 from lemo_nade import rules
 from lemo_nade.cli.app import app, err, friendly, interrupted, json_arg, line, out, say_error
-from lemo_nade.config import BEFORE_THE_KEY, ConfigError, RunConfig, build_config
+from lemo_nade.config import ConfigError, RunConfig, build_config, recorded_keys
 from lemo_nade.config_files import load_toml, parse_set
+from lemo_nade.presets import SEARCHES
 
 if TYPE_CHECKING:
     from lemo_nade.reporting.data import RunData
@@ -132,6 +133,9 @@ def _run_config(config: Path | None, flags: dict[str, Any], set_: list[str]) -> 
             "values; keep one"
         )
     recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
+    if any("search" in layer for layer in (file_layer, flags, sets)):
+        # another search than the recording's: its preset sets the keys, not the recording
+        recorded = {k: v for k, v in recorded.items() if k not in SEARCHES["discover"]}
     return build_config(recorded, file_layer, flags, sets)
 
 
@@ -143,7 +147,7 @@ def _replay_base(llm: Any) -> dict[str, Any]:
     from lemo_nade.store import RunStore
 
     with RunStore.open(Path(llm.partition(":")[2])) as store:
-        base: dict[str, Any] = {**BEFORE_THE_KEY, **json.loads(store.config_json())}
+        base = recorded_keys(store.config_json())
     base.pop("llm", None)
     return base
 
