@@ -14,7 +14,8 @@ runner = CliRunner()
 
 def test_rules_json_contract() -> None:
     metrics = '{"A1": 0.8, "A2": 0.7, "E1": 0.002, "E2": 1e-6, "F": 5000}'
-    result = runner.invoke(app, ["rules", "--setting", "2", "--metrics", metrics, "--json"])
+    args = ["rules", "--setting", "2", "--metrics", metrics, "--json"]
+    result = runner.invoke(app, [*args, "--no-pursue"])  # Algorithm 2 as written
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert list(doc["raw"]) == ["ACL", "ASC", "ADL", "RCL", "RSC", "RDL", "AD", "AMK",
@@ -22,6 +23,11 @@ def test_rules_json_contract() -> None:
     assert doc["raw"]["ADL"] == 0.9
     assert doc["resolved"] == [["ADL", 0.9], ["ACL", 0.6], ["ASC", 0.6], ["AMK", 0.6],
                                ["AR", 0.3], ["RN", 0.3], ["AD", 0.2], ["AWI", 0.2]]  # fmt: skip
+    # by default as the default search asks: E2 = 1e-6 meets TE2 = 1e-5, and its rule fires
+    pursued = json.loads(runner.invoke(app, args).stdout)
+    assert pursued["thresholds"]["TE2"] == pytest.approx(9e-7)
+    assert pursued["thresholds"]["TE1"] == 1e-3  # E1 = 0.002 misses it: left as set
+    assert ["AD", 0.4] in pursued["resolved"]  # the E1 and the E2 rule: 0.2 + 0.2
 
 
 def test_rules_threshold_override_changes_the_answer() -> None:
@@ -45,7 +51,7 @@ def test_thresholds_no_rule_can_cross_are_named() -> None:
     """The paper's CIFAR-10 energy thresholds against what a small CPU model uses: the
     energy rules cannot fire, so setting 2 would search as setting 1 does."""
     metrics = '{"A1": 0.4, "A2": 0.4, "E1": 1e-5, "E2": 5e-7, "F": 5000}'
-    args = ["rules", "--metrics", metrics, "--json"]
+    args = ["rules", "--metrics", metrics, "--json", "--no-pursue"]
     doc = json.loads(runner.invoke(app, [*args, "--setting", "2"]).stdout)
     assert [w.split(" is ")[0] for w in doc["warnings"]] == ["TE1 = 0.001 kWh", "TE2 = 1e-05 kWh"]
     assert "is 100x above the measured E1 = 1e-05 kWh" in doc["warnings"][0]
@@ -54,7 +60,7 @@ def test_thresholds_no_rule_can_cross_are_named() -> None:
     near = ["--thresholds", '{"TE1": 5e-5, "TE2": 4e-6}', "--setting", "2"]
     assert json.loads(runner.invoke(app, [*args, *near]).stdout)["warnings"] == []
     fast = metrics.replace('"F": 5000', '"F": 500000')
-    table = runner.invoke(app, ["rules", "--metrics", fast, "--setting", "5"])
+    table = runner.invoke(app, ["rules", "--metrics", fast, "--setting", "5", "--no-pursue"])
     assert "warning: TF = 20,000 images/s is 25x below the measured F = 500,000" in table.stdout
 
 
@@ -113,14 +119,16 @@ def test_version() -> None:
 
 
 def test_rules_pursue_shows_what_a_run_with_pursue_asks() -> None:
-    """A model faster than TF: the paper's FPS rule is silent (and warned about); with
-    --pursue TF moves past the model and the rule's instructions come back."""
+    """A model faster than TF: the paper's FPS rule is silent (and warned about, with
+    --no-pursue); with --pursue, the default, TF moves past the model and the rule's
+    instructions come back."""
     fast = '{"A1": 0.99, "A2": 0.97, "E1": 1e-4, "E2": 1e-6, "F": 50000}'
     args = ["rules", "--setting", "5", "--metrics", fast]
-    plain = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    plain = json.loads(runner.invoke(app, [*args, "--json", "--no-pursue"]).stdout)
     assert plain["resolved"] == [] and plain["thresholds"]["TF"] == 20000
     doc = json.loads(runner.invoke(app, [*args, "--json", "--pursue"]).stdout)
     assert doc["resolved"] == [["RSC", 0.3], ["AD", 0.3], ["RK", 0.3]]
     assert doc["thresholds"]["TF"] == pytest.approx(50000 / 0.9) and doc["warnings"] == []
+    assert json.loads(runner.invoke(app, [*args, "--json"]).stdout) == doc  # the default
     table = runner.invoke(app, [*args, "--pursue"]).stdout
     assert "pursued: TF = 5.556e+04" in table and "line 28: F < TF" in table

@@ -40,6 +40,11 @@ def test_thresholds_not_met_and_accuracy_thresholds_are_left_alone() -> None:
     metrics = {"A1": 0.5, "A2": 0.4, "E1": 5e-3, "E2": 5e-5, "F": 5000.0}  # misses all
     everything = {"PA1": 0.2, "PA2": 0.2, "PE1": 0.2, "PE2": 0.2, "PF": 0.2}
     assert rules.pursued(metrics, everything, PAPER_THRESHOLDS) == PAPER_THRESHOLDS
+    # missed by less than the step: still unmet, still as set (their rules fire anyway)
+    close = {**metrics, "E1": 1.05e-3, "E2": 1.05e-5, "F": 19000.0}
+    assert rules.pursued(close, everything, PAPER_THRESHOLDS) == PAPER_THRESHOLDS
+    negative = {"PA1": 0.2, "PA2": 0.2, "PE1": -0.2, "PE2": -0.2, "PF": -0.2}
+    assert rules.pursued({**GOOD, "F": 90000.0}, negative, PAPER_THRESHOLDS) == PAPER_THRESHOLDS
 
 
 @pytest.mark.parametrize("setting", [1, 3])

@@ -163,7 +163,10 @@ _LIMITS = (
     ("F", "TF", "PF", "below", "images/s"),
 )
 FAR = 10.0  # how far from the measured value a threshold is "out of reach"
-PURSUE_STEP = 0.9  # pursue: ask for 10 % less energy, or 1 / 0.9 of the FPS, than measured
+# pursue: a met threshold moves to 0.9 x the measured energy, or the FPS / 0.9. Only
+# whether the rule fires depends on it (CM keeps the user's thresholds), so any step
+# below 1 asks the same; 0.9 keeps the moved threshold a plausible next target to show.
+PURSUE_STEP = 0.9
 
 
 def _measured(
@@ -173,7 +176,7 @@ def _measured(
     positive measurement: each entry with its (value, limit)."""
     for metric, key, priority, fires, unit in _LIMITS:
         value, limit = metrics.get(metric), thresholds.get(key)
-        if not priorities.get(priority) or value is None or limit is None:
+        if not (priorities.get(priority) or 0) > 0 or value is None or limit is None:
             continue
         if math.isfinite(value) and value > 0:
             yield metric, key, priority, fires, unit, value, limit
@@ -192,10 +195,10 @@ def pursued(metrics: Values, priorities: Values, thresholds: Values) -> dict[str
     for _metric, key, _priority, fires, _unit, value, limit in _measured(
         metrics, priorities, thresholds
     ):
-        if fires == "above":
-            moved[key] = min(limit, value * PURSUE_STEP)
-        else:
-            moved[key] = max(limit, value / PURSUE_STEP)
+        if fires == "above" and value <= limit:
+            moved[key] = value * PURSUE_STEP
+        elif fires == "below" and value >= limit:
+            moved[key] = value / PURSUE_STEP
     return moved
 
 

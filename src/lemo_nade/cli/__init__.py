@@ -6,10 +6,12 @@ One module per group of commands; importing them registers the commands on
 
 from __future__ import annotations
 
-from lemo_nade.cli import discover, results, sweeps, ui
+# the order --help lists them in: run, resume, show, then rules and doctor, then the rest
+from lemo_nade.cli import discover  # isort: skip
+from lemo_nade.cli import checks, results, sweeps, ui  # isort: skip
 from lemo_nade.cli.app import app
 
-__all__ = ["app", "discover", "main", "results", "sweeps", "ui"]
+__all__ = ["app", "checks", "discover", "main", "results", "sweeps", "ui"]
 
 
 def main() -> None:
