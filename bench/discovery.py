@@ -21,7 +21,8 @@ search that collapses ends far below its best), duplicate trainings, seconds and
 the Pareto hypervolumes of accuracy against log10 parameters and log10 training kWh
 (E1); for settings 2 and 5, the leanest and fastest candidates within 2 points of the
 first model's accuracy as multiples of the first model's figure (one figure per seed, the
-median over the arms, with the spread of its measurements: the noise floor); between the
+median over the arms that start from the same first model, with the spread of its
+measurements: the noise floor); between the
 first arm and each other one, the paired differences per seed with exact Wilcoxon and
 sign-test p-values. Writes OUT/discovery.md, OUT/discovery.json and
 OUT/anytime.png (best-so-far accuracy against seconds, one line per run, coloured by arm).
@@ -39,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from discovery_stats import paired, ratios, run_figures, summary
+from discovery_stats import paired, run_figures, set_ratios, summary
 from lemo_nade.store import RunStore
 from lemo_nade.sweeps.plan import RUNS_DIR, read_plan
 from machine import conditions, describe
@@ -120,11 +121,11 @@ def sweep_toml(args: argparse.Namespace, keys: dict[str, str]) -> str:
     sets = [s.partition("=")[::2] for s in args.set] + list(keys.items())
     values.update((k.strip(), _toml_value(v.strip())) for k, v in sets)  # an arm's key wins
     lines = ["[base]"] + [f"{k} = {v}" for k, v in values.items()]
-    lines += ["", "[axes]", f"seed = {json.dumps(seeds(args))}"]
+    lines += ["", "[axes]", f"seed = {json.dumps(seed_list(args))}"]
     return "\n".join(lines) + "\n"
 
 
-def seeds(args: argparse.Namespace) -> list[int]:
+def seed_list(args: argparse.Namespace) -> list[int]:
     """The seeds every arm runs: ``--seeds`` of them from ``--first-seed``."""
     return list(range(args.first_seed, args.first_seed + args.seeds))
 
@@ -152,7 +153,7 @@ def analyse(arms_dir: Path, arms: list[str]) -> dict[str, Any]:
             finally:
                 store.close()
     seeds = sorted({s for per_arm in runs.values() for s in per_arm})
-    noise = {s: ratios([per[s] for per in runs.values() if s in per]) for s in seeds}
+    noise = {s: set_ratios([per[s] for per in runs.values() if s in per]) for s in seeds}
     arms_out = {
         arm: {f: summary([per.get(s, {}).get(f) for s in seeds]) for f in FIGURES}
         for arm, per in runs.items()

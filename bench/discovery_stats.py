@@ -14,6 +14,7 @@ Pure: no torch, no network.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import statistics
@@ -83,9 +84,9 @@ def efficiency(ok: Sequence[IterationRecord]) -> dict[str, float | None]:
     the best-CM candidate's accuracy change (``cm_dA2``), and among the candidates within
     ``WITHIN`` of the first model's accuracy the lowest training and inference energy and
     the highest FPS (``E1_near``, ``E2_near``, ``F_near``), with the first model's own
-    (``first_E1`` ...). :func:`ratios` turns them into multiples of the first model's."""
+    (``first_E1`` ...). :func:`set_ratios` turns them into multiples of the first model's."""
     if not ok:
-        return dict.fromkeys(("cm_dA2", *NEAR, *(f"first_{k}" for k in COSTS)))
+        return dict.fromkeys(("cm_dA2", "first_model", *NEAR, *(f"first_{k}" for k in COSTS)))
     ms = [r.evaluation.metrics for r in ok]
     first = ms[0]
     assert first is not None
@@ -96,6 +97,8 @@ def efficiency(ok: Sequence[IterationRecord]) -> dict[str, float | None]:
         "E1_near": min(m.E1 for m in near),
         "E2_near": min(m.E2 for m in near),
         "F_near": max(m.F for m in near),
+        # which first model: only arms that trained the same one share its figures
+        "first_model": hashlib.sha256(key(ok[0].code).encode()).hexdigest()[:12],
         **{f"first_{k}": getattr(first, k) for k in COSTS},
     }
 
@@ -104,22 +107,30 @@ COSTS = ("E1", "E2", "F")
 NEAR = tuple(f"{k}_near" for k in COSTS)
 
 
-def ratios(per_arm: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """One seed's runs, one per arm, each with :func:`efficiency`'s figures: each run's
-    ``E1_x``, ``E2_x``, ``F_x`` (its ``*_near`` over the first model's figure) are set
-    against the same denominator, the median of the first model's figure over the arms.
-    Every arm trains the same first model for a seed, but measures it in its own run; on
-    this machine its FPS came out 3,601 in one arm and 7,498 in another, so a ratio to
-    each arm's own measurement would compare the arms' luck with their first model.
-    Returns the spread of those measurements, max / min over the arms (``first_F_spread``
-    ...): the measurement noise that any difference between the arms must exceed."""
+def set_ratios(per_arm: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """One seed's runs, one per arm, each with :func:`efficiency`'s figures: sets each
+    run's ``E1_x``, ``E2_x``, ``F_x`` (its ``*_near`` over the first model's figure)
+    against the median of that figure over the arms that trained the same first model
+    (``first_model``: the offline and random architects start from the same one; a
+    ``reference:`` or LLM arm from its own). Those arms measure one model in their own
+    runs; on this machine its FPS came out 3,601 in one arm and 7,498 in another, so a
+    ratio to each arm's own measurement would compare the arms' luck with their first
+    model. Returns the spread of those measurements, max / min over the largest group of
+    such arms (``first_F_spread`` ...): the measurement noise that any difference between
+    them must exceed; None with no two arms sharing a first model."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for run in per_arm:
+        groups.setdefault(run.get("first_model"), []).append(run)
+    largest = max(groups.values(), key=len, default=[])
     spread: dict[str, float | None] = {}
     for k in COSTS:
-        firsts = [v for run in per_arm if (v := run.get(f"first_{k}")) and v > 0]
-        denom = statistics.median(firsts) if firsts else None
-        for run in per_arm:
-            near = run.get(f"{k}_near")
-            run[f"{k}_x"] = near / denom if denom and near is not None else None
+        for group in groups.values():
+            firsts = [v for run in group if (v := run.get(f"first_{k}")) and v > 0]
+            denom = statistics.median(firsts) if firsts else None
+            for run in group:
+                near = run.get(f"{k}_near")
+                run[f"{k}_x"] = near / denom if denom and near is not None else None
+        firsts = [v for run in largest if (v := run.get(f"first_{k}")) and v > 0]
         spread[f"first_{k}_spread"] = max(firsts) / min(firsts) if len(firsts) > 1 else None
     return spread
 

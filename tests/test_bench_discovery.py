@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,21 +130,36 @@ def test_ratios_share_one_first_model_figure_per_seed() -> None:
     """The arms train the same first model but measure it apart: each arm's ratio uses
     the median over the arms, so an arm's noisy first measurement does not scale its
     result, and the spread of those measurements is the noise floor reported."""
-    from discovery_stats import ratios
+    from discovery_stats import set_ratios
 
     def run(first_f: float, best_f: float) -> dict[str, float]:
         return {"first_F": first_f, "F_near": best_f, "first_E1": 1.0, "E1_near": 0.5,
                 "first_E2": 2.0, "E2_near": 1.0}  # fmt: skip
 
     fast, lucky, slow = run(4000.0, 40000.0), run(8000.0, 40000.0), run(5000.0, 20000.0)
-    spread = ratios([fast, lucky, slow])
+    spread = set_ratios([fast, lucky, slow])
     assert fast["F_x"] == lucky["F_x"] == pytest.approx(8.0)  # same model, same multiple
     assert slow["F_x"] == pytest.approx(4.0)
     assert (fast["E1_x"], fast["E2_x"]) == (0.5, 0.5)
     assert spread["first_F_spread"] == pytest.approx(2.0)
     assert spread["first_E1_spread"] == 1.0
     alone = run(4000.0, 40000.0)
-    assert ratios([alone])["first_F_spread"] is None and alone["F_x"] == pytest.approx(10.0)
+    assert set_ratios([alone])["first_F_spread"] is None and alone["F_x"] == pytest.approx(10.0)
+
+
+def test_an_arm_with_its_own_first_model_is_set_against_its_own() -> None:
+    """A ``reference:`` or LLM arm starts from another model: its figure joins neither
+    the shared denominator nor the noise floor."""
+    from discovery_stats import set_ratios
+
+    def run(model: str, first_f: float, best_f: float) -> dict[str, Any]:
+        return {"first_model": model, "first_F": first_f, "F_near": best_f}
+
+    a, b, own = run("m", 4000.0, 8000.0), run("m", 6000.0, 10000.0), run("r", 100.0, 300.0)
+    spread = set_ratios([a, b, own])
+    assert (a["F_x"], b["F_x"], own["F_x"]) == (pytest.approx(1.6), 2.0, 3.0)
+    assert spread["first_F_spread"] == pytest.approx(1.5)
+    assert spread["first_E1_spread"] is None and a["E1_x"] is None
 
 
 def test_a_promotion_is_no_duplicate_and_the_last_searched_candidate_is_kept_apart() -> None:
