@@ -122,7 +122,7 @@ def set_ratios(per_arm: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     for run in per_arm:
         groups.setdefault(run.get("first_model"), []).append(run)
     largest = max(groups.values(), key=len, default=[])
-    spread: dict[str, float | None] = {}
+    spread: dict[str, float | None] = dict.fromkeys(f"first_{k}_spread" for k in COSTS)
     for k in COSTS:
         for group in groups.values():
             firsts = [v for run in group if (v := run.get(f"first_{k}")) and v > 0]
@@ -130,8 +130,8 @@ def set_ratios(per_arm: Sequence[dict[str, Any]]) -> dict[str, float | None]:
             for run in group:
                 near = run.get(f"{k}_near")
                 run[f"{k}_x"] = near / denom if denom and near is not None else None
-        firsts = [v for run in largest if (v := run.get(f"first_{k}")) and v > 0]
-        spread[f"first_{k}_spread"] = max(firsts) / min(firsts) if len(firsts) > 1 else None
+            if group is largest:
+                spread[f"first_{k}_spread"] = max(firsts) / min(firsts) if len(firsts) > 1 else None
     return spread
 
 

@@ -124,11 +124,11 @@ def test_every_key_a_search_preset_sets_has_a_value_for_older_configs() -> None:
     """A key added to the presets later must say, in ``BEFORE_THE_KEY``, what a config
     stored before it ran with; only the keys that came with ``search`` need not."""
     from lemo_nade.config import BEFORE_THE_KEY
-    from lemo_nade.presets import SEARCHES
+    from lemo_nade.presets import PRESET_KEYS, SEARCHES
 
+    assert all(set(preset) == PRESET_KEYS for preset in SEARCHES.values())
     with_search = {"parent", "max_instructions", "retrain_duplicates"}
-    for preset in SEARCHES.values():
-        assert set(preset) - with_search <= set(BEFORE_THE_KEY)
+    assert PRESET_KEYS - with_search <= set(BEFORE_THE_KEY)
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "{not json", '"x"'])

@@ -34,3 +34,5 @@ SEARCHES: dict[str, dict[str, Any]] = {
     | {"lineage_memory": False, "pass_spent": False, "retry_with": "resample", "promote": 2}
     | {"pursue": True, "parent_patience": 0},
 }
+# The keys a search preset sets (every preset sets the same ones: tests/test_config.py).
+PRESET_KEYS = frozenset(SEARCHES[DEFAULT_SEARCH])

@@ -12,7 +12,7 @@ import typer
 from lemo_nade.cli.app import app, err, friendly, interrupted, line, out, say_error
 from lemo_nade.config import ConfigError, RunConfig, build_config, recorded_keys
 from lemo_nade.config_files import load_toml, parse_set
-from lemo_nade.presets import SEARCHES
+from lemo_nade.presets import PRESET_KEYS
 
 if TYPE_CHECKING:
     from lemo_nade.reporting.data import RunData
@@ -133,7 +133,7 @@ def _run_config(config: Path | None, flags: dict[str, Any], set_: list[str]) -> 
     recorded = _replay_base(flags.get("llm") or sets.get("llm") or file_layer.get("llm"))
     if any("search" in layer for layer in (file_layer, flags, sets)):
         # another search than the recording's: its preset sets the keys, not the recording
-        recorded = {k: v for k, v in recorded.items() if k not in SEARCHES["discover"]}
+        recorded = {k: v for k, v in recorded.items() if k not in PRESET_KEYS}
     return build_config(recorded, file_layer, flags, sets)
 
 
